@@ -1,0 +1,140 @@
+"""One registry mechanism for optimizers and tasks, fed from three sources.
+
+Built-ins register with a decorator and an explicit name; installed packages through entry points
+(groups ``bench_cli.optimizers`` and ``bench_cli.tasks``); user code through ``--plugin
+some.module`` or ``--plugin path/to/file.py``. Names are matched ignoring case and ``-``/``_``.
+A plug-in that fails to load becomes a placeholder that errors only when it is selected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from bench_cli.errors import BenchError, UnknownNameError
+
+T = TypeVar("T")
+
+
+def normalize(name: str) -> str:
+    """Canonical form of a registry name: lower case, hyphens."""
+    return name.strip().lower().replace("_", "-")
+
+
+class _Broken:
+    """Stands in for a plug-in that failed to load; raises only when selected."""
+
+    def __init__(self, source: str, error: BaseException):
+        self.source = source
+        self.error = error
+
+
+class Registry(Generic[T]):
+    """Name -> object, with loud errors and lazily loaded entry points."""
+
+    def __init__(self, kind: str, entry_point_group: str):
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._items: dict[str, T | _Broken] = {}
+        self._entry_points_loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@OPTIMIZERS.register("ademamix")``."""
+
+        def decorator(obj: T) -> T:
+            self.add(name, obj)
+            return obj
+
+        return decorator
+
+    def add(self, name: str, obj: T | _Broken) -> None:
+        key = normalize(name)
+        if key in self._items and self._items[key] is not obj:
+            raise BenchError(
+                f"{self.kind} name {key!r} is registered twice; rename one of the plug-ins"
+            )
+        self._items[key] = obj
+        if not isinstance(obj, _Broken):
+            obj.registry_name = key  # type: ignore[attr-defined]
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        """Every loadable entry (broken plug-ins are left out)."""
+        return [(n, o) for n in self.names() if not isinstance(o := self._items[n], _Broken)]
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return normalize(name) in self._items
+
+    def get(self, name: str) -> T:
+        self._load_entry_points()
+        key = normalize(name)
+        if key not in self._items:
+            close = difflib.get_close_matches(key, self._items, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: "
+                f"{', '.join(sorted(self._items))}."
+            )
+        obj = self._items[key]
+        if isinstance(obj, _Broken):
+            raise BenchError(
+                f"{self.kind} {key!r} from {obj.source} failed to load: "
+                f"{type(obj.error).__name__}: {obj.error}"
+            )
+        return obj
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.entry_point_group):
+            if normalize(ep.name) in self._items:
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken plug-in must not break the others
+                self._items[normalize(ep.name)] = _Broken(f"entry point {ep.value}", exc)
+                continue
+            self.add(ep.name, obj)
+
+
+def load_plugin(spec: str) -> None:
+    """Import user code that registers optimizers or tasks: a module path or a ``.py`` file."""
+    path = Path(spec)
+    try:
+        if spec.endswith(".py") or path.is_file():
+            if not path.is_file():
+                raise BenchError(f"plug-in file {spec!r} does not exist; check the --plugin path")
+            mod_name = f"bench_plugin_{abs(hash(str(path.resolve())))}"
+            if mod_name in sys.modules:
+                return
+            module_spec = importlib.util.spec_from_file_location(mod_name, path)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[mod_name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[mod_name]
+                raise
+        else:
+            importlib.import_module(spec)
+    except BenchError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise BenchError(
+            f"plug-in {spec!r} could not be imported ({exc}); pass an importable module path "
+            "or a path to a .py file"
+        ) from exc
+    except Exception as exc:
+        raise BenchError(f"plug-in {spec!r} failed to load: {type(exc).__name__}: {exc}") from exc

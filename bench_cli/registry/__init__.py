@@ -1,0 +1,65 @@
+"""The optimizer registry: ``build_optimizer(name, params, **hparams)`` is the public way in.
+
+Built-ins register themselves with ``@OPTIMIZERS.register("name")``; installed packages through
+the entry-point group ``bench_cli.optimizers``; user code through ``--plugin``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from bench_cli.errors import ConfigError
+from bench_cli.plugins import Registry
+
+OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer", "bench_cli.optimizers")
+
+# Built-ins register on import; they must come after OPTIMIZERS exists.
+from bench_cli.registry import adamw, ademamix  # noqa: E402,F401
+
+#: constructor arguments that select an implementation, not the algorithm
+IMPLEMENTATION_ARGS = ("foreach", "fused", "capturable", "differentiable", "maximize")
+
+
+def optimizer_defaults(cls: type) -> dict[str, Any]:
+    """The algorithm's keyword arguments and their defaults, read off the constructor."""
+    out: dict[str, Any] = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name in ("self", "params") or name in IMPLEMENTATION_ARGS:
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        out[name] = None if param.default is inspect.Parameter.empty else param.default
+    return out
+
+
+def _as_tuples(value: Any) -> Any:
+    """YAML and JSON give lists; the optimizers take tuples for betas and friends."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def build_optimizer(name: str, params, **hparams: Any) -> torch.optim.Optimizer:
+    """Build a registered optimizer by name (case- and ``-``/``_``-insensitive).
+
+    Unknown hyperparameters and invalid values raise ``ConfigError`` (a ``ValueError``) naming
+    the argument.
+    """
+    cls = OPTIMIZERS.get(name)
+    accepted = set(optimizer_defaults(cls)) | set(IMPLEMENTATION_ARGS)
+    unknown = sorted(set(hparams) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"optimizer {cls.registry_name!r} has no hyperparameter {unknown[0]!r}; "
+            f"it accepts: {', '.join(optimizer_defaults(cls))}"
+        )
+    try:
+        return cls(params, **{k: _as_tuples(v) for k, v in hparams.items()})
+    except ValueError as exc:
+        raise ConfigError(f"optimizer {cls.registry_name!r}: {exc}") from exc
+    except TypeError as exc:
+        raise ConfigError(f"optimizer {cls.registry_name!r}: {exc}") from exc
+
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "optimizer_defaults"]
