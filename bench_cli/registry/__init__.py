@@ -6,7 +6,9 @@ the entry-point group ``bench_cli.optimizers``; user code through ``--plugin``.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from typing import Any
 
 import torch
@@ -16,8 +18,15 @@ from bench_cli.plugins import Registry
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer", "bench_cli.optimizers")
 
-# Built-ins register on import; they must come after OPTIMIZERS exists.
-from bench_cli.registry import adamw, ademamix  # noqa: E402,F401
+
+def _import_builtins() -> None:
+    """Every public module of this package is a built-in optimizer that registers on import."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_builtins()
 
 #: constructor arguments that select an implementation, not the algorithm
 IMPLEMENTATION_ARGS = ("foreach", "fused", "capturable", "differentiable", "maximize")

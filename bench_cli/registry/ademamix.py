@@ -194,7 +194,9 @@ class AdEMAMix(BenchOptimizer):
             if len(state) == 0:
                 state["step"] = 0
                 state["exp_avg_fast"] = (
-                    None if beta1 == 0.0 else torch.zeros_like(p, memory_format=torch.preserve_format)
+                    None
+                    if beta1 == 0.0
+                    else torch.zeros_like(p, memory_format=torch.preserve_format)
                 )
                 state["exp_avg_slow"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)

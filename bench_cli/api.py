@@ -1,0 +1,229 @@
+"""What the CLI calls. Each function validates everything first, then does the work."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from bench_cli.config import RunSettings, parse_sets, sort_overrides, validation_message
+from bench_cli.errors import ConfigError, UnknownNameError
+from bench_cli.plugins import load_plugin, normalize
+from bench_cli.registry import OPTIMIZERS, build_optimizer, optimizer_defaults
+from bench_cli.registry.recipes import recommended_hparams
+from bench_cli.results.record import RunRecord
+from bench_cli.results.store import ensure_writable_dir, write_record
+from bench_cli.runner import RunCallback, RunSpec, resolve_device
+from bench_cli.runner import run as run_loop
+from bench_cli.tasks import TASKS
+from bench_cli.tasks.base import Task
+
+
+@dataclass
+class RunRequest:
+    """What a user asks for at the terminal (or a suite asks for, one cell at a time)."""
+
+    task: str
+    optimizers: list[str]
+    sets: list[str] = field(default_factory=list)
+    steps: int | None = None
+    seed: int = 0
+    data: str | None = None
+    device: str | None = None
+    plugins: list[str] = field(default_factory=list)
+
+
+def load_plugins(plugins: list[str]) -> None:
+    for spec in plugins:
+        load_plugin(spec)
+
+
+def run_id_for(payload: dict[str, Any]) -> str:
+    """Readable and unique: task, optimizer, seed and a hash of everything resolved."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    digest = hashlib.sha256(blob).hexdigest()[:10]
+    return f"{payload['task']}__{payload['optimizer']}__seed{payload['seed']}__{digest}"
+
+
+def make_task(name: str, options: dict[str, Any]) -> Task:
+    cls = TASKS.get(name)
+    try:
+        return cls(cls.Options(**options))
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, f"task {cls.registry_name!r} option")) from exc
+
+
+def resolve_hparams(
+    optimizer: str, task: Task, given: dict[str, Any], settings: RunSettings
+) -> dict[str, Any]:
+    """Defaults <- the optimizer's recipe for this task <- the user's values <- run horizons."""
+    cls = OPTIMIZERS.get(optimizer)
+    defaults = optimizer_defaults(cls)
+    hparams = {**defaults, **recommended_hparams(optimizer, task.BASELINE, set(defaults)), **given}
+    for key in getattr(cls, "horizon_hparams", ()):
+        if hparams.get(key) is None:
+            hparams[key] = settings.steps  # warmups over the whole run, as the authors advise
+    if (
+        getattr(cls, "owns_warmup", False)
+        and "warmup_steps" in defaults
+        and "warmup_steps" not in given
+    ):
+        hparams["warmup_steps"] = settings.warmup_steps  # the optimizer warms up, not the loop
+    hparams = {k: list(v) if isinstance(v, tuple) else v for k, v in hparams.items()}
+    # build once on a dummy tensor so a bad value fails now, before anything runs or is written
+    build_optimizer(optimizer, [torch.zeros(2, 2, requires_grad=True)], **hparams)
+    return hparams
+
+
+def plan_runs(req: RunRequest) -> tuple[Task, list[RunSpec]]:
+    """Validate the request and resolve one ``RunSpec`` per optimizer (nothing runs yet)."""
+    load_plugins(req.plugins)
+    task_cls = TASKS.get(req.task)
+    opt_names = [normalize(OPTIMIZERS.get(o).registry_name) for o in req.optimizers]
+    if not opt_names:
+        raise ConfigError("no optimizer given; pass --opt NAME[,NAME...]")
+    accepted = {o: set(optimizer_defaults(OPTIMIZERS.get(o))) for o in opt_names}
+    over = sort_overrides(parse_sets(req.sets), accepted, set(task_cls.Options.model_fields))
+    task_options = dict(over.task)
+    if req.data is not None:
+        if "data" not in task_cls.Options.model_fields:
+            raise ConfigError(f"task {task_cls.registry_name!r} reads no data file; drop --data")
+        task_options["data"] = req.data
+    task = make_task(task_cls.registry_name, task_options)
+    settings_in = {**task.default_settings(), **over.settings}
+    if req.steps is not None:
+        settings_in["steps"] = req.steps
+    if req.device is not None:
+        settings_in["device"] = req.device
+    try:
+        settings = RunSettings(**settings_in)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "run setting")) from exc
+    target = task.default_target()
+    if target is not None and settings.target is not None:
+        target = target.model_copy(update={"value": settings.target})
+    options = task.options.model_dump()
+    specs = []
+    for name in opt_names:
+        hparams = resolve_hparams(name, task, over.hparams[name], settings)
+        payload = dict(
+            task=task.registry_name,
+            task_options=options,
+            optimizer=name,
+            hparams=hparams,
+            settings=settings.model_dump(),
+            seed=req.seed,
+            target=target.model_dump() if target else None,
+        )
+        specs.append(
+            RunSpec(
+                run_id=run_id_for(payload), **{**payload, "settings": settings, "target": target}
+            )
+        )
+    return task, specs
+
+
+def run(req: RunRequest, out_dir: Path, callback: RunCallback | None = None) -> list[RunRecord]:
+    """Run every optimizer of ``req`` on its task with the same seed; write one record each."""
+    task, specs = plan_runs(req)
+    device = resolve_device(specs[0].settings.device)
+    task.prepare(device)  # a missing data file fails here, before anything is written
+    ensure_writable_dir(out_dir)
+    records = []
+    for spec in specs:
+        record = run_loop(spec, task, device, callback)
+        write_record(record, out_dir)
+        records.append(record)
+    return records
+
+
+def summary(records: list[RunRecord]):
+    from bench_cli.results.tables import run_summary
+
+    return run_summary(records)
+
+
+def _first_line(obj: object) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def catalog() -> dict[str, list[tuple[str, str]]]:
+    """Registered names with a one-line description each."""
+    return {
+        "optimizers": [(n, _first_line(c)) for n, c in OPTIMIZERS.items()],
+        "tasks": [(n, _first_line(c)) for n, c in TASKS.items()],
+    }
+
+
+def describe(name: str) -> str:
+    """The text of ``bench show NAME``: an optimizer's or a task's documentation and defaults."""
+    if name in OPTIMIZERS:
+        cls = OPTIMIZERS.get(name)
+        lines = [
+            f"optimizer {cls.registry_name} ({cls.__module__}.{cls.__name__})",
+            "",
+            inspect.getdoc(cls) or "",
+            "",
+            "defaults:",
+        ]
+        lines += [f"  {k} = {v!r}" for k, v in optimizer_defaults(cls).items()]
+        lines += [
+            "",
+            f"state memory: {getattr(cls, 'state_memory', '') or 'not declared'}",
+            f"paper: {getattr(cls, 'paper', '') or 'not declared'}",
+        ]
+        flags = [
+            f
+            for f in ("has_train_eval_modes", "owns_warmup", "owns_lr_schedule")
+            if getattr(cls, f, False)
+        ]
+        if getattr(cls, "horizon_hparams", ()):
+            flags.append(f"filled from the run length: {', '.join(cls.horizon_hparams)}")
+        if flags:
+            lines.append("runner: " + "; ".join(flags))
+        return "\n".join(lines)
+    if name not in TASKS:
+        names = OPTIMIZERS.names() + TASKS.names()
+        close = difflib.get_close_matches(normalize(name), names, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownNameError(
+            f"no optimizer or task named {name!r}.{hint} Optimizers: "
+            f"{', '.join(OPTIMIZERS.names())}. Tasks: {', '.join(TASKS.names())}."
+        )
+    cls = TASKS.get(name)
+    lines = [
+        f"task {cls.registry_name} ({cls.__module__}.{cls.__name__}); unit: {cls.unit}",
+        "",
+        inspect.getdoc(cls) or "",
+        "",
+    ]
+    for preset in cls.Options.PRESETS:
+        task = cls(cls.Options(preset=preset))
+        opts = task.options.model_dump()
+        lines.append(f"preset {preset}:")
+        lines.append("  options: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
+        lines.append(
+            "  settings: "
+            + ", ".join(
+                f"{k}={v!r}" for k, v in RunSettings(**task.default_settings()).model_dump().items()
+            )
+        )
+        target = task.default_target()
+        if target:
+            sign = "<=" if target.direction == "min" else ">="
+            lines.append(f"  target: {target.metric} {sign} {target.value:g}")
+    if cls.BASELINE:
+        lines.append(
+            "AdamW baseline (each optimizer's recipe starts from it): "
+            + ", ".join(f"{k}={v!r}" for k, v in cls.BASELINE.items())
+        )
+    lines.append("metrics: " + ", ".join(f"{k} ({v})" for k, v in cls.metric_directions.items()))
+    return "\n".join(lines)

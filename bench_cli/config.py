@@ -1,0 +1,127 @@
+"""Run configuration: settings, ``--set key=value`` overrides, and their resolution.
+
+A run is (task + options, optimizer + hyperparameters, settings, seed). Overrides go to one of
+three places: ``opt.KEY`` (optimizer hyperparameters; ``OPTNAME.KEY`` for one optimizer only),
+``task.KEY`` (task options) and ``run.KEY`` (settings). An unprefixed key goes wherever it is
+known; a key known in two places must be prefixed; an unknown key is an error naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bench_cli.errors import ConfigError
+
+
+class RunSettings(BaseModel):
+    """How the runner trains; each task supplies its own defaults (``bench show TASK``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    warmup_steps: int = Field(0, ge=0, description="linear lr warmup steps")
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final lr / peak lr")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="global grad-norm clip (None: off)")
+    eval_interval: int = Field(100, ge=1, description="steps between evaluations")
+    log_interval: int = Field(10, ge=1, description="steps between loss reads (host syncs)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    compile: bool = Field(False, description="torch.compile the model")
+    target: float | None = Field(None, description="override the task's target value")
+    max_seconds: float | None = Field(None, gt=0.0, description="wall-clock cap on training")
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML scalars and flow lists (``1e-3``, ``[0.9, 0.99]``, ``null``)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        # YAML 1.1 reads 1e-3 as a string; accept the usual float spellings
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_sets(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out.append((key.strip(), parse_value(raw.strip())))
+    return out
+
+
+class Overrides(BaseModel):
+    """Overrides sorted into their three destinations."""
+
+    hparams: dict[str, dict[str, Any]] = {}  # optimizer name -> {key: value}
+    task: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+
+
+def sort_overrides(
+    pairs: list[tuple[str, Any]],
+    optimizer_args: dict[str, set[str]],
+    task_fields: set[str],
+) -> Overrides:
+    """Send each ``key=value`` to the optimizers, the task or the settings."""
+    setting_fields = set(RunSettings.model_fields)
+    out = Overrides(hparams={name: {} for name in optimizer_args})
+    for key, value in pairs:
+        scope, _, name = key.rpartition(".")
+        scope = scope.lower().replace("_", "-")
+        if scope in ("opt", ""):
+            takers = [o for o, args in optimizer_args.items() if name in args]
+        elif scope in optimizer_args:
+            if name not in optimizer_args[scope]:
+                raise ConfigError(
+                    f"--set {key}: optimizer {scope!r} has no hyperparameter {name!r}; it accepts "
+                    f"{', '.join(sorted(optimizer_args[scope]))}"
+                )
+            takers = [scope]
+        elif scope not in ("task", "run"):
+            raise ConfigError(
+                f"--set {key}: {scope!r} is not opt, task, run or one of the optimizers of this "
+                f"run ({', '.join(optimizer_args)})"
+            )
+        else:
+            takers = []
+        in_task = scope in ("task", "") and name in task_fields
+        in_run = scope in ("run", "") and name in setting_fields
+        places = bool(takers) + in_task + in_run
+        if places > 1:
+            raise ConfigError(
+                f"--set {key}: {name!r} is both an optimizer hyperparameter, task option or run "
+                f"setting; write opt.{name}, task.{name} or run.{name}"
+            )
+        if places == 0:
+            raise ConfigError(
+                f"--set {key}: unknown key {name!r}. Optimizer hyperparameters: "
+                f"{', '.join(sorted(set().union(*optimizer_args.values())))}; task options: "
+                f"{', '.join(sorted(task_fields))}; run settings: "
+                f"{', '.join(sorted(setting_fields))}"
+            )
+        for opt in takers:
+            out.hparams[opt][name] = value
+        if in_task:
+            out.task[name] = value
+        if in_run:
+            out.settings[name] = value
+    return out
+
+
+def validation_message(exc: ValidationError, what: str) -> str:
+    """One line per invalid field of a pydantic error, each naming the field."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"{what} {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)

@@ -1,0 +1,156 @@
+"""Contracts every registered optimizer keeps (a plug-in optimizer is checked the same way)."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+
+import pytest
+import torch
+
+from bench_cli.errors import ConfigError
+from bench_cli.registry import OPTIMIZERS, build_optimizer, optimizer_defaults
+
+NAMES = OPTIMIZERS.names()
+
+# Hyperparameters under which each built-in reaches the optimum of the quadratic below.
+CONVERGE = {
+    "adamw": dict(lr=0.05, weight_decay=0.0),
+    "ademamix": dict(lr=0.05, betas=(0.9, 0.999, 0.99), alpha=2.0),
+    "simplified-ademamix": dict(lr=0.005, betas=(0.9, 0.999), alpha=1.0),
+    "aggmo-adam": dict(lr=0.05),
+    "aggmo": dict(lr=0.02),
+    "lion": dict(lr=0.05),
+    "schedule-free": dict(lr=0.2, betas=(0.9, 0.99), warmup_steps=20),
+    "mars": dict(lr=0.05, lr_1d=0.05, weight_decay_1d=0.0),
+}
+
+
+def _build(name: str, params, **kw):
+    base = {"lr": 1e-2} if optimizer_defaults(OPTIMIZERS.get(name)).get("lr") is None else {}
+    return build_optimizer(name, params, **{**base, **kw})
+
+
+def _ready(opt) -> None:
+    if getattr(opt, "has_train_eval_modes", False):
+        opt.train()
+
+
+def _params(dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(4, 3), (3,), (2, 2, 2, 2), ()]
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def _grads(params, seed):
+    g = torch.Generator().manual_seed(1000 + seed)
+    return [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+
+
+def _step(opt, params, grads) -> None:
+    for p, grad in zip(params, grads):
+        p.grad = None if grad is None else grad.clone()
+    opt.step()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_roundtrip_gives_same_next_step(name: str) -> None:
+    params = _params()
+    opt = _build(name, params)
+    _ready(opt)
+    for t in range(5):
+        _step(opt, params, _grads(params, t))
+    saved_opt = copy.deepcopy(opt.state_dict())
+    saved_params = [p.detach().clone() for p in params]
+
+    clone_params = [p.detach().clone().requires_grad_() for p in params]
+    clone = _build(name, clone_params)
+    clone.load_state_dict(saved_opt)
+    for t in range(5, 8):
+        grads = _grads(params, t)
+        _step(opt, params, grads)
+        _step(clone, clone_params, grads)
+    for p, q, p0 in zip(params, clone_params, saved_params):
+        assert not torch.equal(p.detach(), p0)  # the steps moved something
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_invalid_arguments_raise_value_error_naming_the_argument(name: str) -> None:
+    params = _params()
+    with pytest.raises(ValueError, match="lr"):
+        _build(name, params, lr=-1.0)
+    with pytest.raises(ConfigError, match="no hyperparameter 'not_an_arg'"):
+        _build(name, params, not_an_arg=1)
+    defaults = optimizer_defaults(OPTIMIZERS.get(name))
+    if isinstance(defaults.get("betas"), tuple):
+        bad = list(defaults["betas"])
+        bad[-1] = 1.0
+        with pytest.raises(ValueError, match=r"betas\[\d\]"):
+            _build(name, params, betas=tuple(bad))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_drives_a_convex_quadratic_to_its_optimum(name: str) -> None:
+    h = torch.tensor([1.0, 3.0, 10.0, 0.5], dtype=torch.float64)
+    x_star = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    x = torch.zeros(2, 4, dtype=torch.float64, requires_grad=True)  # 2-D: every branch applies
+    hp = CONVERGE.get(name, {})
+    opt = _build(name, [x], **hp)
+    _ready(opt)
+    lr0, steps = opt.param_groups[0]["lr"], 600
+    for t in range(steps):
+        opt.param_groups[0]["lr"] = lr0 * 0.5 * (1 + math.cos(math.pi * t / steps))
+        x.grad = (h * (x.detach() - x_star)).clone()
+        opt.step()
+    if getattr(opt, "has_train_eval_modes", False):
+        opt.eval()
+    err = (x.detach() - x_star).abs().max().item()
+    assert err < 2e-2, f"{name} ended {err:.3g} away from the optimum"
+
+
+def _has_foreach(name: str) -> bool:
+    return "foreach" in inspect.signature(OPTIMIZERS.get(name).__init__).parameters
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if _has_foreach(n)])
+def test_foreach_equals_the_loop_for_params_and_state(name: str) -> None:
+    """float64, with an empty group, a parameter that never gets a gradient, a zero-size one."""
+    results = []
+    for foreach in (False, True):
+        params = _params()
+        never = torch.ones(3, dtype=torch.float64, requires_grad=True)
+        empty = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+        groups = [
+            {"params": params[:2] + [never]},
+            {"params": params[2:] + [empty], "lr": 5e-3},
+            {"params": []},
+        ]
+        opt = _build(name, groups, foreach=foreach)
+        _ready(opt)
+        for t in range(12):
+            grads = _grads(params, t)
+            if t == 4:
+                grads[1] = None  # a step with no gradient for one parameter
+            if t == 6:
+                grads[0] = torch.zeros_like(grads[0])
+            _step(opt, params + [empty], grads + [torch.zeros(0, 4, dtype=torch.float64)])
+            opt.param_groups[0]["lr"] *= 0.9
+        assert never not in opt.state or not opt.state[never]
+        state = [opt.state[p] for p in params + [empty]]
+        results.append(([p.detach().clone() for p in params], state))
+    (p_loop, s_loop), (p_fe, s_fe) = results
+    for a, b in zip(p_loop, p_fe):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    for sa, sb in zip(s_loop, s_fe):
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            va, vb = sa[key], sb[key]
+            if isinstance(va, torch.Tensor):
+                torch.testing.assert_close(va, vb, rtol=1e-14, atol=1e-15)
+            elif isinstance(va, list):
+                for x, y in zip(va, vb):
+                    torch.testing.assert_close(x, y, rtol=1e-14, atol=1e-15)
+            else:
+                assert va == vb, key
