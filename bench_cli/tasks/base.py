@@ -74,7 +74,7 @@ class Task(ABC):
     def units_per_step(self) -> int:
         """Tokens (or images, or 1 step) consumed by one optimizer step."""
 
-    def prepare(self, device: torch.device) -> None:
+    def prepare(self, device: torch.device) -> None:  # noqa: B027 - optional hook
         """Load data onto ``device``; called once before the model is built."""
 
     @abstractmethod

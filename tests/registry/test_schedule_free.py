@@ -162,7 +162,7 @@ def test_step_leaves_grad_unchanged(foreach: bool) -> None:
     opt = ScheduleFreeAdamW(params, weight_decay=0.1, foreach=foreach)
     opt.train()
     gen = torch.Generator().manual_seed(4)
-    for step in range(3):
+    for _step in range(3):
         grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
         for p, g in zip(params, grads):
             p.grad = g
