@@ -38,6 +38,10 @@ class RunRequest:
     data: str | None = None
     device: str | None = None
     plugins: list[str] = field(default_factory=list)
+    #: structured overrides (suites use these; ``sets`` is the terminal's spelling)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def load_plugins(plugins: list[str]) -> None:
@@ -91,13 +95,21 @@ def plan_runs(req: RunRequest) -> tuple[Task, list[RunSpec]]:
         raise ConfigError("no optimizer given; pass --opt NAME[,NAME...]")
     accepted = {o: set(optimizer_defaults(OPTIMIZERS.get(o))) for o in opt_names}
     over = sort_overrides(parse_sets(req.sets), accepted, set(task_cls.Options.model_fields))
-    task_options = dict(over.task)
+    for name, given in over.hparams.items():
+        unknown = sorted(set(req.hparams) - accepted[name])
+        if unknown:
+            raise ConfigError(
+                f"optimizer {name!r} has no hyperparameter {unknown[0]!r}; it accepts "
+                f"{', '.join(sorted(accepted[name]))}"
+            )
+        over.hparams[name] = {**req.hparams, **given}
+    task_options = {**req.task_options, **over.task}
     if req.data is not None:
         if "data" not in task_cls.Options.model_fields:
             raise ConfigError(f"task {task_cls.registry_name!r} reads no data file; drop --data")
         task_options["data"] = req.data
     task = make_task(task_cls.registry_name, task_options)
-    settings_in = {**task.default_settings(), **over.settings}
+    settings_in = {**task.default_settings(), **req.settings, **over.settings}
     if req.steps is not None:
         settings_in["steps"] = req.steps
     if req.device is not None:

@@ -92,7 +92,7 @@ def _multi_tensor_ademamix(
 ) -> None:
     """The same update with ``torch._foreach_*`` ops, one bucket per (device, dtype, step)."""
     keys = [(p.device, p.dtype, t) for p, t in zip(params, steps)]
-    for idx in group_by(keys):
+    for idx in group_by(keys, params):
         t = steps[idx[0]]
         ps, gs = pick(params, idx), pick(grads, idx)
         m2s, vs = pick(exp_avg_slows, idx), pick(exp_avg_sqs, idx)

@@ -110,7 +110,7 @@ def _multi_tensor_aggmo(
 ) -> None:
     """The same update with ``torch._foreach_*`` ops, one bucket per (device, dtype)."""
     k = len(betas)
-    for idx in group_by([(p.device, p.dtype) for p in params]):
+    for idx in group_by([(p.device, p.dtype) for p in params], params):
         ps, gs = pick(params, idx), pick(grads, idx)
         ds = torch._foreach_add(gs, ps, alpha=weight_decay) if weight_decay != 0.0 else gs
         for beta, bufs in zip(betas, momentum_buffers):
@@ -252,7 +252,7 @@ def _multi_tensor_aggmo_adam(
 ) -> None:
     """The same update with ``torch._foreach_*`` ops, one bucket per (device, dtype, step)."""
     keys = [(p.device, p.dtype, t) for p, t in zip(params, steps)]
-    for idx in group_by(keys):
+    for idx in group_by(keys, params):
         t = steps[idx[0]]
         ps, gs, vs = pick(params, idx), pick(grads, idx), pick(exp_avg_sqs, idx)
         if weight_decay != 0.0:

@@ -47,7 +47,7 @@ def _multi_tensor_lion(
 ) -> None:
     """The same update with ``torch._foreach_*`` ops, one bucket per (device, dtype)."""
     keys = [(p.device, p.dtype) for p in params]
-    for idx in group_by(keys):
+    for idx in group_by(keys, params):
         ps, gs, ms = pick(params, idx), pick(grads, idx), pick(exp_avgs, idx)
         if weight_decay != 0.0:
             torch._foreach_mul_(ps, 1.0 - lr * weight_decay)

@@ -96,7 +96,7 @@ def _multi_tensor_mars(
     """The same MARS branch with ``torch._foreach_*`` ops, one bucket per (device, dtype, step)."""
     scale = gamma * (beta1 / (1.0 - beta1))
     keys = [(p.device, p.dtype, t) for p, t in zip(params, steps)]
-    for idx in group_by(keys):
+    for idx in group_by(keys, params, block=False):  # c is clipped by its per-tensor norm
         t = steps[idx[0]]
         ps, gs, ms = pick(params, idx), pick(grads, idx), pick(exp_avgs, idx)
         g_prevs, g_nexts = pick(last_grads, idx), pick(next_last_grads, idx)
@@ -164,7 +164,7 @@ def _multi_tensor_adamw(
 ) -> None:
     """The AdamW branch with ``torch._foreach_*`` ops, one bucket per (device, dtype, step)."""
     keys = [(p.device, p.dtype, t) for p, t in zip(params, steps)]
-    for idx in group_by(keys):
+    for idx in group_by(keys, params):
         t = steps[idx[0]]
         ps, gs = pick(params, idx), pick(grads, idx)
         ms, vs = pick(exp_avgs, idx), pick(exp_avg_sqs, idx)

@@ -63,7 +63,7 @@ def _multi_tensor_schedule_free(
 ) -> None:
     """The same update with ``torch._foreach_*`` ops, one bucket per (device, dtype)."""
     keys = [(p.device, p.dtype) for p in params]
-    for idx in group_by(keys):
+    for idx in group_by(keys, params):
         ys, gs, vs = pick(params, idx), pick(grads, idx), pick(exp_avg_sqs, idx)
         bucket_zs = pick(zs, idx)
         torch._foreach_mul_(vs, beta2)
@@ -126,6 +126,7 @@ class ScheduleFreeAdamW(BenchOptimizer):
     state_memory = "z, v: 2 x params (p holds y in train mode, x in eval mode)"
     has_train_eval_modes = True
     owns_warmup = True
+    owns_lr_schedule = True  # schedule-free: the loop keeps the lr constant
 
     def __init__(
         self,

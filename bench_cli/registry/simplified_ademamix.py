@@ -94,7 +94,7 @@ def _multi_tensor_simplified_ademamix(
     """The same update with ``torch._foreach_*`` ops, one bucket per (device, dtype, step, N, D)."""
     new_nums, new_dens = list(num_sums), list(den_sums)
     keys = [(p.device, p.dtype, t, n, d) for p, t, n, d in zip(params, steps, num_sums, den_sums)]
-    for idx in group_by(keys):
+    for idx in group_by(keys, params):
         t, n, d = steps[idx[0]], num_sums[idx[0]], den_sums[idx[0]]
         ps, gs, ms, vs = (pick(x, idx) for x in (params, grads, exp_avgs, exp_avg_sqs))
         beta1_t = _beta1_at(t, beta1, min_beta1, beta1_warmup)

@@ -114,9 +114,13 @@ def _has_foreach(name: str) -> bool:
     return "foreach" in inspect.signature(OPTIMIZERS.get(name).__init__).parameters
 
 
+@pytest.mark.parametrize("block", [None, 5], ids=["default-blocks", "tensors-cut-in-blocks"])
 @pytest.mark.parametrize("name", [n for n in NAMES if _has_foreach(n)])
-def test_foreach_equals_the_loop_for_params_and_state(name: str) -> None:
-    """float64, with an empty group, a parameter that never gets a gradient, a zero-size one."""
+def test_foreach_equals_the_loop_for_params_and_state(name: str, block, monkeypatch) -> None:
+    """float64, with an empty group, a parameter that never gets a gradient, a zero-size one;
+    also with CPU foreach buckets so small that every tensor is cut into flat views."""
+    if block is not None:
+        monkeypatch.setattr("bench_cli.registry._base.CPU_BLOCK_NUMEL", block)
     results = []
     for foreach in (False, True):
         params = _params()
