@@ -79,6 +79,7 @@ def run(
     ] = None,
     data: Annotated[str | None, typer.Option(help="Local data file or folder.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     plugin: PluginOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:

@@ -99,8 +99,8 @@ def sort_overrides(
         places = bool(takers) + in_task + in_run
         if places > 1:
             raise ConfigError(
-                f"--set {key}: {name!r} is both an optimizer hyperparameter, task option or run "
-                f"setting; write opt.{name}, task.{name} or run.{name}"
+                f"--set {key}: {name!r} is ambiguous (an optimizer hyperparameter, task option or "
+                f"run setting at once); write opt.{name}, task.{name} or run.{name}"
             )
         if places == 0:
             raise ConfigError(
