@@ -1,0 +1,92 @@
+"""The one record schema: a frozen ``RunRecord`` per run, stored as one JSON file.
+
+This module (like all of ``bench_cli.results``) never imports torch: records are plain data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+Status = Literal["done", "diverged", "error"]
+Direction = Literal["min", "max"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Target(_Frozen):
+    """The metric a run must reach: ``metric`` <= ``value`` (min) or >= ``value`` (max)."""
+
+    metric: str
+    value: float
+    direction: Direction = "min"
+
+    def reached(self, x: float) -> bool:
+        return x <= self.value if self.direction == "min" else x >= self.value
+
+
+class EvalPoint(_Frozen):
+    """One evaluation: after ``step`` optimizer steps, ``tokens`` units consumed, ``seconds`` of
+    training (evaluation excluded)."""
+
+    step: int
+    tokens: int
+    seconds: float
+    metrics: dict[str, float]
+
+
+class ParamGroupInfo(_Frozen):
+    name: str
+    tensors: int
+    numel: int
+    weight_decay: float | None = None
+
+
+class Env(_Frozen):
+    device: str
+    device_name: str
+    torch: str
+    bench: str
+    python: str
+    platform: str
+    git_sha: str | None = None
+
+
+class RunRecord(_Frozen):
+    """Everything about one run of one optimizer on one task with one seed."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    task: str
+    task_options: dict[str, Any]
+    optimizer: str
+    hparams: dict[str, Any] = Field(description="fully resolved, defaults included")
+    settings: dict[str, Any] = Field(description="run settings: steps, schedule, clipping, ...")
+    seed: int
+    unit: str = Field(description="what 'tokens' counts for this task: tokens, images or steps")
+    status: Status
+    error: str | None = None
+    target: Target | None = None
+    tokens_to_target: float | None = None
+    seconds_to_target: float | None = None
+    steps_to_target: float | None = None
+    metric_directions: dict[str, Direction] = {}
+    final_metrics: dict[str, float] = {}
+    best_metrics: dict[str, float] = {}
+    curve: list[EvalPoint] = []
+    probe_curve: list[EvalPoint] | None = None
+    steps_done: int = 0
+    tokens_done: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    tokens_per_second: float | None = None
+    optimizer_state_bytes: int = 0
+    param_groups: list[ParamGroupInfo] = []
+    env: Env
+    started_at: str
+    finished_at: str
