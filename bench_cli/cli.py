@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bench_cli import __version__, api
+from bench_cli.cli_results import register as register_results_commands
 from bench_cli.display import ProgressBar, frame_table, stderr, stdout
 from bench_cli.errors import BenchError
 
@@ -133,6 +134,9 @@ def show(
     """Show an optimizer's math, defaults and memory, or a task's options and defaults."""
     api.load_plugins(plugin or [])
     stdout.print(api.describe(name), highlight=False, markup=False, soft_wrap=True)
+
+
+register_results_commands(app)
 
 
 def main() -> None:

@@ -1,0 +1,151 @@
+"""The analysis commands: ``leaderboard``, ``export``, ``plot`` and ``check``.
+
+Everything is regenerated from the stored records alone; ``register(app)`` adds the commands to
+the ``bench`` app. (No ``from __future__ import annotations`` here: typer reads the annotations
+at run time.)
+"""
+
+import functools
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.markup import escape
+
+from bench_cli.display import frame_table, stderr, stdout
+from bench_cli.errors import BenchError
+from bench_cli.results import check as checks
+from bench_cli.results import export, leaderboard, plots
+from bench_cli.results.record import RunRecord
+from bench_cli.results.store import load_records
+
+DirArg = Annotated[
+    Path,
+    typer.Argument(metavar="DIR", help="A directory of run records (searched recursively)."),
+]
+BaselineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Optimizer that speedups are measured against ({leaderboard.DEFAULT_BASELINE} "
+        "unless given)."
+    ),
+]
+
+
+def _friendly(fn):
+    """Domain errors print one red line and exit 1 (as in ``bench_cli.cli``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BenchError as exc:
+            stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    wrapper.__signature__ = inspect.signature(fn)
+    return wrapper
+
+
+def _records(directory: Path) -> list[RunRecord]:
+    try:
+        records = load_records(directory)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BenchError(
+            f"a record in {str(directory)!r} does not validate: {where}: {first['msg']}"
+        ) from exc
+    if not records:
+        raise BenchError(f"no run records in {str(directory)!r}")
+    return records
+
+
+def _baseline(records: list[RunRecord], baseline: str | None) -> str:
+    """The baseline; an explicit one must have runs, the default only gets a warning."""
+    names = sorted({r.optimizer for r in records})
+    chosen = baseline or leaderboard.DEFAULT_BASELINE
+    if chosen not in names:
+        message = f"baseline {chosen!r} has no runs here (optimizers: {', '.join(names)})"
+        if baseline is not None:
+            raise BenchError(message + "; choose one with --baseline")
+        stderr.print(f"[yellow]warning:[/yellow] {message}; no speedups", highlight=False)
+    return chosen
+
+
+def _escaped(df):
+    return df.apply(lambda col: col.map(lambda x: escape(x) if isinstance(x, str) else x))
+
+
+def show_leaderboard(directory: DirArg, baseline: BaselineOpt = None) -> None:
+    """Per task, each optimizer's best configuration over seeds; then the overall ranking."""
+    records = _records(directory)
+    lb = leaderboard.build(records, _baseline(records, baseline))
+    for name, task in export.tasks_of(lb):
+        title = f"{name}: {export.target_line(lb, name)}, baseline {lb.baseline}"
+        stdout.print(frame_table(_escaped(export.display_task(task)), title=escape(title)))
+    stdout.print(frame_table(_escaped(export.display_ranking(lb.ranking)), title="overall"))
+    stdout.print(export.NOTE.format(unit="tokens"), style="dim", highlight=False)
+
+
+def export_tables(
+    directory: DirArg,
+    fmt: Annotated[str, typer.Option("--format", help="csv, md, latex or json.")] = "md",
+    out: Annotated[Path | None, typer.Option(help="Write to this file (default: stdout).")] = None,
+    table: Annotated[str, typer.Option(help="all, tasks or ranking (CSV: one table).")] = "all",
+    baseline: BaselineOpt = None,
+) -> None:
+    """Export the leaderboard's tables for a paper or a spreadsheet."""
+    if fmt not in export.FORMATS:
+        raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(export.FORMATS)}")
+    records = _records(directory)
+    text = export.render(leaderboard.build(records, _baseline(records, baseline)), fmt, table)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        export.write(text, out)
+        stderr.print(f"wrote {out}", highlight=False)
+
+
+def plot(
+    directory: DirArg,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the figures [default: DIR/plots].")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="png, svg or pdf.")] = "png",
+    logx: Annotated[bool, typer.Option("--logx", help="Logarithmic x axis.")] = False,
+    baseline: BaselineOpt = None,
+) -> None:
+    """Loss against tokens and against training seconds per task, and the performance profile."""
+    if fmt not in plots.PLOT_FORMATS:
+        raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(plots.PLOT_FORMATS)}")
+    records = _records(directory)
+    options = plots.PlotOptions(fmt=fmt, baseline=_baseline(records, baseline), logx=logx)
+    for path in plots.plot_all(records, out or Path(directory) / "plots", options):
+        stdout.print(str(path), highlight=False, markup=False, soft_wrap=True)
+
+
+def check(
+    directory: DirArg,
+    against: Annotated[Path, typer.Option("--against", help="Baseline results directory.")],
+    tolerance: Annotated[
+        float, typer.Option(help="Allowed slack beyond the baseline's interval (0.05 = 5%).")
+    ] = checks.DEFAULT_TOLERANCE,
+) -> None:
+    """Exit 1 when tokens-to-target regressed beyond its interval or a run newly failed."""
+    problems = checks.check_dirs(directory, against, tolerance)
+    for problem in problems:
+        stderr.print(f"[red]regression:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    stdout.print(f"no regressions against {against}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("leaderboard")(_friendly(show_leaderboard))
+    app.command("export")(_friendly(export_tables))
+    app.command("plot")(_friendly(plot))
+    app.command("check")(_friendly(check))

@@ -1,0 +1,134 @@
+"""A CI gate: compare a results directory against a baseline one and list what got worse.
+
+A problem is one of:
+
+- a task, or an optimizer on a task, that the baseline has and the new results lack;
+- tokens-to-target that got worse beyond the baseline's interval: the new median exceeds the upper
+  end of the baseline's bootstrap interval by more than ``tolerance`` (relative), or the new median
+  is censored (half or more of the seeds missed the target) where the baseline's was not;
+- a run that crashed (``error``) where the baseline's did not, or diverged where the baseline's
+  finished. Runs are matched by task, optimizer, seed and configuration; when each side tried one
+  configuration only (no sweep), by task, optimizer and seed, so a changed default is still caught.
+
+Both sides are measured against the baseline's targets, so a recalibrated target is no excuse.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench_cli.errors import BenchError
+from bench_cli.results import leaderboard, stats
+from bench_cli.results.export import fmt_count
+from bench_cli.results.record import RunRecord
+from bench_cli.results.store import load_records
+
+DEFAULT_TOLERANCE = 0.05
+
+
+def _missing(base: set, new: set) -> list[str]:
+    problems = []
+    base_tasks, new_tasks = {t for t, _ in base}, {t for t, _ in new}
+    for task in sorted(base_tasks - new_tasks):
+        problems.append(f"{task}: no runs in the new results")
+    for task, opt in sorted(base - new):
+        if task in new_tasks:
+            problems.append(f"{task} / {opt}: no runs in the new results")
+    return problems
+
+
+def _regressions(base: leaderboard.Leaderboard, new: leaderboard.Leaderboard, tol: float):
+    problems = []
+    old_rows = {(r.task, r.optimizer): r for r in base.tasks.itertuples()}
+    for n in new.tasks.itertuples():
+        b = old_rows.get((n.task, n.optimizer))
+        if b is None or math.isnan(b.tokens_to_target):
+            continue
+        where = f"{n.task} / {n.optimizer}"
+        if math.isnan(n.tokens_to_target):
+            problems.append(
+                f"{where}: reached the target in {n.reached}/{n.runs} seeds (baseline "
+                f"{b.reached}/{b.runs}); the median {n.unit}-to-target is now censored"
+            )
+        elif n.tokens_to_target > b.tokens_to_target_hi * (1 + tol):
+            problems.append(
+                f"{where}: median {n.unit}-to-target {fmt_count(n.tokens_to_target)} is above the "
+                f"baseline's interval [{fmt_count(b.tokens_to_target_lo)}, "
+                f"{fmt_count(b.tokens_to_target_hi)}] by more than the {tol:.0%} tolerance"
+            )
+    return problems
+
+
+def _configs(records: Sequence[RunRecord]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in records:
+        out[(r.task, r.optimizer)].add(stats.config_key(r))
+    return out
+
+
+def _status_lookup(base: Sequence[RunRecord], new: Sequence[RunRecord]):
+    """For a new run, the status of the matching baseline run (None when there is none)."""
+    exact = {(r.task, r.optimizer, r.seed, stats.config_key(r)): r.status for r in base}
+    by_seed = {(r.task, r.optimizer, r.seed): r.status for r in base}
+    base_configs, new_configs = _configs(base), _configs(new)
+
+    def previous(r: RunRecord) -> str | None:
+        key = (r.task, r.optimizer, r.seed, stats.config_key(r))
+        if key in exact:
+            return exact[key]
+        pair = (r.task, r.optimizer)
+        if len(base_configs.get(pair, ())) == 1 and len(new_configs[pair]) == 1:
+            return by_seed.get((r.task, r.optimizer, r.seed))  # no sweep: a changed default
+        return None
+
+    return previous
+
+
+def _new_failures(base: Sequence[RunRecord], new: Sequence[RunRecord]) -> list[str]:
+    previous = _status_lookup(base, new)
+    problems = []
+    for r in new:
+        before = previous(r)
+        if (r.status == "error" and before != "error") or (
+            r.status == "diverged" and before == "done"
+        ):
+            why = f": {r.error.splitlines()[0]}" if r.error else ""
+            was = f"was {before}" if before else "not in the baseline"
+            problems.append(f"{r.task} / {r.optimizer} seed {r.seed}: {r.status}{why} ({was})")
+    return problems
+
+
+def compare(
+    new: Sequence[RunRecord],
+    base: Sequence[RunRecord],
+    tolerance: float = DEFAULT_TOLERANCE,
+    baseline: str = leaderboard.DEFAULT_BASELINE,
+) -> list[str]:
+    """Human-readable problems of ``new`` against ``base``; an empty list means it passes."""
+    if not tolerance >= 0:
+        raise BenchError(f"tolerance must be >= 0 (a fraction, 0.05 = 5%), got {tolerance}")
+    base_lb = leaderboard.build(base, baseline)
+    new_lb = leaderboard.build(new, baseline, targets=base_lb.targets)
+    keys = {
+        side: set(zip(lb.tasks["task"], lb.tasks["optimizer"]))
+        for side, lb in (("base", base_lb), ("new", new_lb))
+    }
+    return [
+        *_missing(keys["base"], keys["new"]),
+        *_regressions(base_lb, new_lb, tolerance),
+        *_new_failures(base, new),
+    ]
+
+
+def check_dirs(new_dir: Path, base_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> list[str]:
+    """``compare`` on the records stored in two directories."""
+    loaded = []
+    for directory in (new_dir, base_dir):
+        records = load_records(directory)
+        if not records:
+            raise BenchError(f"no run records in {str(directory)!r}")
+        loaded.append(records)
+    return compare(loaded[0], loaded[1], tolerance)

@@ -1,0 +1,182 @@
+"""Exports parsed back: CSV with pandas, Markdown and LaTeX structure, strict JSON; the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from bench_cli.cli_results import register
+from bench_cli.results import export, leaderboard
+from tests.results import make_record, suite, write_all
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def lb() -> leaderboard.Leaderboard:
+    return leaderboard.build(suite())
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_csv_reads_back_with_pandas(lb) -> None:
+    df = pd.read_csv(io.StringIO(export.render(lb, "csv")))
+    assert list(df.columns) == leaderboard.TASK_COLUMNS
+    assert len(df) == 6
+    row = df[(df["task"] == "valley") & (df["optimizer"] == "slow")].iloc[0]
+    assert math.isnan(row["tokens_to_target"]) and row["tokens_to_target_hi"] == math.inf
+    pd.testing.assert_series_equal(df["tokens_to_target"], lb.tasks["tokens_to_target"])
+    ranking = pd.read_csv(io.StringIO(export.render(lb, "csv", table="ranking")))
+    assert list(ranking["optimizer"]) == ["fast", "adamw", "slow"]
+
+
+def test_markdown_is_well_formed_pipe_tables(lb) -> None:
+    text = export.render(lb, "md")
+    assert "### lm" in text and "### valley" in text and "### Overall ranking" in text
+    tables = re.findall(r"((?:^\|.*\|$\n?)+)", text, flags=re.M)
+    assert len(tables) == 3
+    for table in tables:
+        lines = table.strip().splitlines()
+        widths = {line.count("|") for line in lines}
+        assert len(widths) == 1, "every row has as many cells as the header"
+        assert re.fullmatch(r"\|(-+:?\|)+", lines[1].replace("--:", "--:"))
+    assert "| fast | 3/3 | 2.05k [2k, 2.1k] |" in text
+    assert "| slow | 0/3 | — |" in text  # censored median: a dash, with the count beside it
+
+
+def latex_rows(tabular: str) -> list[str]:
+    body = tabular.split(r"\midrule")[1].split(r"\bottomrule")[0]
+    return [line for line in body.strip().splitlines()]
+
+
+def test_latex_uses_booktabs_and_escapes(lb) -> None:
+    text = export.render(lb, "latex")
+    tabulars = re.findall(r"\\begin\{tabular\}.*?\\end\{tabular\}", text, flags=re.S)
+    assert len(tabulars) == 3
+    for tabular in tabulars:
+        assert tabular.count(r"\toprule") == tabular.count(r"\bottomrule") == 1
+        columns = len(re.match(r"\\begin\{tabular\}\{(\w+)\}", tabular).group(1))
+        header = tabular.split(r"\toprule")[1].split(r"\midrule")[0]
+        for line in [header.strip(), *latex_rows(tabular)]:
+            assert line.endswith(r"\\") and line.count("&") == columns - 1
+    tex = "\n".join(line for line in text.splitlines() if not line.startswith("%"))
+    assert r"Best val\_loss" in tex and "val_loss" not in tex.replace(r"val\_loss", "")
+    assert "∞" not in text and "—" not in text
+    # 2 of 3 seeds reached: a median with an interval open to the top
+    partly = [make_record("t", "a", s, None if s == 2 else 4000.0) for s in range(3)]
+    assert r"4k [4k, $\infty$]" in export.render(leaderboard.build(partly, "a"), "latex")
+
+
+def test_latex_bolds_a_winner_only_when_its_interval_excludes_the_others(lb) -> None:
+    lm = re.search(r"% lm:.*?\\end\{tabular\}", export.render(lb, "latex"), flags=re.S).group(0)
+    rows = {row.split(" & ")[0]: row for row in latex_rows(lm)}
+    assert r"\textbf{2.05k [2k, 2.1k]}" in rows["fast"]
+    assert r"\textbf" not in rows["adamw"] + rows["slow"]
+    # two optimizers whose intervals overlap: nobody is bold
+    close = [make_record("t", "a", s, 4000.0 + 500 * s) for s in range(3)]
+    close += [make_record("t", "b", s, 4200.0 + 500 * s) for s in range(3)]
+    assert r"\textbf" not in export.render(leaderboard.build(close, "a"), "latex")
+
+
+def test_winner_rule() -> None:
+    assert export.winner([1.0, 3.0], [0.5, 2.5], [1.5, 3.5], lower=True) == 0
+    assert export.winner([1.0, 3.0], [0.5, 1.0], [2.0, 3.5], lower=True) == -1  # overlap
+    assert export.winner([1.0, 3.0], [0.5, 2.5], [1.5, 3.5], lower=False) == 1
+    assert export.winner([1.0, math.nan], [0.5, math.inf], [1.5, math.inf], lower=True) == 0
+    assert export.winner([1.0], [0.5], [1.5], lower=True) == -1  # alone: nothing to beat
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX engine")
+def test_latex_compiles(lb, tmp_path: Path) -> None:
+    doc = tmp_path / "t.tex"
+    doc.write_text(
+        "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n"
+        + export.render(lb, "latex")
+        + "\\end{document}\n"
+    )
+    subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert (tmp_path / "t.pdf").stat().st_size > 0
+
+
+def test_json_is_strict_and_complete(lb) -> None:
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    data = json.loads(export.render(lb, "json"), parse_constant=no_constants)
+    assert data["baseline"] == "adamw" and data["targets"]["lm"]["value"] == 1.0
+    slow = next(r for r in data["tasks"] if (r["task"], r["optimizer"]) == ("valley", "slow"))
+    assert slow["tokens_to_target"] is None and slow["tokens_to_target_hi"] == "inf"
+    assert [r["optimizer"] for r in data["ranking"]] == ["fast", "adamw", "slow"]
+
+
+@pytest.mark.parametrize(
+    ("x", "text"),
+    [(1_234_567, "1.23M"), (999_950, "1M"), (12, "12"), (2.5e9, "2.5B"), (math.inf, "∞")],
+)
+def test_counts_read_well(x, text) -> None:
+    assert export.fmt_count(x) == text
+
+
+def test_latex_escape() -> None:
+    assert export.latex_escape("a_b & 50% #1 {x}") == r"a\_b \& 50\% \#1 \{x\}"
+
+
+def test_export_command_writes_a_file_atomically(app, tmp_path: Path) -> None:
+    results = write_all(tmp_path / "results", suite())
+    out = tmp_path / "paper" / "table.tex"
+    result = runner.invoke(app, ["export", str(results), "--format", "latex", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text().count(r"\toprule") == 3
+    assert [p.name for p in out.parent.iterdir()] == ["table.tex"]  # no temporary left behind
+    result = runner.invoke(app, ["export", str(results), "--format", "csv"])
+    assert result.exit_code == 0 and len(pd.read_csv(io.StringIO(result.stdout))) == 6
+
+
+def test_leaderboard_command_prints_every_task_and_the_ranking(app, tmp_path: Path) -> None:
+    results = write_all(tmp_path / "results", suite())
+    result = runner.invoke(app, ["leaderboard", str(results)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    for text in ("lm: target val_loss <= 1", "valley", "overall", "better", "0/3", "2.05k"):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "{dir}", "--format", "xlsx"], "unknown format 'xlsx'"),
+        (["export", "{missing}"], "does not exist"),
+        (["leaderboard", "{empty}"], "no run records"),
+        (["leaderboard", "{dir}", "--baseline", "sgd"], "baseline 'sgd' has no runs"),
+    ],
+)
+def test_bad_input_is_one_red_line(app, tmp_path: Path, args, message) -> None:
+    paths = {
+        "dir": str(write_all(tmp_path / "results", suite(seeds=(0,)))),
+        "missing": str(tmp_path / "nowhere"),
+        "empty": str(write_all(tmp_path / "empty", [])),
+    }
+    result = runner.invoke(app, [a.format(**paths) for a in args])
+    assert result.exit_code == 1
+    assert "error:" in result.output and message in result.output
+    assert "Traceback" not in result.output
