@@ -9,6 +9,7 @@ import typer
 
 from bench_cli import __version__, api
 from bench_cli.cli_results import register as register_results_commands
+from bench_cli.cli_suite import suite_app
 from bench_cli.display import ProgressBar, frame_table, stderr, stdout
 from bench_cli.errors import BenchError
 
@@ -137,6 +138,7 @@ def show(
 
 
 register_results_commands(app)
+app.add_typer(suite_app, name="suite")
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ Direction = Literal["min", "max"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN/inf (a diverged run's metrics) are written as JSON's NaN/Infinity and read back
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
 
 class Target(_Frozen):
