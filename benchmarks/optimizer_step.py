@@ -78,7 +78,10 @@ def time_step(name: str, impl: dict, shapes, device, warmup: int, iters: int):
         p.requires_grad_(True)
         p.grad = torch.randn_like(p) * 1e-3
     extra = {"lr": 1e-3} if name == "aggmo" else {}
-    opt = build_optimizer(name, params, **extra, **impl)
+    if name == "torch.optim.AdamW":
+        opt = torch.optim.AdamW(params, lr=1e-3, **impl)
+    else:
+        opt = build_optimizer(name, params, **extra, **impl)
     if getattr(opt, "has_train_eval_modes", False):
         opt.train()
     if getattr(opt, "needs_lookahead_grad", False):
@@ -97,8 +100,9 @@ def time_step(name: str, impl: dict, shapes, device, warmup: int, iters: int):
     return statistics.median(times), buffers, n_param_bytes
 
 
-def implementations(name: str, device: torch.device, compiled: bool) -> list[tuple[str, dict]]:
-    args = inspect.signature(OPTIMIZERS.get(name).__init__).parameters
+def implementations(name: str, device: torch.device) -> list[tuple[str, dict]]:
+    cls = torch.optim.AdamW if name == "torch.optim.AdamW" else OPTIMIZERS.get(name)
+    args = inspect.signature(cls.__init__).parameters
     out = []
     if "foreach" in args:
         out += [("loop", {"foreach": False}), ("foreach", {"foreach": True})]
@@ -130,7 +134,8 @@ def main() -> None:
     )
     shapes = gpt2_shapes(n_layer=args.layers, vocab=args.vocab)
     numel = sum(torch.Size(s).numel() for s in shapes)
-    names = OPTIMIZERS.names() if args.opt == "all" else args.opt.split(",")
+    names = ["torch.optim.AdamW"] + (OPTIMIZERS.names() if args.opt == "all"
+                                     else args.opt.split(","))
     bw = copy_bandwidth(device, numel) if device.type == "cuda" else None
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     header = (
@@ -144,14 +149,14 @@ def main() -> None:
     slower = []
     for name in names:
         per_impl = {}
-        for label, impl in implementations(name, device, False):
+        for label, impl in implementations(name, device):
             res = time_step(name, impl, shapes, device, args.warmup, args.iters)
             if res is None:
                 continue
             sec, buffers, pbytes = res
             moved = pbytes * (3 + 2 * buffers)
-            if name == "adamw" and label in ("foreach", "default") and baseline is None:
-                baseline = sec
+            if name == "torch.optim.AdamW" and label == "foreach":
+                baseline = sec  # the yardstick: torch's AdamW, foreach, on the same device
             per_impl[label] = sec
             rows.append(
                 [
@@ -165,7 +170,8 @@ def main() -> None:
                 ]
             )
             print(f"  {name:<20} {label:<8} {sec * 1e3:9.2f} ms", flush=True)
-        if "loop" in per_impl and "foreach" in per_impl and per_impl["foreach"] > per_impl["loop"]:
+        loop, fe = per_impl.get("loop"), per_impl.get("foreach")
+        if name != "torch.optim.AdamW" and loop and fe and fe > loop:
             slower.append(name)
 
     lines = [
