@@ -1,7 +1,5 @@
 """The ``bench`` command: each command declares its options and hands off to ``bench_cli.api``."""
 
-import functools
-import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +8,7 @@ import typer
 from bench_cli import __version__, api
 from bench_cli.cli_results import register as register_results_commands
 from bench_cli.cli_suite import suite_app
-from bench_cli.display import ProgressBar, frame_table, stderr, stdout
-from bench_cli.errors import BenchError
+from bench_cli.display import ProgressBar, frame_table, friendly, stderr, stdout
 
 app = typer.Typer(
     name="bench",
@@ -27,21 +24,6 @@ PluginOpt = Annotated[
         "--plugin", help="Import a module or .py file that registers optimizers/tasks (repeatable)."
     ),
 ]
-
-
-def friendly(fn):
-    """Domain errors print one red line and exit 1; nothing else is printed."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except BenchError as exc:
-            stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    wrapper.__signature__ = inspect.signature(fn)
-    return wrapper
 
 
 def _version(value: bool) -> None:

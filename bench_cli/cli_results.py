@@ -5,8 +5,6 @@ the ``bench`` app. (No ``from __future__ import annotations`` here: typer reads 
 at run time.)
 """
 
-import functools
-import inspect
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.markup import escape
 
-from bench_cli.display import frame_table, stderr, stdout
+from bench_cli.display import frame_table, friendly, stderr, stdout
 from bench_cli.errors import BenchError
 from bench_cli.results import check as checks
 from bench_cli.results import export, leaderboard, plots
@@ -33,21 +31,6 @@ BaselineOpt = Annotated[
         "unless given)."
     ),
 ]
-
-
-def _friendly(fn):
-    """Domain errors print one red line and exit 1 (as in ``bench_cli.cli``)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except BenchError as exc:
-            stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    wrapper.__signature__ = inspect.signature(fn)
-    return wrapper
 
 
 def _records(directory: Path) -> list[RunRecord]:
@@ -145,7 +128,7 @@ def check(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("leaderboard")(_friendly(show_leaderboard))
-    app.command("export")(_friendly(export_tables))
-    app.command("plot")(_friendly(plot))
-    app.command("check")(_friendly(check))
+    app.command("leaderboard")(friendly(show_leaderboard))
+    app.command("export")(friendly(export_tables))
+    app.command("plot")(friendly(plot))
+    app.command("check")(friendly(check))

@@ -1,7 +1,5 @@
 """``bench suite``: validate, run and inspect YAML suites (thin commands over bench_cli.suite)."""
 
-import functools
-import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -9,8 +7,7 @@ import typer
 from rich.markup import escape
 
 from bench_cli import suite
-from bench_cli.display import ProgressBar, frame_table, stderr, stdout
-from bench_cli.errors import BenchError
+from bench_cli.display import ProgressBar, frame_table, friendly, stderr, stdout
 from bench_cli.results.record import RunRecord
 
 suite_app = typer.Typer(
@@ -19,21 +16,6 @@ suite_app = typer.Typer(
 )
 
 FileArg = Annotated[Path, typer.Argument(help="A suite file (see suites/*.yaml).")]
-
-
-def friendly(fn):
-    """Domain errors print one red line and exit 1 (as in bench_cli.cli, without importing it)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except BenchError as exc:
-            stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    wrapper.__signature__ = inspect.signature(fn)
-    return wrapper
 
 
 class SuiteProgress(ProgressBar):

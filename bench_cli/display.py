@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import pandas as pd
+import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from bench_cli.errors import BenchError
 from bench_cli.results.record import RunRecord
 from bench_cli.runner import RunCallback, RunSpec
 
@@ -94,3 +99,18 @@ def frame_table(df: pd.DataFrame, title: str | None = None, transpose: bool = Fa
     for _, row in df.iterrows():
         table.add_row(*(_fmt(v) for v in row))
     return table
+
+
+def friendly(fn):
+    """For CLI commands: a domain error prints one red line on stderr and exits 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BenchError as exc:
+            stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    wrapper.__signature__ = inspect.signature(fn)  # typer reads the options from it
+    return wrapper

@@ -18,6 +18,7 @@ from bench_cli.registry._base import (
     group_by,
     pick,
 )
+from bench_cli.registry.adamw import _multi_tensor_adamw, _single_tensor_adamw
 
 MARS_TYPES = ("mars-adamw", "mars-lion")
 
@@ -124,59 +125,6 @@ def _multi_tensor_mars(
             torch._foreach_add_(update, ps, alpha=weight_decay)
         torch._foreach_add_(ps, update, alpha=-lr)
         torch._foreach_copy_(g_prevs, g_nexts)
-
-
-def _single_tensor_adamw(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[int],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-) -> None:
-    """The AdamW branch, in torch AdamW's op order (so it matches ``torch.optim.AdamW``)."""
-    for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
-        p.mul_(1.0 - lr * weight_decay)
-        m.lerp_(g, 1.0 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        bc1, bc2 = 1.0 - beta1**t, 1.0 - beta2**t
-        denom = v.sqrt().div_(math.sqrt(bc2)).add_(eps)
-        p.addcdiv_(m, denom, value=-lr / bc1)
-
-
-def _multi_tensor_adamw(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[int],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-) -> None:
-    """The AdamW branch with ``torch._foreach_*`` ops, one bucket per (device, dtype, step)."""
-    keys = [(p.device, p.dtype, t) for p, t in zip(params, steps)]
-    for idx in group_by(keys, params):
-        t = steps[idx[0]]
-        ps, gs = pick(params, idx), pick(grads, idx)
-        ms, vs = pick(exp_avgs, idx), pick(exp_avg_sqs, idx)
-        torch._foreach_mul_(ps, 1.0 - lr * weight_decay)
-        torch._foreach_lerp_(ms, gs, 1.0 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, gs, gs, value=1.0 - beta2)
-        bc1, bc2 = 1.0 - beta1**t, 1.0 - beta2**t
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_div_(denom, math.sqrt(bc2))
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(ps, ms, denom, value=-lr / bc1)
 
 
 def _check_pair(name: str, betas) -> None:
@@ -398,9 +346,17 @@ class MARS(BenchOptimizer):
             )
         if adamw["p"]:
             beta1, beta2 = self.betas_1d
+            # the AdamW branch is exactly AdamW(lr_1d, betas_1d, weight_decay_1d): reuse it
             fn_1d = _multi_tensor_adamw if foreach else _single_tensor_adamw
+            p, g, m, v, t = (adamw[k] for k in _ADAMW_LISTS)
             fn_1d(
-                *(adamw[k] for k in _ADAMW_LISTS),
+                p,
+                g,
+                m,
+                v,
+                [None] * len(p),
+                t,
+                amsgrad=False,
                 lr=lr * self.lr_1d_factor,
                 beta1=beta1,
                 beta2=beta2,
