@@ -239,6 +239,7 @@ def run(
         final_metrics=curve[-1].metrics if curve else {},
         best_metrics=best_metrics(curve, directions),
         curve=curve,
+        probe_curve=[p for p in curve if "probe_loss" in p.metrics] or None,
         steps_done=step,
         tokens_done=step * per_step,
         train_seconds=train_seconds,
