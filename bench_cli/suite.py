@@ -1,35 +1,7 @@
 """YAML suites: every (task, optimizer, configuration, seed) cell, run into one directory.
 
-A suite file (more in ``suites/*.yaml``)::
-
-    name: example
-    baseline: adamw                      # targets are calibrated from it (default adamw)
-    seeds: [0, 1, 2]
-    tasks:
-      - name: lm-small
-        options: {preset: tiny}          # task options (`bench show lm-small`)
-        budget: {steps: 2000, max_seconds: 600, eval_interval: 100}
-        settings: {warmup_steps: 100}    # any other run setting
-        target: calibrate                # a number, `calibrate`, or left out (the task's own)
-        margin: 0.01                     # calibrate only: 1% worse than the baseline's value
-    optimizers:
-      - name: adamw
-        hparams: {betas: [0.9, 0.95]}    # fixed values: a list here is ONE value (a tuple)
-        sweep: {lr: [3.0e-4, 1.0e-3, 3.0e-3]}   # the grid: each key lists its values
-      - name: ademamix
-        sweep: {betas: [[0.9, 0.999, 0.999], [0.9, 0.999, 0.9999]]}   # two values of betas
-    tiers:
-      smoke: {seeds: [0], budget: {steps: 50}, tasks: {lm-small: {eval_interval: 10}}}
-    default_tier: smoke
-
-Sweeps: ``sweep`` maps a hyperparameter to the list of its values; several keys expand to their
-Cartesian product, in the order written. ``hparams`` holds values that do not change, so
-``betas: [0.9, 0.99]`` there is one value and ``betas: [[0.9, 0.99], [0.95, 0.99]]`` under
-``sweep`` is two; a sweep over a tuple-valued hyperparameter is never ambiguous. Both apply on
-every task of the suite, over the optimizer's recipe for that task.
-
-Tiers: ``--tier NAME`` (else ``default_tier``) replaces ``seeds`` and overrides each task's budget
-with the tier's ``budget``, then with ``tasks.<id>`` (a task's ``id`` defaults to its name).
+The suite file's format (tasks, optimizers, sweeps, tiers) is described and validated in
+``bench_cli.config``; this module plans its cells, calibrates targets and runs them.
 
 Calibration (``target: calibrate``): the baseline's cells of that task run first, every
 configuration and seed. Each configuration scores the median over seeds of its best value of the
@@ -54,20 +26,32 @@ import itertools
 import json
 import math
 import os
-import re
 import socket
 import statistics
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from bench_cli import api
-from bench_cli.config import RunSettings
+from bench_cli.config import (  # the suite schema, also importable from here as before
+    Budget,  # noqa: F401
+    OptimizerEntry,
+    SuiteFile,
+    TaskEntry,
+    Tier,  # noqa: F401
+    apply_tier,
+    expand_grid,
+    key_path,
+    load_suite,
+    parse_suite,  # noqa: F401
+    read_yaml,
+    schema_message,
+)
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.plugins import normalize
 from bench_cli.registry import OPTIMIZERS, optimizer_defaults
@@ -91,232 +75,9 @@ RESOLVED, ENVIRONMENT, CALIBRATION, MARKERS = (
 )
 #: what ``suite status`` reports for a cell
 STATES = ("done", "diverged", "failed", "running", "interrupted", "missing")
-#: run settings that have their own key in a suite (not under ``settings``)
-_OWN_KEYS = {
-    "steps": "budget.steps",
-    "max_seconds": "budget.max_seconds",
-    "eval_interval": "budget.eval_interval",
-    "target": "target",
-    "device": "device (at the top level)",
-}
-
-
-# -- the schema -------------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Budget(_Strict):
-    """What each run of a task may spend; unset fields keep the task's own settings."""
-
-    steps: int | None = Field(None, ge=1)
-    max_seconds: float | None = Field(None, gt=0.0)
-    eval_interval: int | None = Field(None, ge=1)
-
-    def over(self, other: Budget | None) -> Budget:
-        """This budget with the fields that ``other`` sets on top."""
-        return (
-            self if other is None else self.model_copy(update=other.model_dump(exclude_none=True))
-        )
-
-
-class TaskEntry(_Strict):
-    name: str
-    id: str | None = None
-    options: dict[str, Any] = {}
-    budget: Budget = Budget()
-    settings: dict[str, Any] = {}
-    target: Any = None  # a number, "calibrate", or None (the task's own target)
-    margin: float = Field(0.0, ge=0.0)
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, value: Any) -> float | str | None:
-        if value is None or value == "calibrate":
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError("expected a number or 'calibrate'")
-
-    @property
-    def key(self) -> str:
-        return self.id or self.name
-
-
-class OptimizerEntry(_Strict):
-    name: str
-    hparams: dict[str, Any] = {}
-    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
-
-
-class Tier(_Strict):
-    description: str = ""
-    seeds: list[int] | None = Field(None, min_length=1)
-    budget: Budget = Budget()
-    tasks: dict[str, Budget] = {}
-
-
-class SuiteFile(_Strict):
-    name: str | None = None
-    description: str = ""
-    tasks: list[TaskEntry] = Field(min_length=1)
-    optimizers: list[OptimizerEntry] = Field(min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
-    baseline: str = "adamw"
-    device: str | None = None
-    plugins: list[str] = []
-    tiers: dict[str, Tier] = {}
-    default_tier: str | None = None
-
-
-# -- loading ------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that reads ``1e-3`` as a number (YAML 1.1 needs a dot) and refuses a key given
-    twice in one mapping (PyYAML would keep the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def _read_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as exc:
-
-        def at(mark: yaml.Mark | None) -> str:
-            return f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown place"
-
-        message = f"{source}: invalid YAML at {at(exc.problem_mark)}: {exc.problem}"
-        if exc.context and exc.context_mark:
-            message += f" ({exc.context} at {at(exc.context_mark)})"
-        raise ConfigError(message) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
-
-
-def key_path(loc: tuple) -> str:
-    """``('optimizers', 2, 'hparams', 'lr')`` -> ``optimizers[2].hparams.lr``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _schema_message(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{key_path(err['loc'])}: unknown key")
-        else:
-            got = repr(err.get("input"))
-            got = got if len(got) < 60 else got[:57] + "..."
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{key_path(err['loc'])}: {msg} (got {got})")
-    return "; ".join(lines)
-
-
-def _problems(suite: SuiteFile) -> list[str]:
-    """What the schema cannot say about one field alone, each with its key path."""
-    out = []
-    ids = [t.key for t in suite.tasks]
-    for i, t in enumerate(suite.tasks):
-        if ids.index(t.key) != i:
-            out.append(f"tasks[{i}].id: {t.key!r} is used twice; give one of them an id")
-        for key in t.settings:
-            if key in _OWN_KEYS:
-                out.append(f"tasks[{i}].settings.{key}: write it as {_OWN_KEYS[key]}")
-            elif key not in RunSettings.model_fields:
-                known = ", ".join(k for k in RunSettings.model_fields if k not in _OWN_KEYS)
-                out.append(f"tasks[{i}].settings.{key}: unknown run setting; known: {known}")
-        if t.margin and t.target != "calibrate":
-            out.append(f"tasks[{i}].margin: only applies with target: calibrate")
-    for j, o in enumerate(suite.optimizers):
-        for key in sorted(set(o.hparams) & set(o.sweep)):
-            out.append(f"optimizers[{j}].sweep.{key}: also set in hparams; keep one")
-    for where, seeds in [("seeds", suite.seeds)] + [
-        (f"tiers.{n}.seeds", t.seeds or []) for n, t in suite.tiers.items()
-    ]:
-        out += [
-            f"{where}: seed {s} is listed twice" for s in sorted(set(seeds)) if seeds.count(s) > 1
-        ]
-    if suite.default_tier is not None and suite.default_tier not in suite.tiers:
-        out.append(f"default_tier: no tier named {suite.default_tier!r}")
-    for name, tier in suite.tiers.items():
-        for key in tier.tasks:
-            if key not in ids:
-                out.append(f"tiers.{name}.tasks.{key}: no task with that id ({', '.join(ids)})")
-    return out
-
-
-def parse_suite(text: str, source: str = "suite") -> SuiteFile:
-    """Validate a suite's YAML text; every error names its key path (``optimizers[2].sweep``)."""
-    data = _read_yaml(text, source)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a suite is a mapping with tasks and optimizers")
-    try:
-        suite = SuiteFile.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {_schema_message(exc)}") from exc
-    problems = _problems(suite)
-    if problems:
-        raise ConfigError(f"{source}: {'; '.join(problems)}")
-    return suite
-
-
-def load_suite(path: str | Path) -> SuiteFile:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read suite file {str(path)!r}: {exc.strerror or exc}") from exc
-    return parse_suite(text, str(path))
 
 
 # -- planning -----------------------------------------------------------------------------------
-
-
-def expand_grid(hparams: dict[str, Any], sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every point of the Cartesian product of ``sweep`` (keys in order), over ``hparams``."""
-    keys = list(sweep)
-    return [
-        {**hparams, **dict(zip(keys, values))}
-        for values in itertools.product(*(sweep[k] for k in keys))
-    ]
-
-
-def apply_tier(suite: SuiteFile, tier: str | None = None) -> tuple[str | None, SuiteFile]:
-    """(the tier's name, the suite with its seeds and budgets applied and no tiers left)."""
-    name = tier if tier is not None else suite.default_tier
-    bare = {"tiers": {}, "default_tier": None}
-    if name is None:
-        return None, suite.model_copy(update=bare)
-    if name not in suite.tiers:
-        have = ", ".join(suite.tiers) or "none"
-        raise ConfigError(f"no tier named {name!r} in this suite; tiers: {have}")
-    t = suite.tiers[name]
-    tasks = [
-        e.model_copy(update={"budget": e.budget.over(t.budget).over(t.tasks.get(e.key))})
-        for e in suite.tasks
-    ]
-    return name, suite.model_copy(update={**bare, "tasks": tasks, "seeds": t.seeds or suite.seeds})
 
 
 @dataclass(frozen=True)
@@ -591,8 +352,8 @@ def _claim(out: Path, resolved: str) -> None:
     ensure_writable_dir(out)
     path = out / RESOLVED
     if path.is_file():
-        old = _read_yaml(path.read_text(encoding="utf-8"), str(path))
-        new = _read_yaml(resolved, RESOLVED)
+        old = read_yaml(path.read_text(encoding="utf-8"), str(path))
+        new = read_yaml(resolved, RESOLVED)
         if old != new:
             raise BenchError(
                 f"{out} holds another suite ({_difference(old, new)} differs from its "
@@ -749,12 +510,12 @@ def suite_status(out: str | Path) -> pd.DataFrame:
     path = out / RESOLVED
     if not path.is_file():
         raise BenchError(f"{out} is not a suite directory (it has no {RESOLVED})")
-    data = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+    data = read_yaml(path.read_text(encoding="utf-8"), str(path))
     data.pop("tier", None)
     try:
         suite = SuiteFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_schema_message(exc)}") from exc
+        raise ConfigError(f"{path}: {schema_message(exc)}") from exc
     calibration = _read_json(out / CALIBRATION)
     cells = [
         _with_target(c, calibration[c.task_id]["value"])
