@@ -77,6 +77,24 @@ def _single_tensor_mars(
         g_prev.copy_(g_next)  # a copy: in-place zeroing of p.grad cannot corrupt g_prev
 
 
+def _correction(gs: list[Tensor], g_prevs: list[Tensor], scale: float) -> list[Tensor]:
+    """c = g + gamma b1/(1-b1) (g - g_prev), for a list of tensors."""
+    cs = torch._foreach_sub(gs, g_prevs)
+    torch._foreach_mul_(cs, scale)
+    torch._foreach_add_(cs, gs)
+    return cs
+
+
+def _clip_factors(grads, last_grads, keys, params, scale: float) -> list[Tensor]:
+    """max(1, ||c||) for each whole tensor, summing squared norms over its CPU blocks."""
+    squares: list[Tensor | None] = [None] * len(params)
+    for idx in group_by(keys, params):
+        norms = torch._foreach_norm(_correction(pick(grads, idx), pick(last_grads, idx), scale))
+        for i, n in zip(idx, norms):
+            squares[i] = n * n if squares[i] is None else squares[i] + n * n
+    return [sq.sqrt().clamp_(min=1.0) for sq in squares]
+
+
 def _multi_tensor_mars(
     params: list[Tensor],
     grads: list[Tensor],
@@ -94,19 +112,26 @@ def _multi_tensor_mars(
     gamma: float,
     mars_type: str,
 ) -> None:
-    """The same MARS branch with ``torch._foreach_*`` ops, one bucket per (device, dtype, step)."""
+    """The same MARS branch with ``torch._foreach_*`` ops, one bucket per (device, dtype, step).
+
+    On CPU the buckets are cache-sized blocks, so the per-tensor clipping norm is summed over a
+    tensor's blocks in a first pass; elsewhere it is taken on whole tensors in the same pass.
+    """
     scale = gamma * (beta1 / (1.0 - beta1))
     keys = [(p.device, p.dtype, t) for p, t in zip(params, steps)]
-    for idx in group_by(keys, params, block=False):  # c is clipped by its per-tensor norm
+    blocked = all(p.device.type == "cpu" for p in params)
+    factors = _clip_factors(grads, last_grads, keys, params, scale) if blocked else None
+    for idx in group_by(keys, params, block=blocked):
         t = steps[idx[0]]
         ps, gs, ms = pick(params, idx), pick(grads, idx), pick(exp_avgs, idx)
         g_prevs, g_nexts = pick(last_grads, idx), pick(next_last_grads, idx)
-        cs = torch._foreach_sub(gs, g_prevs)
-        torch._foreach_mul_(cs, scale)
-        torch._foreach_add_(cs, gs)
-        norms = torch._foreach_norm(cs)
-        torch._foreach_clamp_min_(norms, 1.0)
-        torch._foreach_div_(cs, norms)
+        cs = _correction(gs, g_prevs, scale)
+        if factors is None:
+            clip = torch._foreach_norm(cs)
+            torch._foreach_clamp_min_(clip, 1.0)
+        else:
+            clip = [factors[i] for i in idx]
+        torch._foreach_div_(cs, clip)  # c / max(1, ||c||), no host sync
         torch._foreach_mul_(ms, beta1)
         torch._foreach_add_(ms, cs, alpha=1.0 - beta1)
         if mars_type == "mars-adamw":
