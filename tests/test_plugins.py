@@ -1,0 +1,117 @@
+"""Plug-ins: --plugin with a file or a module, entry points, duplicates, broken plug-ins."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench_cli.cli import app
+from bench_cli.errors import BenchError, UnknownNameError
+from bench_cli.plugins import Registry, load_plugin
+
+PLUGIN = textwrap.dedent(
+    '''
+    import torch
+    from bench_cli.registry import OPTIMIZERS
+    from bench_cli.tasks import TASKS
+    from bench_cli.tasks.rosenbrock import Rosenbrock
+
+    @OPTIMIZERS.register("{opt}")
+    class PlainSGD(torch.optim.SGD):
+        """Plain SGD, registered by a plug-in."""
+        def __init__(self, params, lr=1e-3):
+            super().__init__(params, lr=lr)
+
+    @TASKS.register("{task}")
+    class Shifted(Rosenbrock):
+        """Rosenbrock registered again by a plug-in."""
+    '''
+)
+
+
+def _write(tmp_path: Path, name: str, opt: str, task: str) -> Path:
+    path = tmp_path / f"{name}.py"
+    path.write_text(PLUGIN.format(opt=opt, task=task))
+    return path
+
+
+def test_plugin_file_registers_an_optimizer_and_a_task(tmp_path: Path) -> None:
+    plugin = _write(tmp_path, "myplug", "plug-sgd", "plug-valley")
+    res = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--plugin",
+            str(plugin),
+            "--opt",
+            "Plug_SGD",
+            "--task",
+            "plug-valley",
+            "--steps",
+            "20",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "o").glob("*.json"))) == 1
+    res = CliRunner().invoke(app, ["list", "--plugin", str(plugin)])
+    assert "plug-sgd" in res.output and "Plain SGD, registered by a plug-in." in res.output
+
+
+def test_plugin_module_path(tmp_path: Path, monkeypatch) -> None:
+    _write(tmp_path, "bench_test_plugmod", "mod-sgd", "mod-valley")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    load_plugin("bench_test_plugmod")
+    from bench_cli.registry import OPTIMIZERS
+
+    assert "mod-sgd" in OPTIMIZERS
+
+
+def test_duplicate_name_is_an_error() -> None:
+    reg: Registry[object] = Registry("thing", "bench_cli.test_nothing")
+    reg.add("a-b", type("A", (), {}))
+    with pytest.raises(BenchError, match="registered twice"):
+        reg.add("A_B", type("B", (), {}))
+
+
+def test_unknown_name_suggests_and_lists() -> None:
+    reg: Registry[object] = Registry("thing", "bench_cli.test_nothing")
+    reg.add("ademamix", type("C", (), {}))
+    with pytest.raises(UnknownNameError, match="Did you mean 'ademamix'.*Known things: ademamix"):
+        reg.get("ademamx")
+
+
+def test_entry_points_and_a_broken_plugin_that_errors_only_when_selected(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A fake installed distribution declares two entry points: one good, one broken."""
+    (tmp_path / "bench_test_ep.py").write_text("class Good:\n    '''An entry-point plug-in.'''\n")
+    dist = tmp_path / "bench_test_ep-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-test-ep\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[bench_cli.test_group]\ngood-one = bench_test_ep:Good\n"
+        "broken-one = bench_test_ep_missing:Nope\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg: Registry[type] = Registry("widget", "bench_cli.test_group")
+    assert reg.names() == ["broken-one", "good-one"]
+    assert reg.get("GOOD_ONE").__name__ == "Good"
+    assert [n for n, _ in reg.items()] == ["good-one"]  # listing skips the broken one
+    with pytest.raises(BenchError, match="broken-one.*failed to load"):
+        reg.get("broken-one")
+
+
+def test_broken_plugin_file_is_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    res = CliRunner().invoke(app, ["list", "--plugin", str(bad)])
+    assert res.exit_code == 1 and "failed to load: RuntimeError: boom" in res.output
+    assert not any(name.startswith("bench_plugin_") and "bad" in name for name in sys.modules)
