@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import sys
 
 import pandas as pd
 import typer
@@ -24,8 +25,10 @@ from bench_cli.errors import BenchError
 from bench_cli.results.record import RunRecord
 from bench_cli.runner import RunCallback, RunSpec
 
-stderr = Console(stderr=True)
-stdout = Console()
+# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; give them room instead.
+_WIDTH = None if sys.stdout.isatty() else 200
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+stdout = Console(width=_WIDTH)
 
 
 class ProgressBar(RunCallback):
