@@ -32,6 +32,8 @@ class RunRequest:
 
     task: str
     optimizers: list[str]
+    #: the task variant's name in tables (a suite's task id); default: derived from the options
+    task_id: str | None = None
     sets: list[str] = field(default_factory=list)
     steps: int | None = None
     seed: int = 0
@@ -54,6 +56,57 @@ def run_id_for(payload: dict[str, Any]) -> str:
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     digest = hashlib.sha256(blob).hexdigest()[:10]
     return f"{payload['task']}__{payload['optimizer']}__seed{payload['seed']}__{digest}"
+
+
+def task_label(task: Task) -> str:
+    """The task's name with its preset and the options that differ from the preset's defaults:
+    ``lm-small(preset=tiny)``, ``rosenbrock(x0=-3.0)``. Tables group runs by it, so a tiny and a
+    full-size run of one task never mix. Data paths are left out (the record keeps them).
+    """
+    options = task.options.model_dump()
+    defaults = type(task).Options(preset=options.get("preset", "default")).model_dump()
+    changed = (
+        [f"preset={options['preset']}"] if options.get("preset", "default") != "default" else []
+    )
+    changed += [
+        f"{k}={v}"
+        for k, v in options.items()
+        if k not in ("preset", "data", "val_data") and v != defaults.get(k)
+    ]
+    return f"{task.registry_name}({','.join(changed)})" if changed else task.registry_name
+
+
+def check_device(name: str) -> None:
+    """A device this machine has: ``auto``, ``cpu``, or an available ``cuda[:N]``/``mps``."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but this torch sees no CUDA GPU; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} requested but MPS is not available; use cpu")
+
+
+def check_settings(settings: RunSettings, task: Task) -> None:
+    """Settings that are valid alone but not together, or not on this machine."""
+    check_device(settings.device)
+    if settings.eval_interval > settings.steps:
+        raise ConfigError(
+            f"eval_interval ({settings.eval_interval}) is larger than steps ({settings.steps}): "
+            "tokens-to-target is interpolated between evaluations, so evaluate at least once "
+            "mid-run; set eval_interval <= steps"
+        )
+    probe = getattr(task.options, "probe_batch_step", None)
+    if probe is not None and probe >= settings.steps:
+        raise ConfigError(
+            f"probe_batch_step ({probe}) must be below steps ({settings.steps}) for the probe "
+            "batch to be trained on"
+        )
 
 
 def make_task(name: str, options: dict[str, Any]) -> Task:
@@ -93,6 +146,13 @@ def plan_runs(req: RunRequest) -> tuple[Task, list[RunSpec]]:
     opt_names = [normalize(OPTIMIZERS.get(o).registry_name) for o in req.optimizers]
     if not opt_names:
         raise ConfigError("no optimizer given; pass --opt NAME[,NAME...]")
+    if len(set(opt_names)) < len(opt_names):
+        raise ConfigError(
+            f"--opt names an optimizer twice ({', '.join(opt_names)}); to compare settings of "
+            "one optimizer, run a suite with a sweep"
+        )
+    if not 0 <= req.seed < 2**63:
+        raise ConfigError(f"--seed must be in [0, 2**63), got {req.seed}")
     accepted = {o: set(optimizer_defaults(OPTIMIZERS.get(o))) for o in opt_names}
     over = sort_overrides(parse_sets(req.sets), accepted, set(task_cls.Options.model_fields))
     for name, given in over.hparams.items():
@@ -114,14 +174,20 @@ def plan_runs(req: RunRequest) -> tuple[Task, list[RunSpec]]:
         settings_in["steps"] = req.steps
     if req.device is not None:
         settings_in["device"] = req.device
+    explicit = "eval_interval" in req.settings or "eval_interval" in over.settings
+    steps = settings_in.get("steps")
+    if not explicit and isinstance(steps, int) and settings_in.get("eval_interval", 0) > steps > 0:
+        settings_in["eval_interval"] = max(1, steps // 10)  # a shortened run still gets a curve
     try:
         settings = RunSettings(**settings_in)
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, "run setting")) from exc
+    check_settings(settings, task)
     target = task.default_target()
     if target is not None and settings.target is not None:
         target = target.model_copy(update={"value": settings.target})
     options = task.options.model_dump()
+    task_id = req.task_id or task_label(task)
     specs = []
     for name in opt_names:
         hparams = resolve_hparams(name, task, over.hparams[name], settings)
@@ -136,7 +202,9 @@ def plan_runs(req: RunRequest) -> tuple[Task, list[RunSpec]]:
         )
         specs.append(
             RunSpec(
-                run_id=run_id_for(payload), **{**payload, "settings": settings, "target": target}
+                run_id=run_id_for(payload),
+                task_id=task_id,
+                **{**payload, "settings": settings, "target": target},
             )
         )
     return task, specs

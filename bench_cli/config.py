@@ -42,6 +42,7 @@ with the tier's ``budget``, then with ``tasks.<id>`` (a task's ``id`` defaults t
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -66,7 +67,9 @@ class RunSettings(BaseModel):
     log_interval: int = Field(10, ge=1, description="steps between loss reads (host syncs)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     compile: bool = Field(False, description="torch.compile the model")
-    target: float | None = Field(None, description="override the task's target value")
+    target: float | None = Field(
+        None, allow_inf_nan=False, description="override the task's target value"
+    )
     max_seconds: float | None = Field(None, gt=0.0, description="wall-clock cap on training")
 
 
@@ -207,9 +210,9 @@ class TaskEntry(_Strict):
     def _target(cls, value: Any) -> float | str | None:
         if value is None or value == "calibrate":
             return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-        raise ValueError("expected a number or 'calibrate'")
+        raise ValueError("expected a finite number or 'calibrate'")
 
     @property
     def key(self) -> str:

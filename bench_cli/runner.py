@@ -13,7 +13,6 @@ import time
 import traceback
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from itertools import chain
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ class RunSpec(BaseModel):
 
     run_id: str
     task: str
+    task_id: str
     task_options: dict[str, Any]
     optimizer: str
     hparams: dict[str, Any]
@@ -126,24 +126,13 @@ def run(
     started = _now()
     cb.on_start(spec, task.unit)
 
-    torch.manual_seed(spec.seed)  # model init and dropout depend on the seed only
-    model = task.build_model().to(device)
-    groups = task.param_groups(model)
-    opt = build_optimizer(spec.optimizer, groups, **spec.hparams)
-    train_model = torch.compile(model) if s.compile else model
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    modes = getattr(opt, "has_train_eval_modes", False)
-    warmup = not (getattr(opt, "owns_warmup", False) or getattr(opt, "owns_lr_schedule", False))
-    decay = not getattr(opt, "owns_lr_schedule", False)
-    lookahead = getattr(opt, "needs_lookahead_grad", False)
-    batches: Iterator[Any] = task.batches(spec.seed)
-    per_step = task.units_per_step
-
     curve: list[EvalPoint] = []
     status, error = "done", None
     train_seconds = eval_seconds = 0.0
     step = 0
-    loss = None
+    per_step = task.units_per_step
+    model = opt = None
+    modes = False
 
     def sync() -> None:
         if device.type == "cuda":
@@ -156,6 +145,7 @@ def run(
         model.eval()
         if modes:
             opt.eval()  # Schedule-Free: evaluate at x, not y
+        task.steps_done = step
         with torch.no_grad():
             metrics = task.evaluate(model)
         if modes:
@@ -167,10 +157,22 @@ def run(
         cb.on_eval(point)
         return all(_finite(v) for v in metrics.values())
 
-    model.train()
-    if modes:
-        opt.train()
-    try:
+    try:  # set-up failures (out of memory, a plug-in's bug) are recorded like any other
+        torch.manual_seed(spec.seed)  # model init and dropout depend on the seed only
+        model = task.build_model().to(device)
+        opt = build_optimizer(spec.optimizer, task.param_groups(model), **spec.hparams)
+        train_model = torch.compile(model) if s.compile else model
+        base_lrs = [g["lr"] for g in opt.param_groups]
+        modes = getattr(opt, "has_train_eval_modes", False)
+        warmup = not (getattr(opt, "owns_warmup", False) or getattr(opt, "owns_lr_schedule", False))
+        decay = not getattr(opt, "owns_lr_schedule", False)
+        lookahead = getattr(opt, "needs_lookahead_grad", False)
+        batches: Iterator[Any] = task.batches(spec.seed)
+        pending = None  # MARS exact: the batch drawn ahead, trained on at the next step
+
+        model.train()
+        if modes:
+            opt.train()
         if not evaluate():
             status = "diverged"
         sync()
@@ -179,11 +181,10 @@ def run(
             mult = lr_multiplier(step, s, warmup, decay)
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * mult
-            batch = next(batches)
+            batch = next(batches) if pending is None else pending
             if lookahead:  # MARS exact: grad of the next batch at the current point
-                nxt = next(batches)
-                batches = chain([nxt], batches)
-                task.loss(train_model, nxt).backward()
+                pending = next(batches)
+                task.loss(train_model, pending).backward()
                 if s.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
                 opt.store_lookahead_grad()
@@ -223,6 +224,7 @@ def run(
     record = RunRecord(
         run_id=spec.run_id,
         task=spec.task,
+        task_id=spec.task_id,
         task_options=spec.task_options,
         optimizer=spec.optimizer,
         hparams=spec.hparams,
@@ -245,7 +247,7 @@ def run(
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
         tokens_per_second=step * per_step / train_seconds if train_seconds > 0 else None,
-        optimizer_state_bytes=state_bytes(opt),
+        optimizer_state_bytes=state_bytes(opt) if opt is not None else 0,
         param_groups=[
             ParamGroupInfo(
                 name=str(g.get("name", f"group{i}")),
@@ -253,7 +255,7 @@ def run(
                 numel=sum(p.numel() for p in g["params"]),
                 weight_decay=g.get("weight_decay"),
             )
-            for i, g in enumerate(opt.param_groups)
+            for i, g in enumerate(opt.param_groups if opt is not None else [])
         ],
         env=environment(device),
         started_at=started,

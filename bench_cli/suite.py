@@ -148,6 +148,7 @@ def _task_request(suite: SuiteFile, t: TaskEntry, optimizer: str) -> api.RunRequ
         settings["target"] = t.target
     return api.RunRequest(
         task=t.name,
+        task_id=t.key,
         optimizers=[optimizer],
         task_options=dict(t.options),
         settings=settings,

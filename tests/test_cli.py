@@ -134,6 +134,31 @@ def _nothing_written(path: Path) -> bool:
             ["--opt", "adamw", "--task", "rosenbrock", "--plugin", "no_such_module_xyz"],
             "could not be imported",
         ),
+        (["--opt", "adamw", "--task", "rosenbrock", "--device", "gpu"], "unknown device 'gpu'"),
+        (["--opt", "adamw,adamw", "--task", "rosenbrock"], "names an optimizer twice"),
+        (["--opt", "adamw", "--task", "rosenbrock", "--set", "target=nan"], "finite number"),
+        (
+            ["--opt", "adamw", "--task", "rosenbrock", "--set", "eval_interval=100000"],
+            "eval_interval (100000) is larger than steps",
+        ),
+        (
+            ["--opt", "adamw", "--task", "lm-small", "--set", "n_head=3", "--set", "n_embd=32"],
+            "must be divisible by n_head",
+        ),
+        (
+            [
+                "--opt",
+                "adamw",
+                "--task",
+                "lm-small",
+                "--set",
+                "preset=tiny",
+                "--set",
+                "probe_batch_step=20",
+            ],
+            "probe_batch_step (20) must be below steps",
+        ),
+        (["--opt", "adamw", "--task", "rosenbrock", "--seed", str(2**64)], "--seed must be"),
     ],
 )
 def test_bad_input_one_line_nonzero_exit_no_files(tmp_path: Path, args, message) -> None:
@@ -143,6 +168,24 @@ def test_bad_input_one_line_nonzero_exit_no_files(tmp_path: Path, args, message)
     assert message in res.output, res.output
     assert "Traceback" not in res.output
     assert _nothing_written(out)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_on_a_cpu_only_machine_is_refused_up_front(tmp_path: Path) -> None:
+    res = invoke(
+        "run",
+        "--opt",
+        "adamw",
+        "--task",
+        "rosenbrock",
+        "--device",
+        "cuda",
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+    )
+    assert res.exit_code == 1 and "no CUDA GPU" in res.output
+    assert _nothing_written(tmp_path / "o")
 
 
 def test_unknown_name_lists_what_exists() -> None:

@@ -118,3 +118,15 @@ def test_mars_exact_variant_gets_the_lookahead_gradient(tmp_path, shared_data) -
     (rec,) = api.run(req, tmp_path)
     assert rec.status == "done", rec.error
     assert rec.hparams["is_approx"] is False
+
+
+def test_probe_curve_is_aligned_for_an_optimizer_that_draws_ahead(tmp_path, shared_data) -> None:
+    req = api.RunRequest(
+        task="lm-small",
+        optimizers=["adamw", "mars"],
+        steps=10,
+        data=str(shared_data),
+        sets=["preset=tiny", "probe_batch_step=5", "eval_interval=5", "mars.is_approx=false"],
+    )
+    first = {r.optimizer: r.probe_curve[0].step for r in api.run(req, tmp_path)}
+    assert first == {"adamw": 10, "mars": 10}  # the probe batch is trained at step 6

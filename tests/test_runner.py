@@ -94,3 +94,47 @@ def test_evaluation_time_is_not_on_the_training_clock(tmp_path, shared_data) -> 
     seconds = [p.seconds for p in rec.curve]
     assert seconds[0] == 0.0 and seconds == sorted(seconds)
     assert rec.eval_seconds > 0 and math.isclose(seconds[-1], rec.train_seconds)
+
+
+def test_a_failure_while_building_the_model_is_an_error_record(tmp_path, monkeypatch) -> None:
+    from bench_cli.tasks.rosenbrock import Rosenbrock
+
+    def broken(self):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Rosenbrock, "build_model", broken)
+    (rec,) = _run(tmp_path, steps=5)
+    assert rec.status == "error" and "out of memory" in rec.error
+    assert rec.steps_done == 0 and rec.optimizer_state_bytes == 0
+
+
+def test_task_variants_are_told_apart(tmp_path) -> None:
+    (tiny,) = _run(tmp_path, sets=["preset=tiny"], steps=20, seed=0)
+    (far,) = _run(tmp_path, sets=["x0=-3.0"], steps=20, seed=0)
+    (plain,) = _run(tmp_path, steps=20, seed=0)
+    assert tiny.task_key == "rosenbrock(preset=tiny)"
+    assert far.task_key == "rosenbrock(x0=-3.0)"
+    assert plain.task_key == "rosenbrock"
+
+
+def test_lookahead_batches_are_consumed_in_order(tmp_path, monkeypatch) -> None:
+    """MARS exact trains on the same batch sequence as any other optimizer, drawn one ahead."""
+    from bench_cli.tasks.rosenbrock import Rosenbrock
+
+    seen: list[int] = []
+
+    def numbered(self, seed):
+        n = 0
+        while True:
+            yield n
+            n += 1
+
+    def loss(self, model, batch):
+        seen.append(batch)
+        return self._value(model.xy)
+
+    monkeypatch.setattr(Rosenbrock, "batches", numbered)
+    monkeypatch.setattr(Rosenbrock, "loss", loss)
+    _run(tmp_path, optimizers=["mars"], sets=["is_approx=false", "optimize_1d=true"], steps=5)
+    # each step: the lookahead batch t+1, then the training batch t
+    assert seen == [1, 0, 2, 1, 3, 2, 4, 3, 5, 4]

@@ -92,7 +92,9 @@ def test_unknown_keys_are_refused_with_their_path() -> None:
         "tasks: [{name: x}]\noptimizers: []"
     )
     msg = invalid("tasks: [{name: rosenbrock, target: calib}]\noptimizers: [{name: adamw}]")
-    assert "tasks[0].target: expected a number or 'calibrate'" in msg
+    assert "tasks[0].target: expected a finite number or 'calibrate'" in msg
+    msg = invalid("tasks: [{name: rosenbrock, target: .nan}]\noptimizers: [{name: adamw}]")
+    assert "tasks[0].target: expected a finite number" in msg
 
 
 def test_hyperparameters_are_checked_against_the_optimizer_with_their_path() -> None:

@@ -59,7 +59,14 @@ def _mars(lr: float, b1: float, b2: float, wd: float) -> dict[str, Any]:
     )
 
 
+def _aggmo(lr: float, b1: float, b2: float, wd: float) -> dict[str, Any]:
+    # plain AggMo is SGD-type: its own betas and the lr of the official experiment templates,
+    # not Adam's; its decay is coupled L2, so none is carried over
+    return dict(lr=0.01, betas=(0.0, 0.9, 0.99), weight_decay=0.0)
+
+
 RECIPES: dict[str, Recipe] = {
+    "aggmo": _aggmo,
     "adamw": _adamw,
     "ademamix": _ademamix,
     "simplified-ademamix": _simplified_ademamix,
@@ -80,5 +87,5 @@ def recommended_hparams(name: str, baseline: dict[str, Any], accepted: set[str])
     recipe = RECIPES.get(name)
     if recipe is not None:
         return recipe(lr, b1, b2, wd)
-    out = dict(lr=lr, weight_decay=wd, betas=(b1, b2))
+    out = dict(lr=lr, weight_decay=wd)
     return {k: v for k, v in out.items() if k in accepted}

@@ -65,23 +65,23 @@ def _regressions(base: leaderboard.Leaderboard, new: leaderboard.Leaderboard, to
 def _configs(records: Sequence[RunRecord]) -> dict[tuple[str, str], set[str]]:
     out: dict[tuple[str, str], set[str]] = defaultdict(set)
     for r in records:
-        out[(r.task, r.optimizer)].add(stats.config_key(r))
+        out[(r.task_key, r.optimizer)].add(stats.config_key(r))
     return out
 
 
 def _status_lookup(base: Sequence[RunRecord], new: Sequence[RunRecord]):
     """For a new run, the status of the matching baseline run (None when there is none)."""
-    exact = {(r.task, r.optimizer, r.seed, stats.config_key(r)): r.status for r in base}
-    by_seed = {(r.task, r.optimizer, r.seed): r.status for r in base}
+    exact = {(r.task_key, r.optimizer, r.seed, stats.config_key(r)): r.status for r in base}
+    by_seed = {(r.task_key, r.optimizer, r.seed): r.status for r in base}
     base_configs, new_configs = _configs(base), _configs(new)
 
     def previous(r: RunRecord) -> str | None:
-        key = (r.task, r.optimizer, r.seed, stats.config_key(r))
+        key = (r.task_key, r.optimizer, r.seed, stats.config_key(r))
         if key in exact:
             return exact[key]
-        pair = (r.task, r.optimizer)
+        pair = (r.task_key, r.optimizer)
         if len(base_configs.get(pair, ())) == 1 and len(new_configs[pair]) == 1:
-            return by_seed.get((r.task, r.optimizer, r.seed))  # no sweep: a changed default
+            return by_seed.get((r.task_key, r.optimizer, r.seed))  # no sweep: a changed default
         return None
 
     return previous
@@ -97,7 +97,7 @@ def _new_failures(base: Sequence[RunRecord], new: Sequence[RunRecord]) -> list[s
         ):
             why = f": {r.error.splitlines()[0]}" if r.error else ""
             was = f"was {before}" if before else "not in the baseline"
-            problems.append(f"{r.task} / {r.optimizer} seed {r.seed}: {r.status}{why} ({was})")
+            problems.append(f"{r.task_key} / {r.optimizer} seed {r.seed}: {r.status}{why} ({was})")
     return problems
 
 

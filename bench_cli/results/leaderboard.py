@@ -159,7 +159,7 @@ def build(
     choices = stats.best_configs(outs, targets)
     errors: dict[tuple[str, str], int] = {}
     for o in outs:
-        key = (o.record.task, o.record.optimizer)
+        key = (o.record.task_key, o.record.optimizer)
         errors[key] = errors.get(key, 0) + (o.record.status == "error")
     tasks = _task_frame(choices, errors, targets, baseline)
     times: dict[str, dict[str, float]] = {}

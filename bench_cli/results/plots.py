@@ -195,7 +195,7 @@ def plot_curves(records: Sequence[RunRecord], out_dir: Path, opt: PlotOptions) -
     """Per task, the target metric against tokens and against training seconds."""
     targets = stats.analysis_targets(records, opt.targets)
     choices = stats.best_configs(stats.outcomes(records, targets), targets)
-    units = {r.task: r.unit for r in records}
+    units = {r.task_key: r.unit for r in records}
     palette = colors([r.optimizer for r in records], opt.baseline)
     paths = []
     for task in sorted({t for t, _ in choices}):

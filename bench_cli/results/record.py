@@ -64,6 +64,11 @@ class RunRecord(_Frozen):
     schema_version: int = SCHEMA_VERSION
     run_id: str
     task: str
+    task_id: str = Field(
+        "",
+        description="which variant of the task: the suite's task id, or the task name and "
+        "the options that differ from its defaults; tables group runs by it",
+    )
     task_options: dict[str, Any]
     optimizer: str
     hparams: dict[str, Any] = Field(description="fully resolved, defaults included")
@@ -91,3 +96,8 @@ class RunRecord(_Frozen):
     env: Env
     started_at: str
     finished_at: str
+
+    @property
+    def task_key(self) -> str:
+        """What tables and gates group runs by: one variant of one task."""
+        return self.task_id or self.task

@@ -160,7 +160,7 @@ def analysis_targets(
     counts: dict[str, Counter] = defaultdict(Counter)
     for r in records:
         if r.target is not None:
-            counts[r.task][r.target] += 1
+            counts[r.task_key][r.target] += 1
     targets = {
         task: min(c.items(), key=lambda kv: (-kv[1], kv[0].metric, kv[0].value))[0]
         for task, c in counts.items()
@@ -207,7 +207,7 @@ def outcomes(
     records: Sequence[RunRecord], targets: Mapping[str, Target] | None = None
 ) -> list[Outcome]:
     targets = analysis_targets(records, targets)
-    return [outcome(r, targets.get(r.task)) for r in records]
+    return [outcome(r, targets.get(r.task_key)) for r in records]
 
 
 # ---- sweeps: best configuration and cost -------------------------------------------------------
@@ -274,7 +274,7 @@ def best_configs(
 ) -> dict[tuple[str, str], ConfigChoice]:
     groups: dict[tuple[str, str], list[Outcome]] = defaultdict(list)
     for o in outs:
-        groups[(o.record.task, o.record.optimizer)].append(o)
+        groups[(o.record.task_key, o.record.optimizer)].append(o)
     return {
         key: best_config(runs, targets[key[0]].direction if key[0] in targets else "min")
         for key, runs in sorted(groups.items())

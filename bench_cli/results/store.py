@@ -66,7 +66,7 @@ def load_records(directory: Path) -> list[RunRecord]:
             continue
         if isinstance(data, dict) and "run_id" in data and "curve" in data:
             records.append(RunRecord.model_validate(data))
-    return sorted(records, key=lambda r: (r.task, r.optimizer, r.seed, r.run_id))
+    return sorted(records, key=lambda r: (r.task_key, r.optimizer, r.seed, r.run_id))
 
 
 def ensure_writable_dir(directory: Path) -> Path:

@@ -59,6 +59,8 @@ class Task(ABC):
 
     def __init__(self, options: TaskOptions):
         self.options = options
+        #: optimizer steps taken so far; the runner keeps it current for ``evaluate``
+        self.steps_done = 0
 
     # -- what the runner asks -------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from bench_cli.errors import DataError
@@ -62,6 +62,12 @@ class LMOptions(TaskOptions):
     probe_batch_step: int | None = Field(
         None, ge=0, description="inject a held-out batch at this step and track its loss"
     )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> LMOptions:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
 
 
 # -- reading data ----------------------------------------------------------------------------------
@@ -344,7 +350,8 @@ class CharLM(Task):
                 [self.loss(model, split.batch(starts)) for starts in self.eval_starts[name]]
             )
             out[f"{name}_loss"] = float(losses.mean())  # one sync per split
-        if self._probe is not None and self._yielded > self.options.probe_batch_step:
+        # steps_done, not batches yielded: MARS exact draws one batch ahead of training
+        if self._probe is not None and self.steps_done > self.options.probe_batch_step:
             out["probe_loss"] = float(self.loss(model, self.train.batch(self._probe)))
         return out
 

@@ -274,3 +274,20 @@ def test_the_table_names_what_the_sweep_chose() -> None:
     ]
     (row,) = leaderboard.build(records).tasks.itertuples()
     assert (row.swept, row.configs, row.trials) == ("lr=0.003", 2, 4)
+
+
+def test_variants_of_one_task_are_separate_rows() -> None:
+    from bench_cli.results import leaderboard
+    from tests.results import make_record
+
+    near = [make_record("rosenbrock", "adamw", s, 1000.0 + s) for s in range(2)]
+    far = [
+        make_record("rosenbrock", "adamw", s, 3000.0 + s).model_copy(
+            update={"task_id": "rosen-far", "run_id": f"far{s}"}
+        )
+        for s in range(2)
+    ]
+    recs = near + far
+    table = leaderboard.build(recs).tasks
+    assert sorted(table["task"]) == ["rosen-far", "rosenbrock"]
+    assert sorted(table["runs"]) == [2, 2]
