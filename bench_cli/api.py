@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import inspect
 import json
@@ -15,7 +14,7 @@ from pydantic import ValidationError
 
 from bench_cli.config import RunSettings, parse_sets, sort_overrides, validation_message
 from bench_cli.errors import ConfigError, UnknownNameError
-from bench_cli.plugins import load_plugin, normalize
+from bench_cli.plugins import load_plugin, normalize, suggestion
 from bench_cli.registry import OPTIMIZERS, build_optimizer, optimizer_defaults
 from bench_cli.registry.recipes import recommended_hparams
 from bench_cli.results.record import RunRecord
@@ -246,39 +245,43 @@ def catalog() -> dict[str, list[tuple[str, str]]]:
 def describe(name: str) -> str:
     """The text of ``bench show NAME``: an optimizer's or a task's documentation and defaults."""
     if name in OPTIMIZERS:
-        cls = OPTIMIZERS.get(name)
-        lines = [
-            f"optimizer {cls.registry_name} ({cls.__module__}.{cls.__name__})",
-            "",
-            inspect.getdoc(cls) or "",
-            "",
-            "defaults:",
-        ]
-        lines += [f"  {k} = {v!r}" for k, v in optimizer_defaults(cls).items()]
-        lines += [
-            "",
-            f"state memory: {getattr(cls, 'state_memory', '') or 'not declared'}",
-            f"paper: {getattr(cls, 'paper', '') or 'not declared'}",
-        ]
-        flags = [
-            f
-            for f in ("has_train_eval_modes", "owns_warmup", "owns_lr_schedule")
-            if getattr(cls, f, False)
-        ]
-        if getattr(cls, "horizon_hparams", ()):
-            flags.append(f"filled from the run length: {', '.join(cls.horizon_hparams)}")
-        if flags:
-            lines.append("runner: " + "; ".join(flags))
-        return "\n".join(lines)
-    if name not in TASKS:
-        names = OPTIMIZERS.names() + TASKS.names()
-        close = difflib.get_close_matches(normalize(name), names, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(
-            f"no optimizer or task named {name!r}.{hint} Optimizers: "
-            f"{', '.join(OPTIMIZERS.names())}. Tasks: {', '.join(TASKS.names())}."
-        )
-    cls = TASKS.get(name)
+        return _describe_optimizer(OPTIMIZERS.get(name))
+    if name in TASKS:
+        return _describe_task(TASKS.get(name))
+    names = OPTIMIZERS.names() + TASKS.names()
+    raise UnknownNameError(
+        f"no optimizer or task named {name!r}.{suggestion(name, names)} Optimizers: "
+        f"{', '.join(OPTIMIZERS.names())}. Tasks: {', '.join(TASKS.names())}."
+    )
+
+
+def _describe_optimizer(cls: type) -> str:
+    lines = [
+        f"optimizer {cls.registry_name} ({cls.__module__}.{cls.__name__})",
+        "",
+        inspect.getdoc(cls) or "",
+        "",
+        "defaults:",
+    ]
+    lines += [f"  {k} = {v!r}" for k, v in optimizer_defaults(cls).items()]
+    lines += [
+        "",
+        f"state memory: {getattr(cls, 'state_memory', '') or 'not declared'}",
+        f"paper: {getattr(cls, 'paper', '') or 'not declared'}",
+    ]
+    flags = [
+        f
+        for f in ("has_train_eval_modes", "owns_warmup", "owns_lr_schedule")
+        if getattr(cls, f, False)
+    ]
+    if getattr(cls, "horizon_hparams", ()):
+        flags.append(f"filled from the run length: {', '.join(cls.horizon_hparams)}")
+    if flags:
+        lines.append("runner: " + "; ".join(flags))
+    return "\n".join(lines)
+
+
+def _describe_task(cls: type) -> str:
     lines = [
         f"task {cls.registry_name} ({cls.__module__}.{cls.__name__}); unit: {cls.unit}",
         "",

@@ -27,6 +27,12 @@ def normalize(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
+def suggestion(name: str, names: list[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest known name, or an empty string."""
+    close = difflib.get_close_matches(normalize(name), names, n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 class _Broken:
     """Stands in for a plug-in that failed to load; raises only when selected."""
 
@@ -79,10 +85,8 @@ class Registry(Generic[T]):
         self._load_entry_points()
         key = normalize(name)
         if key not in self._items:
-            close = difflib.get_close_matches(key, self._items, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: "
+                f"unknown {self.kind} {name!r}.{suggestion(name, list(self._items))} Known {self.kind}s: "
                 f"{', '.join(sorted(self._items))}."
             )
         obj = self._items[key]

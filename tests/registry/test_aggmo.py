@@ -13,11 +13,9 @@ import torch_optimizer
 
 from bench_cli.registry import build_optimizer
 from bench_cli.registry.aggmo_adam import AggMo, AggMoAdam
+from tests.registry.harness import NONE_AT, SHAPES, gradients, set_grads
 
-SHAPES = [(4, 3), (5,), (2, 3, 2, 2), ()]
 STEPS = 30
-NONE_AT = (7, 1)  # (step, parameter) whose grad is None
-ZERO_AT = (12, 0)  # (step, parameter) whose grad is all zeros
 TOL = {torch.float64: {"rtol": 1e-12, "atol": 1e-14}, torch.float32: {"rtol": 1e-5, "atol": 1e-6}}
 
 Build = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -28,27 +26,6 @@ def initial_params(dtype: torch.dtype) -> list[torch.Tensor]:
     return [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in SHAPES]
 
 
-def gradients(dtype: torch.dtype, steps: int = STEPS) -> list[list[torch.Tensor | None]]:
-    """A fixed sequence of gradients, one list per step, with one None and one all-zero entry."""
-    gen = torch.Generator().manual_seed(1)
-    seq: list[list[torch.Tensor | None]] = []
-    for t in range(steps):
-        row: list[torch.Tensor | None] = [
-            torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in SHAPES
-        ]
-        if t == NONE_AT[0]:
-            row[NONE_AT[1]] = None
-        if t == ZERO_AT[0]:
-            row[ZERO_AT[1]] = torch.zeros_like(row[ZERO_AT[1]])
-        seq.append(row)
-    return seq
-
-
-def set_grads(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
-    for p, g in zip(params, grads):
-        p.grad = None if g is None else g.clone()  # a fresh tensor: torch_optimizer mutates it
-
-
 def assert_same_trajectory(
     build_a: Build, build_b: Build, dtype: torch.dtype, lr0: float, exact: bool = False
 ) -> None:
@@ -57,7 +34,7 @@ def assert_same_trajectory(
     p_a = [p.requires_grad_() for p in initial_params(dtype)]
     p_b = [p.detach().clone().requires_grad_() for p in p_a]
     opt_a, opt_b = build_a(p_a), build_b(p_b)
-    for t, grads in enumerate(gradients(dtype)):
+    for t, grads in enumerate(gradients(dtype, STEPS)):
         lr = lr0 * (0.55 + 0.45 * math.cos(math.pi * t / STEPS))
         for group in [*opt_a.param_groups, *opt_b.param_groups]:
             group["lr"] = lr
@@ -111,7 +88,7 @@ def test_aggmo_from_exp_form() -> None:
 
 
 def test_aggmo_state_dict_roundtrip_and_foreach_parity() -> None:
-    seq = gradients(torch.float64)
+    seq = gradients(torch.float64, STEPS)
     runs = {}
     for name in ("loop", "foreach", "reloaded"):
         params = [p.requires_grad_() for p in initial_params(torch.float64)]
@@ -190,7 +167,7 @@ def test_aggmo_adam_first_step_size(bias_correct, factor: float, foreach: bool) 
 
 
 def test_aggmo_adam_foreach_equals_loop_and_state_dict_roundtrips() -> None:
-    seq = gradients(torch.float64)
+    seq = gradients(torch.float64, STEPS)
     kw = {"lr": 1e-2, "weight_decay": 0.1, "weights": (0.2, 0.3, 0.5)}
     runs = {}
     for name in ("loop", "foreach", "reloaded"):

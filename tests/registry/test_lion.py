@@ -11,10 +11,10 @@ import torch
 
 from bench_cli.registry import build_optimizer
 from bench_cli.registry.lion import Lion
+from tests.registry.harness import clone_params, make_params, set_grads
 
 lion_pytorch = pytest.importorskip("lion_pytorch")
 
-SHAPES = [(4, 3), (5,), (2, 3, 2, 2), ()]  # 2-D, 1-D, 4-D, 0-D
 STEPS = 16
 NONE_STEP, NONE_PARAM = 4, 1  # this parameter has grad None on this step
 ZERO_STEP, ZERO_PARAM = 7, 2  # this parameter's gradient is all zeros on this step
@@ -22,15 +22,6 @@ TOLERANCES = {
     torch.float64: {"rtol": 1e-10, "atol": 1e-12},
     torch.float32: {"rtol": 1e-5, "atol": 1e-6},
 }
-
-
-def make_params(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in SHAPES]
-
-
-def clone_params(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [p.detach().clone().requires_grad_() for p in params]
 
 
 def groups(params: list[torch.Tensor]) -> list[dict]:
@@ -48,11 +39,6 @@ def make_grads(params: list[torch.Tensor], step: int, gen: torch.Generator) -> l
     if step == ZERO_STEP:
         grads[ZERO_PARAM] = torch.zeros_like(grads[ZERO_PARAM])
     return grads
-
-
-def set_grads(params: list[torch.Tensor], grads: list) -> None:
-    for p, g in zip(params, grads):
-        p.grad = None if g is None else g.clone()  # a fresh tensor each step, per optimizer
 
 
 def set_cosine_lr(opt: torch.optim.Optimizer, lr0: list[float], step: int) -> None:

@@ -10,10 +10,10 @@ import torch
 
 from bench_cli.registry import build_optimizer
 from bench_cli.registry.schedule_free import ScheduleFreeAdamW
+from tests.registry.harness import clone_params, make_params, set_grads
 
 schedulefree = pytest.importorskip("schedulefree")
 
-SHAPES = [(4, 3), (5,), (2, 3, 2, 2), ()]  # 2-D, 1-D, 4-D, 0-D
 STEPS = 14  # warmup_steps 5, so most steps are past the warmup
 LATE_PARAM = 3  # no gradient on step 0: its z starts at y on step 1
 NONE_STEP, NONE_PARAM = 4, 1  # this parameter has grad None on this step
@@ -26,15 +26,6 @@ TOLERANCES = {
     torch.float32: {"rtol": 1e-5, "atol": 1e-6},
 }
 GROUP_SCALARS = ("k", "lr_max", "weight_sum", "scheduled_lr")
-
-
-def make_params(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in SHAPES]
-
-
-def clone_params(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [p.detach().clone().requires_grad_() for p in params]
 
 
 def groups(params: list[torch.Tensor]) -> list[dict]:
@@ -56,11 +47,6 @@ def make_grads(params: list[torch.Tensor], step: int, gen: torch.Generator) -> l
     if step == EMPTY_GROUP_STEP:
         grads[2] = grads[3] = None
     return grads
-
-
-def set_grads(params: list[torch.Tensor], grads: list) -> None:
-    for p, g in zip(params, grads):
-        p.grad = None if g is None else g.clone()  # the reference overwrites p.grad
 
 
 def run_steps(

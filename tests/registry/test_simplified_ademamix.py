@@ -17,12 +17,10 @@ from tests.reference.simplified_ademamix_reference import (
     simplified_ademamix_step,
 )
 from tests.registry import golden
+from tests.registry.harness import NONE_AT, SHAPES, gradients, set_grads
 
-SHAPES = [(4, 3), (5,), (2, 3, 2, 2), ()]
 GROUPS = [[0, 1], [2, 3]]  # parameter indices of the two param groups
 STEPS = 30
-NONE_AT = (7, 1)  # (step, parameter) whose grad is None
-ZERO_AT = (12, 0)  # (step, parameter) whose grad is all zeros
 LR0 = 1e-3
 GROUP1 = {"lr_factor": 0.5, "weight_decay": 0.05}  # the second group's overrides
 
@@ -37,27 +35,6 @@ def lr_at(t: int) -> float:
 def initial_params(dtype: torch.dtype) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     return [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in SHAPES]
-
-
-def gradients(dtype: torch.dtype) -> list[list[torch.Tensor | None]]:
-    """A fixed sequence of gradients, one list per step, with one None and one all-zero entry."""
-    gen = torch.Generator().manual_seed(1)
-    seq: list[list[torch.Tensor | None]] = []
-    for t in range(STEPS):
-        row: list[torch.Tensor | None] = [
-            torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in SHAPES
-        ]
-        if t == NONE_AT[0]:
-            row[NONE_AT[1]] = None
-        if t == ZERO_AT[0]:
-            row[ZERO_AT[1]] = torch.zeros_like(row[ZERO_AT[1]])
-        seq.append(row)
-    return seq
-
-
-def set_grads(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
-    for p, g in zip(params, grads):
-        p.grad = None if g is None else g.clone()  # a fresh tensor every step
 
 
 COMBOS = {
@@ -94,7 +71,7 @@ def test_matches_oracle_after_every_step(combo: str, foreach: bool, dtype: torch
     opt = SimplifiedAdEMAMix(groups, lr=LR0, **hparams, foreach=foreach)
     ref = [p.detach().double().clone() for p in params]
     ref_states = [new_state(p) for p in ref]
-    for t, grads in enumerate(gradients(dtype)):
+    for t, grads in enumerate(gradients(dtype, STEPS)):
         opt.param_groups[0]["lr"] = lr_at(t)
         opt.param_groups[1]["lr"] = lr_at(t) * GROUP1["lr_factor"]
         set_grads(params, grads)
@@ -137,7 +114,7 @@ def test_identity_with_ademamix_beta1_zero(a: float, foreach: bool) -> None:
         alpha=1.0 / (a * (1.0 - b)),
         weight_decay=wd / a,
     )
-    for t, grads in enumerate(gradients(torch.float64)):
+    for t, grads in enumerate(gradients(torch.float64, STEPS)):
         sim.param_groups[0]["lr"] = lr_at(t)
         ade.param_groups[0]["lr"] = lr_at(t) * a
         set_grads(p_sim, grads)
@@ -160,7 +137,7 @@ def test_first_step_is_one_plus_alpha_times_sign(alpha: float, foreach: bool) ->
 
 
 def _run(opt: torch.optim.Optimizer, params: list[torch.Tensor], steps: range) -> None:
-    seq = gradients(torch.float64)
+    seq = gradients(torch.float64, STEPS)
     for t in steps:
         set_grads(params, seq[t])
         opt.step()
