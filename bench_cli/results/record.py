@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_VERSION = 1
 
 Status = Literal["done", "diverged", "error"]
+#: why a run exists: ``score`` runs enter verdicts; ``tune`` runs choose a configuration;
+#: ``calibrate`` runs set a calibrated target; none of the last two is ever scored
+Role = Literal["score", "tune", "calibrate"]
 Direction = Literal["min", "max"]
 
 
@@ -41,6 +44,15 @@ class EvalPoint(_Frozen):
     metrics: dict[str, float]
 
 
+class TrainPoint(_Frozen):
+    """A training-loss reading at ``step`` (every ``log_interval`` steps)."""
+
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float | None = None
+
+
 class ParamGroupInfo(_Frozen):
     name: str
     tensors: int
@@ -56,6 +68,12 @@ class Env(_Frozen):
     python: str
     platform: str
     git_sha: str | None = None
+    #: CPU runs: torch's intra-op threads, the CPU model and the 1-minute load average at start
+    threads: int | None = None
+    cpu_model: str | None = None
+    load_average: float | None = None
+    #: DDP: how many processes trained this run together
+    world_size: int = 1
 
 
 class RunRecord(_Frozen):
@@ -74,6 +92,13 @@ class RunRecord(_Frozen):
     hparams: dict[str, Any] = Field(description="fully resolved, defaults included")
     settings: dict[str, Any] = Field(description="run settings: steps, schedule, clipping, ...")
     seed: int
+    role: Role = "score"
+    config: dict[str, Any] = Field(
+        {}, description="the swept hyperparameter values of this run's grid point (a suite's)"
+    )
+    seed_independent: bool = Field(
+        False, description="the task's outcome does not depend on the seed: seeds count as one"
+    )
     unit: str = Field(description="what 'tokens' counts for this task: tokens, images or steps")
     status: Status
     error: str | None = None
@@ -88,6 +113,14 @@ class RunRecord(_Frozen):
     probe_curve: list[EvalPoint] | None = None
     steps_done: int = 0
     tokens_done: int = 0
+    grad_evals: int = Field(0, description="gradient evaluations (forward+backward passes)")
+    grad_evals_per_step: int = 1
+    setup_seconds: float = Field(
+        0.0, description="one-time costs left out of the clock: data, model, compile, warm-up"
+    )
+    train_curve: list[TrainPoint] | None = Field(
+        None, description="training loss and lr every log_interval steps"
+    )
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     tokens_per_second: float | None = None

@@ -76,6 +76,18 @@ class Task(ABC):
     def units_per_step(self) -> int:
         """Tokens (or images, or 1 step) consumed by one optimizer step."""
 
+    @property
+    def seed_independent(self) -> bool:
+        """True when the outcome does not depend on the seed (no noise, no dropout, no data
+        order): its seeds then count as one observation, with no interval and no verdict."""
+        return False
+
+    @property
+    def memory_gib(self) -> float:
+        """The GPU memory one run needs (model, optimizer state, activations), so an executor can
+        decide how many runs share a GPU. A generous estimate is fine."""
+        return 1.0
+
     def prepare(self, device: torch.device) -> None:  # noqa: B027 - optional hook
         """Load data onto ``device``; called once before the model is built."""
 
