@@ -28,6 +28,8 @@ class OptimizerInfo:
     horizon_hparams: ClassVar[tuple[str, ...]] = ()
     #: the run loop must supply the gradient of the next batch at the current point (MARS exact)
     needs_lookahead_grad: bool = False  # may be set per instance (MARS is_approx=False)
+    #: forward/backward passes per optimizer step (2 for exact MARS); the runner records it
+    grad_evals_per_step: int = 1  # may be set per instance
     #: the paper (and official code) this implementation follows
     paper: ClassVar[str] = ""
     #: state buffers, as a formula of the parameter size, for ``bench show``

@@ -204,6 +204,11 @@ class MARS(BenchOptimizer):
     ``mars_type``, ``optimize_1d``, ``is_approx`` and the ``*_1d`` arguments are optimizer-wide, as
     in the official code; setting one in a param group is an error.
 
+    ``optimize_1d="auto"`` (the benchmark's recipe) decides once, at construction: True when no
+    parameter given is exactly 2-D (a task of vectors only, such as the valleys, then runs the MARS
+    update rather than plain AdamW), else the official False. ``branches`` counts the tensors on
+    each branch, so a record can say which update ran.
+
     Exact variant (``is_approx=False``, ``needs_lookahead_grad`` is true): the run loop supplies
     the gradient of the *next* batch at the *current* point. Each step is: gradient on the next
     batch, ``store_lookahead_grad()``, ``zero_grad()``, gradient on the current batch, clip (the
@@ -235,7 +240,7 @@ class MARS(BenchOptimizer):
         gamma: float = 0.025,
         is_approx: bool = True,
         mars_type: str = "mars-adamw",
-        optimize_1d: bool = False,
+        optimize_1d: bool | str = False,
         lr_1d: float = 3e-3,
         betas_1d: tuple[float, float] = (0.9, 0.95),
         weight_decay_1d: float = 0.1,
@@ -254,7 +259,10 @@ class MARS(BenchOptimizer):
             mars_type in MARS_TYPES,
             f"mars_type must be one of {', '.join(map(repr, MARS_TYPES))}, got {mars_type!r}",
         )
-        check(isinstance(optimize_1d, bool), f"optimize_1d must be a bool, got {optimize_1d!r}")
+        check(
+            isinstance(optimize_1d, bool) or optimize_1d == "auto",
+            f"optimize_1d must be True, False or 'auto', got {optimize_1d!r}",
+        )
         check_nonneg("lr_1d", lr_1d)
         _check_pair("betas_1d", betas_1d)
         check_nonneg("weight_decay_1d", weight_decay_1d)
@@ -267,6 +275,7 @@ class MARS(BenchOptimizer):
         self.betas_1d = tuple(betas_1d)
         self.weight_decay_1d = weight_decay_1d
         self.needs_lookahead_grad = not is_approx
+        self.grad_evals_per_step = 1 if is_approx else 2  # exact: + the next batch's gradient
         self._lookahead_stored = False
         defaults = {
             "lr": lr,
@@ -275,6 +284,18 @@ class MARS(BenchOptimizer):
             "foreach": foreach,
         }
         super().__init__(params, defaults)
+        if optimize_1d == "auto":  # decided once, from the parameters given at construction
+            self.optimize_1d = not any(p.ndim == 2 for p in self._all_params())
+
+    def _all_params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @property
+    def branches(self) -> dict[str, int]:
+        """How many parameter tensors take each branch: ``{"mars": n, "adamw": m}``."""
+        params = self._all_params()
+        mars = sum(1 for p in params if self.takes_mars_branch(p))
+        return {"mars": mars, "adamw": len(params) - mars}
 
     def add_param_group(self, param_group: dict) -> None:
         for key in OPTIMIZER_WIDE:
