@@ -68,7 +68,15 @@ def records_in(out: Path) -> dict[str, RunRecord]:
 
 def without_timings(record: RunRecord) -> dict:
     data = record.model_dump()
-    timings = ("started_at", "finished_at", "train_seconds", "eval_seconds", "tokens_per_second")
+    timings = (
+        "started_at",
+        "finished_at",
+        "train_seconds",
+        "eval_seconds",
+        "setup_seconds",
+        "tokens_per_second",
+    )
+    data["env"].pop("load_average", None)
     for key in (*timings, "seconds_to_target"):
         data.pop(key)
     data["curve"] = [{k: v for k, v in p.items() if k != "seconds"} for p in data["curve"]]

@@ -1,0 +1,71 @@
+"""One run on several processes (``torchrun --nproc-per-node N -m bench_cli run ...``).
+
+Each rank trains on its slice of every global batch under DistributedDataParallel, so the
+averaged gradient equals the single-process gradient of the whole batch. Tokens are counted
+globally (a task's ``units_per_step`` is the global batch), rank 0 evaluates and broadcasts the
+metrics, and only rank 0 writes the record.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init(device_type: str) -> None:
+    """Join the process group torchrun describes in the environment (once per process)."""
+    if world_size() > 1 and not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        if device_type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shard(batch: Any) -> Any:
+    """This rank's contiguous slice of a global batch (tensors split along their first axis)."""
+    if not active():
+        return batch
+    r, n = dist.get_rank(), dist.get_world_size()
+    if isinstance(batch, torch.Tensor):
+        if batch.shape[0] % n:
+            raise ValueError(f"the global batch ({batch.shape[0]}) does not split over {n} ranks")
+        k = batch.shape[0] // n
+        return batch[r * k : (r + 1) * k]
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(shard(b) for b in batch)
+    if isinstance(batch, dict):
+        return {key: shard(v) for key, v in batch.items()}
+    return batch
+
+
+def mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar over ranks (for the logged loss)."""
+    if not active():
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / dist.get_world_size()
+
+
+def from_rank0(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

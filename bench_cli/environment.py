@@ -1,0 +1,84 @@
+"""Where a run ran: device, versions, and on a CPU the thread count, CPU model and load."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from bench_cli.results.record import Env
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def default_threads(jobs: int = 1) -> int:
+    """The documented CPU thread count of a run: the machine's cores shared evenly among the
+    runs going on at once (``--jobs``), at least one each."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+@lru_cache(maxsize=1)
+def _git_sha() -> str | None:
+    import bench_cli
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(bench_cli.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def environment(device: torch.device, world_size: int = 1) -> Env:
+    import bench_cli
+
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine() or device.type
+    cpu = device.type == "cpu"
+    try:
+        load = os.getloadavg()[0] if cpu else None
+    except OSError:
+        load = None
+    return Env(
+        device=str(device),
+        device_name=device_name,
+        torch=torch.__version__,
+        bench=bench_cli.__version__,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        git_sha=_git_sha(),
+        threads=torch.get_num_threads() if cpu else None,
+        cpu_model=cpu_model() if cpu else None,
+        load_average=load,
+        world_size=world_size,
+    )
