@@ -16,7 +16,7 @@ from rich.markup import escape
 from bench_cli.display import frame_table, friendly, stderr, stdout
 from bench_cli.errors import BenchError
 from bench_cli.results import check as checks
-from bench_cli.results import export, leaderboard, plots
+from bench_cli.results import export, inference, leaderboard, plots
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import load_records
 
@@ -63,15 +63,36 @@ def _escaped(df):
     return df.apply(lambda col: col.map(lambda x: escape(x) if isinstance(x, str) else x))
 
 
-def show_leaderboard(directory: DirArg, baseline: BaselineOpt = None) -> None:
-    """Per task, each optimizer's best configuration over seeds; then the overall ranking."""
+def show_leaderboard(
+    directory: DirArg,
+    baseline: BaselineOpt = None,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide", help="Every column: seconds, trials, tuning compute, grad evals, flags."
+        ),
+    ] = False,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Comma-separated columns to show, from: {', '.join(export.WIDE)}.",
+        ),
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(help="Level of the two-sided verdict test (0.05 = 5%).")
+    ] = inference.ALPHA,
+) -> None:
+    """Per task, each optimizer's scored runs over seeds; then the overall ranking."""
+    if not 0 < alpha < 1:
+        raise BenchError(f"--alpha must lie strictly between 0 and 1 (0.05 = 5%), got {alpha}")
+    shown = export.parse_columns(columns) if columns else export.WIDE if wide else export.COMPACT
     records = _records(directory)
-    lb = leaderboard.build(records, _baseline(records, baseline))
+    lb = leaderboard.build(records, _baseline(records, baseline), alpha=alpha)
     for name, task in export.tasks_of(lb):
-        title = f"{name}: {export.target_line(lb, name)}, baseline {lb.baseline}"
-        stdout.print(frame_table(_escaped(export.display_task(task)), title=escape(title)))
+        table = export.display_task(task, columns=shown)
+        stdout.print(frame_table(_escaped(table), title=escape(export.title(lb, name))))
     stdout.print(frame_table(_escaped(export.display_ranking(lb.ranking)), title="overall"))
-    stdout.print(export.NOTE.format(unit="tokens"), style="dim", highlight=False)
+    stdout.print(escape(export.legend(lb)), style="dim", highlight=False)
 
 
 def export_tables(

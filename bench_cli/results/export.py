@@ -1,29 +1,40 @@
 """The leaderboard's tables as CSV, Markdown, LaTeX (booktabs) or JSON text, and for the terminal.
 
 CSV and JSON carry the numbers (full precision; ``inf`` is a censored bound, empty/null is
-undefined); Markdown, LaTeX and the terminal show ``median [lo, hi]`` cells. LaTeX bolds a cell only
-when its interval lies entirely on the better side of every other optimizer's interval.
+undefined); Markdown, LaTeX and the terminal show text cells: ``median [lo, hi] level%`` with the
+interval's true coverage, ``>x`` / ``<x`` where censoring leaves only a bound, ``-`` where nothing
+is defined, and the speedup with its verdict. ``legend`` explains them under each table. LaTeX
+bolds a cell only when every row has an interval and the winner's lies entirely on the better
+side of every other's.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from bench_cli.errors import BenchError
+from bench_cli.results import inference
 from bench_cli.results.leaderboard import Leaderboard
 from bench_cli.results.store import atomic_write_text
 
 FORMATS = ("csv", "md", "latex", "json")
 TABLES = ("all", "tasks", "ranking")
+#: the per-task display columns: the compact default, then the rest (``--wide``)
+COMPACT = ("optimizer", "reached", "tokens", "speedup", "best")
+WIDE = (
+    *COMPACT, "seconds", "final", "throughput", "state", "grad_evals", "trials", "compute",
+    "config", "flags", "diverged", "errors",
+)  # fmt: skip
+#: the legend without a leaderboard at hand (``legend`` states the baseline and the level)
 NOTE = (
-    "Medians over seeds of the best configuration, [95% bootstrap interval]; a median is shown "
-    "only when more than half of the seeds reached the target. Speedup: geometric mean over "
-    "paired seeds of baseline / optimizer {unit}-to-target, censored runs counted at their budget."
+    "Medians over scoring seeds with order-statistic intervals at their true coverage; >x: at "
+    "least x, <x: at most x (censored); speedup verdicts from an exact paired sign-flip test "
+    "on per-seed log speedups ({unit}-to-target), two-sided at 5%."
 )
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -37,12 +48,12 @@ _LATEX_SPECIALS = {
 class Style:
     """How a renderer spells a missing value and infinity."""
 
-    def __init__(self, na: str = "—", inf: str = "∞"):
-        self.na, self.inf = na, inf
+    def __init__(self, na: str = "—", inf: str = "∞", gt: str = ">", lt: str = "<", pct: str = "%"):
+        self.na, self.inf, self.gt, self.lt, self.pct = na, inf, gt, lt, pct
 
 
 PLAIN = Style()
-LATEX = Style(na="--", inf=r"$\infty$")
+LATEX = Style(na="--", inf=r"$\infty$", gt="$>$", lt="$<$", pct=r"\%")
 
 
 def _special(x: float | None, style: Style) -> str | None:
@@ -77,18 +88,61 @@ def fmt_ratio(x: float | None, style: Style = PLAIN) -> str:
     return s if (s := _special(x, style)) is not None else f"{x:.2f}"
 
 
-def fmt_interval(
-    value: float, lo: float, hi: float, fmt: Callable[..., str], style: Style = PLAIN
-) -> str:
-    if _special(value, style) == style.na:
+def fmt_level(level: float, style: Style = PLAIN) -> str:
+    """A coverage as a whole percent, rounded down so it never claims more: 0.9785 -> '97%'."""
+    return f"{math.floor(level * 100 + 1e-9):.0f}{style.pct}"
+
+
+def fmt_median(row: Mapping, col: str, fmt: Callable[..., str], style: Style = PLAIN) -> str:
+    """``median [lo, hi] level%``; a censored median as ``>x``, a censored upper end as ``>x``;
+    no interval where there is none (one seed, a seed-independent task)."""
+    median, low = row[col], row[f"{col}_low"]
+    if not math.isnan(median):
+        text = fmt(median, style)
+    elif math.isfinite(low):
+        text = style.gt + fmt(low, style)
+    else:
         return style.na
-    return f"{fmt(value, style)} [{fmt(lo, style)}, {fmt(hi, style)}]"
+    lo, hi, level = row[f"{col}_lo"], row[f"{col}_hi"], row[f"{col}_level"]
+    if math.isnan(level) or row.get("seed_independent", False):
+        return text
+    hi_text = fmt(hi, style) if math.isfinite(hi) else style.gt + fmt(row[f"{col}_hi_low"], style)
+    if math.isinf(row[f"{col}_hi_low"]):
+        hi_text = style.inf
+    return f"{text} [{fmt(lo, style)}, {hi_text}] {fmt_level(level, style)}"
+
+
+def fmt_speedup(value: float, lo: float, hi: float, style: Style = PLAIN) -> str:
+    """``1.52x``, or a bound where censoring leaves the speedup open: ``>1.2x``, ``<0.8x``."""
+    if not math.isnan(value):
+        return f"{fmt_ratio(value, style)}x"
+    if not math.isnan(lo) and lo > 0 and not math.isinf(lo):
+        return f"{style.gt}{fmt_ratio(lo, style)}x"
+    if not math.isnan(hi) and math.isfinite(hi):
+        return f"{style.lt}{fmt_ratio(hi, style)}x"
+    return style.na
+
+
+def short_verdict(verdict: str) -> str:
+    return "too few seeds" if verdict.startswith("too few seeds") else verdict
+
+
+def speedup_cell(row: Mapping, style: Style = PLAIN) -> str:
+    if row["verdict"] == "baseline":
+        return "baseline"
+    if row["verdict"] == "n/a":
+        return style.na
+    value = fmt_speedup(row["speedup"], row["speedup_lo"], row["speedup_hi"], style)
+    if value == style.na:
+        return value
+    verdict = "" if row["verdict"] == "seed-independent" else " " + short_verdict(row["verdict"])
+    return value + verdict
 
 
 def winner(value: Sequence[float], lo: Sequence[float], hi: Sequence[float], lower: bool) -> int:
     """Index of the best row when its interval excludes every other row's interval, else -1."""
     rows = [i for i, v in enumerate(value) if math.isfinite(v)]
-    if len(value) < 2 or not rows:
+    if len(value) < 2 or not rows or any(math.isnan(x) for x in (*lo, *hi)):
         return -1
     best = (min if lower else max)(rows, key=lambda i: value[i])
     for j in range(len(value)):
@@ -102,43 +156,61 @@ def winner(value: Sequence[float], lo: Sequence[float], hi: Sequence[float], low
 # ---- display tables (terminal, Markdown, LaTeX) ------------------------------------------------
 
 
-def _columns(task: pd.DataFrame, style: Style) -> dict[str, list[str]]:
+def _columns(task: pd.DataFrame, style: Style) -> dict[str, tuple[str, list[str]]]:
+    """Column id -> (header, cells) for every display column of one task."""
     unit, metric = task["unit"].iloc[0], task["metric"].iloc[0] or "metric"
+    rows = task.to_dict("records")
 
-    def interval(col: str, fmt: Callable[..., str]) -> list[str]:
-        rows = zip(task[col], task[f"{col}_lo"], task[f"{col}_hi"])
-        return [fmt_interval(v, lo, hi, fmt, style) for v, lo, hi in rows]
+    def best(row: Mapping) -> str:
+        if math.isnan(row["best"]):
+            return style.na
+        return fmt_metric(row["best"], style)
 
     return {
-        "optimizer": list(task["optimizer"]),
-        "reached": [f"{r}/{n}" for r, n in zip(task["reached"], task["runs"])],
-        f"{unit} to target": interval("tokens_to_target", fmt_count),
-        "seconds to target": interval("seconds_to_target", fmt_seconds),
-        "speedup": interval("speedup", fmt_ratio),
-        "verdict": list(task["verdict"]),
-        f"best {metric}": interval("best", fmt_metric),
-        f"final {metric}": [fmt_metric(x, style) for x in task["final"]],
-        f"{unit}/s": [fmt_count(x, style) for x in task["tokens_per_second"]],
-        "state MB": [fmt_metric(x, style) for x in task["state_mb"]],
-        "trials": [f"{t} ({c} cfg)" for t, c in zip(task["trials"], task["configs"])],
-        f"compute ({unit}, s)": [
-            f"{fmt_count(t, style)}, {fmt_seconds(s, style)}"
-            for t, s in zip(task["compute_tokens"], task["compute_seconds"])
-        ],
-        "best config": list(task["swept"]),
-        "diverged": [str(x) for x in task["diverged"]],
-        "errors": [str(x) for x in task["errors"]],
-    }
+        "optimizer": ("optimizer", list(task["optimizer"])),
+        "reached": ("reached", [f"{r}/{n}" for r, n in zip(task["reached"], task["runs"])]),
+        "tokens": (f"{unit} to target", [fmt_median(r, "tokens_to_target", fmt_count, style) for r in rows]),
+        "speedup": ("speedup", [speedup_cell(r, style) for r in rows]),
+        "best": (f"best {metric}", [best(r) for r in rows]),
+        "seconds": ("seconds to target", [fmt_median(r, "seconds_to_target", fmt_seconds, style) for r in rows]),
+        "final": (f"final {metric}", [fmt_metric(x, style) for x in task["final"]]),
+        "throughput": (f"{unit}/s", [fmt_count(x, style) for x in task["tokens_per_second"]]),
+        "state": ("state MB", [fmt_metric(x, style) for x in task["state_mb"]]),
+        "grad_evals": ("grad evals", [fmt_count(x, style) for x in task["grad_evals"]]),
+        "trials": ("trials", [f"{t} ({c} cfg)" for t, c in zip(task["trials"], task["configs"])]),
+        "compute": ("tuning compute", [
+            f"{fmt_count(t, style)} {unit}, {fmt_count(g, style) if g else style.na} grads"
+            for t, g in zip(task["compute_tokens"], task["compute_grad_evals"])
+        ]),
+        "config": ("config", list(task["swept"])),
+        "flags": ("flags", list(task["flags"])),
+        "diverged": ("diverged", [str(x) for x in task["diverged"]]),
+        "errors": ("errors", [str(x) for x in task["errors"]]),
+    }  # fmt: skip
 
 
-def display_task(task: pd.DataFrame, style: Style = PLAIN) -> pd.DataFrame:
-    """One task's rows as text cells; the diverged, errors and best-config columns only when
-    they say something."""
-    df = pd.DataFrame(_columns(task, style))
-    for col, source in (("diverged", "diverged"), ("errors", "errors"), ("best config", "swept")):
-        if not task[source].astype(bool).any():
-            df = df.drop(columns=col)
-    return df
+def parse_columns(text: str) -> tuple[str, ...]:
+    """``--columns a,b,c`` -> column ids; an unknown id is refused with the list of known ones."""
+    ids = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in ids if c not in WIDE]
+    if unknown or not ids:
+        raise BenchError(
+            f"unknown column {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"choose from {', '.join(WIDE)}"
+        )
+    return ids
+
+
+def display_task(
+    task: pd.DataFrame, style: Style = PLAIN, columns: Sequence[str] = COMPACT
+) -> pd.DataFrame:
+    """One task's rows as text cells, the given column ids in order; in the wide view the
+    diverged, errors, config and flags columns only when they say something."""
+    cells = _columns(task, style)
+    quiet = {"diverged": task["diverged"], "errors": task["errors"], "config": task["swept"]}
+    quiet["flags"] = task["flags"]
+    keep = [c for c in columns if c not in quiet or columns != WIDE or quiet[c].astype(bool).any()]
+    return pd.DataFrame({cells[c][0]: cells[c][1] for c in keep})
 
 
 def display_ranking(ranking: pd.DataFrame, style: Style = PLAIN) -> pd.DataFrame:
@@ -159,6 +231,35 @@ def target_line(lb: Leaderboard, task: str) -> str:
     if t is None:
         return "no target"
     return f"target {t.metric} {'<=' if t.direction == 'min' else '>='} {t.value:g}"
+
+
+def title(lb: Leaderboard, task: str) -> str:
+    """A task's table title: its target and baseline, then what to keep in mind."""
+    text = f"{task}: {target_line(lb, task)}, baseline {lb.baseline}"
+    rows = lb.tasks[lb.tasks["task"] == task]
+    if rows["seed_independent"].any():
+        text += "; seed-independent: its seeds count as one run (no interval, no verdict)"
+    counts = (lb.budgets or {}).get(task, {})
+    if rows["unequal"].any() and counts:
+        usual = max(set(counts.values()), key=lambda n: (list(counts.values()).count(n), -n))
+        odd = ", ".join(f"{o} {n}" for o, n in counts.items() if n != usual)
+        text += f"; UNEQUAL tuning budgets (configurations: {odd}, the others {usual})"
+    return text
+
+
+def legend(lb: Leaderboard, style: Style = PLAIN) -> str:
+    """What the cells mean, the test and its level: printed under the tables."""
+    alpha = lb.alpha
+    return (
+        f"Medians over scoring seeds; [lo, hi] N%: order-statistic interval for the median, N% "
+        f"its true coverage (none for one seed). {style.na}: not defined. >x: at least x (a run "
+        f"that stopped short of the target counts as at least what it trained). <x: at most x. "
+        f"Speedup: {lb.baseline} over optimizer tokens-to-target (in the task's unit), geometric "
+        f"mean over paired seeds. Verdict: exact paired sign-flip permutation test on per-seed "
+        f"log speedups, two-sided at {alpha:g}, censored pairs taken at their worst case for the "
+        f"claim; too few seeds: fewer than {inference.min_pairs(alpha)} pairs, the least that "
+        f"level can decide with."
+    )
 
 
 def tasks_of(lb: Leaderboard) -> list[tuple[str, pd.DataFrame]]:
@@ -182,9 +283,9 @@ def to_markdown(lb: Leaderboard, table: str = "all") -> str:
     parts = []
     if table in ("all", "tasks"):
         for name, task in tasks_of(lb):
-            parts.append(f"### {name}\n\n{target_line(lb, name)}, baseline {lb.baseline}.\n")
-            parts.append(_md_table(display_task(task)) + "\n")
-        parts.append(NOTE.format(unit="tokens") + "\n")
+            parts.append(f"### {name}\n\n{title(lb, name).split(': ', 1)[1]}.\n")
+            parts.append(_md_table(display_task(task, columns=WIDE)) + "\n")
+        parts.append(legend(lb) + "\n")
     if table in ("all", "ranking"):
         parts.append("### Overall ranking\n\n" + _md_table(display_ranking(lb.ranking)) + "\n")
     return "\n".join(parts)
@@ -204,31 +305,32 @@ def _tabular(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _latex_task(lb: Leaderboard, name: str, task: pd.DataFrame) -> str:
-    cells = _columns(task, LATEX)
-    unit, metric = task["unit"].iloc[0], task["metric"].iloc[0] or "metric"
-    bold = {  # column -> (values, direction): bold the winner whose interval excludes the rest
-        f"{unit} to target": ("tokens_to_target", True),
-        "seconds to target": ("seconds_to_target", True),
-        f"best {metric}": ("best", task["direction"].iloc[0] != "max"),
+    cols = _columns(task, LATEX)
+    cells = {c: list(cells) for c, (_, cells) in cols.items()}
+    bold = {  # column id -> (values, lower is better): bold a winner whose interval excludes all
+        "tokens": ("tokens_to_target", True),
+        "seconds": ("seconds_to_target", True),
+        "best": ("best", task["direction"].iloc[0] != "max"),
     }
     for col, (key, lower) in bold.items():
-        i = winner(list(task[key]), list(task[f"{key}_lo"]), list(task[f"{key}_hi"]), lower)
+        none = task[f"{key}_level"].isna() | task["seed_independent"]  # no interval: no winner
+        lo, hi = task[f"{key}_lo"].mask(none), task[f"{key}_hi"].mask(none)
+        i = winner(list(task[key]), list(lo), list(hi), lower)
         if i >= 0:
             cells[col][i] = r"\textbf{" + cells[col][i] + "}"
-    keep = ["optimizer", "reached", f"{unit} to target", "seconds to target", "speedup"]
-    keep += [f"best {metric}", "trials"]
-    escaped = {"optimizer", "reached", "trials"}
+    keep = ["optimizer", "reached", "tokens", "seconds", "speedup", "best", "trials"]
+    escaped = {"optimizer", "reached", "trials"}  # the others are LaTeX already
     rows = [
         [latex_escape(cells[c][i]) if c in escaped else cells[c][i] for c in keep]
         for i in range(len(task))
     ]
-    header = [latex_escape(c[:1].upper() + c[1:]) for c in keep]
-    comment = f"% {name}: {target_line(lb, name)}, baseline {lb.baseline}"
+    header = [latex_escape(cols[c][0][:1].upper() + cols[c][0][1:]) for c in keep]
+    comment = f"% {title(lb, name)}"
     return comment.replace("\n", " ") + "\n" + _tabular(header, rows)
 
 
 def to_latex(lb: Leaderboard, table: str = "all") -> str:
-    parts = ["% requires \\usepackage{booktabs}; " + NOTE.format(unit="tokens")]
+    parts = ["% requires \\usepackage{booktabs}; " + legend(lb, LATEX)]
     if table in ("all", "tasks"):
         parts += [_latex_task(lb, name, task) for name, task in tasks_of(lb)]
     if table in ("all", "ranking"):

@@ -1,11 +1,15 @@
 """The leaderboard: a per-task table and an overall ranking, pure functions of run records.
 
-Each (task, optimizer) is represented by its best configuration (``stats.best_config``); the
-statistical rules are documented in ``bench_cli.results.stats``.
+Only scored runs (``role == "score"``) make the table; each (task, optimizer) is represented by
+its scored configuration (``stats.best_config``). Tuning runs add what tuning cost (trials,
+tokens, gradient evaluations) and the edge-of-grid flags of the selection
+(``bench_cli.results.selection``). The statistical rules are documented in
+``bench_cli.results.stats`` and ``bench_cli.results.inference``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,18 +17,26 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bench_cli.results import stats
+from bench_cli.results import inference, selection, stats
 from bench_cli.results.record import RunRecord, Target
 
 DEFAULT_BASELINE = "adamw"
 
-#: the per-task table's columns; "tokens" counts the task's unit (tokens, images or steps)
+#: the per-task table's columns; "tokens" counts the task's unit (tokens, images or steps).
+#: ``X`` is the median over seeds (nan unless known), ``X_low`` what it is known to be at least,
+#: ``X_lo``/``X_hi`` its order-statistic interval at true coverage ``X_level`` (nan for one
+#: seed, where ``X_lo``/``X_hi`` are that run's own bounds),
+#: ``X_hi_low`` the known lower bound of a censored ``X_hi`` (inf). ``speedup_lo``/``_hi`` bound
+#: the speedup where censoring leaves it open.
+_SUMMARY = ("", "_low", "_lo", "_hi", "_hi_low", "_level")
 TASK_COLUMNS = [
-    "task", "optimizer", "unit", "metric", "direction", "target", "runs", "reached", "diverged",
-    "errors", "tokens_to_target", "tokens_to_target_lo", "tokens_to_target_hi",
-    "seconds_to_target", "seconds_to_target_lo", "seconds_to_target_hi", "speedup", "speedup_lo",
-    "speedup_hi", "pairs", "verdict", "best", "best_lo", "best_hi", "final", "tokens_per_second",
-    "state_mb", "configs", "swept", "trials", "compute_tokens", "compute_seconds", "config",
+    "task", "optimizer", "unit", "metric", "direction", "target", "seed_independent", "runs",
+    "reached", "diverged", "errors",
+    *(f"tokens_to_target{s}" for s in _SUMMARY), *(f"seconds_to_target{s}" for s in _SUMMARY),
+    "speedup", "speedup_lo", "speedup_hi", "pairs", "verdict", "p_better", "p_worse", "alpha",
+    "best", "best_lo", "best_hi", "best_level", "final", "tokens_per_second", "state_mb",
+    "grad_evals", "configs", "unequal", "swept", "flags", "trials", "compute_tokens",
+    "compute_grad_evals", "compute_seconds", "config",
 ]  # fmt: skip
 RANKING_COLUMNS = [
     "rank", "optimizer", "tasks", "reached", "speedup", "speedup_tasks", "profile_score",
@@ -39,11 +51,24 @@ class Leaderboard:
     tasks: pd.DataFrame  # one row per (task, optimizer), TASK_COLUMNS
     ranking: pd.DataFrame  # one row per optimizer, RANKING_COLUMNS
     ratios: dict[str, dict[str, float]]  # performance-profile ratios[optimizer][task]
+    alpha: float = inference.ALPHA
+    budgets: dict[str, dict[str, int]] | None = None  # configurations per optimizer per task
 
 
 def _median(values: Sequence[float | None]) -> float:
     x = [float(v) for v in values if v is not None and not math.isnan(v)]
     return float(np.median(x)) if x else math.nan
+
+
+def _summary(prefix: str, s: inference.MedianSummary) -> dict:
+    values = (s.median, s.median_low, s.lo, s.hi, s.hi_low, s.level)
+    return {f"{prefix}{suffix}": v for suffix, v in zip(_SUMMARY, values)}
+
+
+def _swept(config: dict) -> str:
+    return ", ".join(
+        f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sorted(config.items())
+    )
 
 
 def _row(
@@ -53,12 +78,22 @@ def _row(
     target: Target | None,
     speedup: stats.Speedup,
     errors: int,
+    tuned: selection.Selection | None,
+    configs: int,
 ) -> dict:
-    runs = choice.runs
+    runs = stats.one_observation(choice.runs)
     records = [o.record for o in runs]
-    ttt = stats.summarize_censored([o.tokens for o in runs])
-    stt = stats.summarize_censored([o.seconds for o in runs])
-    best, best_lo, best_hi = stats.median_ci([o.best for o in runs])
+    sign = -1.0 if target is not None and target.direction == "max" else 1.0
+    best = inference.summarize([sign * o.best for o in runs])
+    best_lo, best_hi = sorted((sign * best.lo, sign * best.hi))
+    if tuned is not None:  # the tune/score protocol: tuning cost from the tuning runs
+        trials, tokens, grads = tuned.trials, tuned.tokens, tuned.grad_evals
+        seconds = math.nan
+        swept, flags = _swept(tuned.config), "; ".join(tuned.flags)
+    else:  # swept on the scored seeds (older folders): cost of all scored runs
+        trials, tokens, seconds = choice.trials, choice.compute_tokens, choice.compute_seconds
+        grads = sum(o.record.grad_evals for o in choice.runs)
+        swept, flags = choice.swept, ""
     return {
         "task": task,
         "optimizer": optimizer,
@@ -66,34 +101,41 @@ def _row(
         "metric": target.metric if target else None,
         "direction": target.direction if target else None,
         "target": target.value if target else math.nan,
-        "runs": ttt.total,
-        "reached": ttt.reached,
+        "seed_independent": any(r.seed_independent for r in records),
+        "runs": len(runs),
+        "reached": sum(o.tokens is not None for o in runs),
         "diverged": sum(r.status == "diverged" for r in records),
         "errors": errors,
-        "tokens_to_target": ttt.median,
-        "tokens_to_target_lo": ttt.lo,
-        "tokens_to_target_hi": ttt.hi,
-        "seconds_to_target": stt.median,
-        "seconds_to_target_lo": stt.lo,
-        "seconds_to_target_hi": stt.hi,
+        **_summary("tokens_to_target", inference.summarize(
+            [o.tokens_low for o in runs], [o.tokens_high for o in runs])),
+        **_summary("seconds_to_target", inference.summarize(
+            [o.seconds_low for o in runs], [o.seconds_high for o in runs])),
         "speedup": speedup.value,
         "speedup_lo": speedup.lo,
         "speedup_hi": speedup.hi,
         "pairs": speedup.pairs,
         "verdict": speedup.verdict,
-        "best": best,
+        "p_better": speedup.p_better,
+        "p_worse": speedup.p_worse,
+        "alpha": math.nan,
+        "best": sign * best.median,
         "best_lo": best_lo,
         "best_hi": best_hi,
+        "best_level": best.level,
         "final": _median([o.final for o in runs]),
         "tokens_per_second": _median([r.tokens_per_second for r in records]),
         "state_mb": _median([r.optimizer_state_bytes / 2**20 for r in records]),
-        "configs": choice.configs,
-        "swept": choice.swept,
-        "trials": choice.trials,
-        "compute_tokens": choice.compute_tokens,
-        "compute_seconds": choice.compute_seconds,
+        "grad_evals": _median([float(r.grad_evals or math.nan) for r in records]),  # 0: unknown
+        "configs": configs,
+        "unequal": False,
+        "swept": swept,
+        "flags": flags,
+        "trials": trials,
+        "compute_tokens": tokens,
+        "compute_grad_evals": grads,
+        "compute_seconds": seconds,
         "config": choice.config,
-    }
+    }  # fmt: skip
 
 
 def _task_frame(
@@ -101,22 +143,33 @@ def _task_frame(
     errors: Mapping[tuple[str, str], int],
     targets: Mapping[str, Target],
     baseline: str,
+    alpha: float,
+    tuned: Mapping[tuple[str, str], selection.Selection],
+    budgets: Mapping[str, Mapping[str, int]],
 ) -> pd.DataFrame:
     rows = []
     for (task, opt), choice in choices.items():
         base = choices.get((task, baseline))
-        speedup = stats.paired_speedup(base.runs if base else [], choice.runs)
+        speedup = stats.paired_speedup(base.runs if base else [], choice.runs, alpha)
         if opt == baseline:
             speedup = stats.Speedup(
                 speedup.value, speedup.lo, speedup.hi, speedup.pairs, "baseline"
             )
-        rows.append(_row(task, opt, choice, targets.get(task), speedup, errors.get((task, opt), 0)))
+        per_task = budgets.get(task, {})
+        row = _row(
+            task, opt, choice, targets.get(task), speedup, errors.get((task, opt), 0),
+            tuned.get((task, opt)), per_task.get(opt, choice.configs),
+        )  # fmt: skip
+        row["unequal"] = selection.unequal(per_task)
+        row["alpha"] = alpha
+        rows.append(row)
     df = pd.DataFrame(rows, columns=TASK_COLUMNS)
     order = df["tokens_to_target"].fillna(math.inf)
+    low = df["tokens_to_target_low"].fillna(math.inf)
     return (
-        df.assign(_order=order)
-        .sort_values(["task", "_order", "optimizer"], kind="stable")
-        .drop(columns="_order")
+        df.assign(_order=order, _low=low)
+        .sort_values(["task", "_order", "_low", "optimizer"], kind="stable")
+        .drop(columns=["_order", "_low"])
         .reset_index(drop=True)
     )
 
@@ -134,7 +187,7 @@ def _ranking_frame(tasks: pd.DataFrame, ratios: Mapping[str, Mapping[str, float]
                 "speedup_tasks": int(per_opt["speedup"].notna().sum()),
                 "profile_score": stats.profile_score(ratios.get(opt, {})),
                 "trials": int(per_opt["trials"].sum()),
-                "compute_seconds": float(per_opt["compute_seconds"].sum()),
+                "compute_seconds": float(per_opt["compute_seconds"].sum(min_count=1)),
             }
         )
     df = pd.DataFrame(rows, columns=[c for c in RANKING_COLUMNS if c != "rank"])
@@ -152,21 +205,29 @@ def build(
     records: Sequence[RunRecord],
     baseline: str = DEFAULT_BASELINE,
     targets: Mapping[str, Target] | None = None,
+    alpha: float = inference.ALPHA,
 ) -> Leaderboard:
-    """Both tables from the records alone; ``targets`` overrides a task's target (calibrated)."""
-    targets = stats.analysis_targets(records, targets)
-    outs = stats.outcomes(records, targets)
+    """Both tables from the records alone; ``targets`` overrides a task's target (calibrated).
+
+    Only scored runs make rows; tuning runs add the selection's cost and flags."""
+    inference.min_pairs(alpha)  # refuses a level outside (0, 1)
+    scored = stats.scored(records)
+    targets = stats.analysis_targets(scored, targets)
+    outs = stats.outcomes(scored, targets)
     choices = stats.best_configs(outs, targets)
     errors: dict[tuple[str, str], int] = {}
     for o in outs:
         key = (o.record.task_key, o.record.optimizer)
         errors[key] = errors.get(key, 0) + (o.record.status == "error")
-    tasks = _task_frame(choices, errors, targets, baseline)
+    tuned = selection.select_from(records, targets)
+    budgets = selection.equal_budgets(records)
+    tasks = _task_frame(choices, errors, targets, baseline, alpha, tuned, budgets)
     times: dict[str, dict[str, float]] = {}
     for row in tasks.itertuples():
         times.setdefault(row.task, {})[row.optimizer] = row.tokens_to_target
     ratios = stats.profile_ratios(times)
-    return Leaderboard(baseline, targets, tasks, _ranking_frame(tasks, ratios), ratios)
+    ranking = _ranking_frame(tasks, ratios)
+    return Leaderboard(baseline, targets, tasks, ranking, ratios, alpha, budgets)
 
 
 def task_table(

@@ -1,27 +1,34 @@
-"""Censoring-aware statistics over seeds: medians, bootstrap intervals, sweeps, speedups, profiles.
+"""Censoring-aware statistics over seeds: medians, intervals, sweeps, paired verdicts, profiles.
 
-The rules, the same for every optimizer and task:
+The rules, the same for every optimizer and task (the numerical methods and their proofs are in
+``bench_cli.results.inference``):
 
-- **Censoring.** A run that never reaches the target has no time-to-target (``None``); it is
-  right-censored, not infinite and not "the budget". For medians it sorts after every run that
-  reached the target (``+inf`` in the arithmetic), so the median over seeds is reported only when
-  more than half of the seeds reached the target; otherwise it is ``nan`` and tables show how many
-  reached it. Runs with status ``error`` crashed and are not results: they are left out of every
-  statistic (but counted as trials, compute and errors).
-- **Intervals.** A percentile bootstrap over seeds: ``BOOTSTRAP_SAMPLES`` resamples with a fixed
-  numpy seed, so the same records always give the same interval. With one seed, or all seeds
-  equal, the interval collapses to the point. An upper bound of ``inf`` means "censored".
-- **Best configuration** per (task, optimizer): the configuration (hparams, plus the run settings
-  that change training) with the best median over seeds of each run's best value of the target
-  metric, respecting its direction; a diverged run counts as the worst value. Ties go to the
+- **Which runs.** Only ``role == "score"`` records enter medians, intervals and verdicts
+  (``scored``); tuning and calibration runs never do. Records written before roles existed read
+  as ``score``. Runs with status ``error`` crashed and are not results: they are left out of
+  every statistic (but counted as trials, compute and errors).
+- **Censoring.** A run that never reached the target is right-censored at the tokens it actually
+  trained (``tokens_done``, never its planned budget): its time-to-target lies in
+  ``[tokens_done, inf]``. A diverged run never reaches it: ``[inf, inf]``. The median over seeds
+  is a value only when the bounds pin it down (more than half of the seeds reached the target,
+  roughly); otherwise it is a lower bound, printed ``>x``.
+- **Intervals** are distribution-free order-statistic intervals for the median, at their true
+  coverage: the narrowest symmetric pair with coverage >= 95%, or ``[min, max]`` with the level it
+  gives where the seeds cannot reach 95%. One seed: no interval.
+- **Seed-independent tasks** (the task's outcome does not depend on the seed): the seeds count as
+  one observation, the lowest seed's run; no interval and no verdict.
+- **Best configuration** per (task, optimizer) among the scored runs: under the tune/score
+  protocol there is one; for older folders that swept on the scored seeds, the configuration
+  (hparams, plus the run settings that change training) with the best median over seeds of each
+  run's best value of the target metric; a diverged run counts as the worst value. Ties go to the
   configuration with more seeds, then to the smaller canonical JSON key.
-- **Speedup** over the baseline, paired over the seeds both best configurations share: per seed
-  ``baseline_tokens / optimizer_tokens``, where a censored run counts as taking exactly its budget
-  (the planned steps times the tokens per step; it would have needed at least that). This bounds
-  every ratio that involves a censored run and shrinks it toward 1 (both censored: about 1), so a
-  verdict is never driven by censoring. The speedup is the geometric mean of the per-seed ratios
-  with a bootstrap interval over seeds; "better" / "worse" only when the interval excludes 1 and at
-  least ``MIN_PAIRS_FOR_VERDICT`` seeds are paired, else "tie" (or "n/a" without pairs).
+- **Speedup** over the baseline, paired by seed: per seed ``baseline / optimizer`` tokens-to-
+  target, known to lie in an interval where a run is censored. The speedup is the geometric mean
+  over pairs when every pair is a point, else its bounds (``speedup_lo``, ``speedup_hi``: the
+  geometric means of the per-pair bounds; printed ``>x`` or ``<x``). The verdict is an exact
+  paired sign-flip permutation test on the per-seed log speedups, two-sided at ``alpha`` (5%),
+  evaluated at the worst case for each claim; with too few pairs for the level it says
+  "too few seeds (N needed)".
 - **Performance profile** (AlgoPerf): per task, an optimizer's median tokens-to-target over the
   best one's (``inf`` when its median is censored or it did not run on the task);
   ``rho(tau)`` is the fraction of tasks with ratio <= tau and the score is the area under ``rho``
@@ -34,100 +41,20 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from bench_cli.results import inference
+from bench_cli.results.inference import ALPHA
 from bench_cli.results.metrics import to_target
 from bench_cli.results.record import RunRecord, Target
 
-BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 0
-ALPHA = 0.05  # two-sided: 95% intervals
-MIN_PAIRS_FOR_VERDICT = 2
 TAU_MAX = 4.0  # AlgoPerf's upper limit of the profile
 MIN_TIME = 1.0  # a run that meets the target at its first evaluation counts as one unit
 #: run settings that change the training trajectory, hence part of a configuration
 TRAINING_SETTINGS = ("steps", "warmup_steps", "schedule", "min_lr_ratio", "grad_clip")
-
-
-# ---- intervals ---------------------------------------------------------------------------------
-
-
-def bootstrap_ci(
-    values: Sequence[float],
-    statistic: Callable[[np.ndarray], np.ndarray],
-    samples: int = BOOTSTRAP_SAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic`` (applied along axis 1) over ``values``.
-
-    Resamples ``values`` with replacement; the bounds are order statistics (no interpolation, so
-    ``inf`` values stay ``inf`` instead of turning into ``nan``).
-    """
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    stats = np.sort(statistic(x[rng.integers(0, x.size, size=(samples, x.size))]))
-    lo = stats[int(math.floor(samples * ALPHA / 2))]
-    hi = stats[int(math.ceil(samples * (1 - ALPHA / 2))) - 1]
-    return float(lo), float(hi)
-
-
-def _median_rows(x: np.ndarray) -> np.ndarray:
-    return np.median(x, axis=1)
-
-
-def _geomean_rows(x: np.ndarray) -> np.ndarray:
-    return np.exp(np.mean(np.log(x), axis=1))
-
-
-@dataclass(frozen=True)
-class CensoredSummary:
-    """Median over seeds with its bootstrap interval; ``median`` is nan unless > half reached."""
-
-    median: float
-    lo: float
-    hi: float
-    reached: int
-    total: int
-
-
-def _as_censored(values: Iterable[float | None]) -> np.ndarray:
-    return np.array([math.inf if v is None else float(v) for v in values], dtype=float)
-
-
-def censored_median(values: Sequence[float | None]) -> float:
-    """Median with ``None`` (censored) sorted last; nan unless more than half are not censored."""
-    x = _as_censored(values)
-    if x.size == 0:
-        return math.nan
-    median = float(np.median(x))  # finite exactly when more than half are finite
-    return median if math.isfinite(median) else math.nan
-
-
-def summarize_censored(values: Sequence[float | None]) -> CensoredSummary:
-    x = _as_censored(values)
-    lo, hi = bootstrap_ci(x, _median_rows)
-    reached = int(np.isfinite(x).sum())
-    return CensoredSummary(censored_median(values), lo, hi, reached, int(x.size))
-
-
-def median_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """Plain median (``inf`` allowed) and its bootstrap interval."""
-    if not values:
-        return math.nan, math.nan, math.nan
-    return (float(np.median(np.asarray(values, dtype=float))), *bootstrap_ci(values, _median_rows))
-
-
-def geomean_ci(ratios: Sequence[float]) -> tuple[float, float, float]:
-    """Geometric mean of positive ``ratios`` and its bootstrap interval."""
-    if not ratios:
-        return math.nan, math.nan, math.nan
-    gm = float(np.exp(np.mean(np.log(np.asarray(ratios, dtype=float)))))
-    return (gm, *bootstrap_ci(ratios, _geomean_rows))
 
 
 # ---- runs against a target ---------------------------------------------------------------------
@@ -143,7 +70,18 @@ class Outcome:
     seconds: float | None
     best: float  # best value of the target metric; the worst value if diverged or missing
     final: float
-    budget: float  # planned tokens (steps x tokens per step); nan when unknown
+    #: what tokens/seconds-to-target are known to be at least: the value when reached, what the
+    #: run trained when it stopped short, inf when it diverged
+    tokens_low: float
+    seconds_low: float
+
+    @property
+    def tokens_high(self) -> float:
+        return self.tokens_low if self.tokens is not None else math.inf
+
+    @property
+    def seconds_high(self) -> float:
+        return self.seconds_low if self.seconds is not None else math.inf
 
 
 def config_key(record: RunRecord) -> str:
@@ -169,15 +107,9 @@ def analysis_targets(
     return targets
 
 
-def _budget(r: RunRecord) -> float:
-    steps = r.settings.get("steps")
-    if r.steps_done > 0:
-        per_step = r.tokens_done / r.steps_done
-    elif r.curve and r.curve[-1].step > 0:
-        per_step = r.curve[-1].tokens / r.curve[-1].step
-    else:
-        return math.nan
-    return max(float(r.tokens_done), per_step * steps) if steps else float(r.tokens_done)
+def scored(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """The records that enter verdicts, intervals and medians: role ``score``."""
+    return [r for r in records if r.role == "score"]
 
 
 def outcome(r: RunRecord, target: Target | None) -> Outcome:
@@ -192,14 +124,22 @@ def outcome(r: RunRecord, target: Target | None) -> Outcome:
     metric = target.metric if target else ""
     best = r.best_metrics.get(metric, worst) if r.status == "done" else worst
     final = r.final_metrics.get(metric, math.nan)
+    tokens = None if hit is None else hit[0]
+    seconds = None if hit is None else hit[1]
+    never = r.status != "done"  # diverged (or crashed): it will not reach the target
     return Outcome(
         record=r,
         config=config_key(r),
-        tokens=None if hit is None else hit[0],
-        seconds=None if hit is None else hit[1],
+        tokens=tokens,
+        seconds=seconds,
         best=best,
         final=final,
-        budget=_budget(r),
+        tokens_low=tokens if tokens is not None else math.inf if never else float(r.tokens_done),
+        seconds_low=seconds
+        if seconds is not None
+        else math.inf
+        if never
+        else float(r.train_seconds),
     )
 
 
@@ -284,47 +224,79 @@ def best_configs(
 # ---- paired speedup ----------------------------------------------------------------------------
 
 
+def one_observation(runs: Sequence[Outcome]) -> list[Outcome]:
+    """A seed-independent task's runs count as one: the lowest seed's."""
+    if runs and any(o.record.seed_independent for o in runs):
+        return [min(runs, key=lambda o: (o.record.seed, o.record.run_id))]
+    return list(runs)
+
+
 @dataclass(frozen=True)
 class Speedup:
-    value: float  # geometric mean over paired seeds of baseline / optimizer tokens-to-target
+    """Baseline over optimizer tokens-to-target, geometric mean over paired seeds.
+
+    ``value`` when every pair is known exactly, else nan; ``lo``/``hi`` bound it (equal to
+    ``value`` when known; ``hi`` inf or ``lo`` 0 where censoring leaves it open).
+    """
+
+    value: float
     lo: float
     hi: float
     pairs: int
-    verdict: str  # better, worse, tie or n/a
+    verdict: str  # better, worse, inconclusive, too few seeds (N needed), seed-independent, n/a
+    p_better: float = math.nan
+    p_worse: float = math.nan
 
 
-def _time_or_budget(o: Outcome) -> float:
-    return max(o.tokens if o.tokens is not None else o.budget, MIN_TIME)
+def _floor(x: float) -> float:
+    return max(x, MIN_TIME)
 
 
-def paired_ratios(baseline: Sequence[Outcome], runs: Sequence[Outcome]) -> list[float]:
-    """Per shared seed, baseline over optimizer tokens-to-target (censored = its budget)."""
+def paired_log_bounds(
+    baseline: Sequence[Outcome], runs: Sequence[Outcome]
+) -> list[tuple[float, float]]:
+    """Per shared seed, the interval ``[L, U]`` that ``log(baseline / optimizer)`` lies in."""
     base = {o.record.seed: o for o in baseline}
-    ratios = []
+    bounds = []
     for o in sorted(runs, key=lambda o: o.record.seed):
         b = base.get(o.record.seed)
         if b is None:
             continue
-        ratio = _time_or_budget(b) / _time_or_budget(o)
-        if math.isfinite(ratio) and ratio > 0:  # nan when a censored run's budget is unknown
-            ratios.append(ratio)
-    return ratios
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lo = np.log(_floor(b.tokens_low)) - np.log(_floor(o.tokens_high))
+            hi = np.log(_floor(b.tokens_high)) - np.log(_floor(o.tokens_low))
+        # inf - inf (both never reach): nothing is known
+        bounds.append(
+            (-math.inf if np.isnan(lo) else float(lo), math.inf if np.isnan(hi) else float(hi))
+        )
+    return bounds
 
 
-def verdict(lo: float, hi: float, pairs: int) -> str:
-    if pairs == 0:
-        return "n/a"
-    if pairs >= MIN_PAIRS_FOR_VERDICT and lo > 1:
-        return "better"
-    if pairs >= MIN_PAIRS_FOR_VERDICT and hi < 1:
-        return "worse"
-    return "tie"
+def paired_ratios(baseline: Sequence[Outcome], runs: Sequence[Outcome]) -> list[float]:
+    """Per shared seed where both reached the target, baseline over optimizer tokens."""
+    return [math.exp(lo) for lo, hi in paired_log_bounds(baseline, runs) if lo == hi]
 
 
-def paired_speedup(baseline: Sequence[Outcome], runs: Sequence[Outcome]) -> Speedup:
-    ratios = paired_ratios(baseline, runs)
-    value, lo, hi = geomean_ci(ratios)
-    return Speedup(value, lo, hi, len(ratios), verdict(lo, hi, len(ratios)))
+def paired_speedup(
+    baseline: Sequence[Outcome], runs: Sequence[Outcome], alpha: float = ALPHA
+) -> Speedup:
+    independent = any(o.record.seed_independent for o in [*baseline, *runs])
+    if independent:
+        baseline, runs = one_observation(baseline), one_observation(runs)
+        if baseline and runs:  # one observation each, whatever their seeds
+            runs = [replace(runs[0], record=runs[0].record.model_copy(
+                update={"seed": baseline[0].record.seed}))]  # fmt: skip
+    bounds = paired_log_bounds(baseline, runs)
+    if not bounds:
+        return Speedup(math.nan, math.nan, math.nan, 0, "n/a")
+    lows = [lo for lo, _ in bounds]
+    highs = [hi for _, hi in bounds]
+    lo, hi = math.exp(float(np.mean(lows))), math.exp(float(np.mean(highs)))
+    value = lo if lo == hi else math.nan
+    if independent:
+        return Speedup(value, lo, hi, len(bounds), "seed-independent")
+    v = inference.paired_verdict(lows, highs, alpha)
+    return Speedup(value, lo, hi, len(bounds), v.verdict, v.p_better, v.p_worse)
 
 
 def geometric_mean(values: Iterable[float]) -> float:

@@ -55,8 +55,11 @@ def test_markdown_is_well_formed_pipe_tables(lb) -> None:
         widths = {line.count("|") for line in lines}
         assert len(widths) == 1, "every row has as many cells as the header"
         assert re.fullmatch(r"\|(-+:?\|)+", lines[1].replace("--:", "--:"))
-    assert "| fast | 3/3 | 2.05k [2k, 2.1k] |" in text
-    assert "| slow | 0/3 | — |" in text  # censored median: a dash, with the count beside it
+    # three seeds: [min, max] with its true coverage, 75%
+    assert "| fast | 3/3 | 2.05k [2k, 2.1k] 75% | 2.00x too few seeds |" in text
+    # never reached, each run trained 10k: bounds, never a point value
+    assert "| slow | 0/3 | >10k [10k, >10k] 75% | <0.41x too few seeds |" in text
+    assert "sign-flip permutation test" in text and "two-sided at 0.05" in text
 
 
 def latex_rows(tabular: str) -> list[str]:
@@ -77,28 +80,32 @@ def test_latex_uses_booktabs_and_escapes(lb) -> None:
     tex = "\n".join(line for line in text.splitlines() if not line.startswith("%"))
     assert r"Best val\_loss" in tex and "val_loss" not in tex.replace(r"val\_loss", "")
     assert "∞" not in text and "—" not in text
-    # 2 of 3 seeds reached: a median with an interval open to the top
+    # 2 of 3 seeds reached: a median with an interval open to the top (the third trained 10k)
     partly = [make_record("t", "a", s, None if s == 2 else 4000.0) for s in range(3)]
-    assert r"4k [4k, $\infty$]" in export.render(leaderboard.build(partly, "a"), "latex")
+    assert r"4k [4k, $>$10k] 75\%" in export.render(leaderboard.build(partly, "a"), "latex")
 
 
 def test_latex_bolds_a_winner_only_when_its_interval_excludes_the_others(lb) -> None:
     lm = re.search(r"% lm:.*?\\end\{tabular\}", export.render(lb, "latex"), flags=re.S).group(0)
     rows = {row.split(" & ")[0]: row for row in latex_rows(lm)}
-    assert r"\textbf{2.05k [2k, 2.1k]}" in rows["fast"]
+    assert r"\textbf{2.05k [2k, 2.1k] 75\%}" in rows["fast"]
     assert r"\textbf" not in rows["adamw"] + rows["slow"]
     # two optimizers whose intervals overlap: nobody is bold
     close = [make_record("t", "a", s, 4000.0 + 500 * s) for s in range(3)]
     close += [make_record("t", "b", s, 4200.0 + 500 * s) for s in range(3)]
     assert r"\textbf" not in export.render(leaderboard.build(close, "a"), "latex")
+    # one seed each: no interval, so nobody is bold however far apart
+    apart = [make_record("t", "a", 0, 1000.0), make_record("t", "b", 0, 9000.0)]
+    assert r"\textbf" not in export.render(leaderboard.build(apart, "a"), "latex")
 
 
 def test_winner_rule() -> None:
     assert export.winner([1.0, 3.0], [0.5, 2.5], [1.5, 3.5], lower=True) == 0
     assert export.winner([1.0, 3.0], [0.5, 1.0], [2.0, 3.5], lower=True) == -1  # overlap
     assert export.winner([1.0, 3.0], [0.5, 2.5], [1.5, 3.5], lower=False) == 1
-    assert export.winner([1.0, math.nan], [0.5, math.inf], [1.5, math.inf], lower=True) == 0
+    assert export.winner([1.0, math.nan], [0.5, 1e4], [1.5, math.inf], lower=True) == 0
     assert export.winner([1.0], [0.5], [1.5], lower=True) == -1  # alone: nothing to beat
+    assert export.winner([1.0, 3.0], [0.5, math.nan], [1.5, math.nan], lower=True) == -1
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX engine")
@@ -154,11 +161,58 @@ def test_export_command_writes_a_file_atomically(app, tmp_path: Path) -> None:
 
 
 def test_leaderboard_command_prints_every_task_and_the_ranking(app, tmp_path: Path) -> None:
-    results = write_all(tmp_path / "results", suite())
+    results = write_all(tmp_path / "results", suite(seeds=tuple(range(6))))
     result = runner.invoke(app, ["leaderboard", str(results)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    for text in ("lm: target val_loss <= 1", "valley", "overall", "better", "0/3", "2.05k"):
+    for text in ("lm: target val_loss <= 1", "valley", "overall", "2.00x better", "0/6", "2.12k"):
         assert text in result.stdout
+    for text in ("—: not defined", ">x: at least x", "<x: at most x", "sign-flip", "0.05"):
+        assert text in " ".join(result.stdout.split())
+    # --alpha: at 1% eight pairs are needed, so six give no verdict
+    result = runner.invoke(app, ["leaderboard", str(results), "--alpha", "0.01"])
+    assert result.exit_code == 0 and "too few seeds" in result.stdout
+    assert "better" not in result.stdout.split("overall")[0]
+
+
+def _widest_line(text: str) -> int:
+    return max(len(line) for line in text.splitlines())
+
+
+def long_names_suite() -> list:
+    """Three seeds, a long optimizer name, a censored row and a stopped run."""
+    records = []
+    for s in range(3):
+        records.append(make_record("lm", "adamw", s, 4000.0 + 10 * s))
+        records.append(make_record("lm", "simplified-ademamix", s, None, steps_done=60 + s))
+        records.append(make_record("lm", "schedule-free", s, 2500.0 + 10 * s))
+    return records
+
+
+def test_compact_view_fits_100_columns_and_wide_shows_the_rest(app, tmp_path: Path) -> None:
+    results = write_all(tmp_path / "results", long_names_suite())
+    compact = runner.invoke(app, ["leaderboard", str(results)], env={"COLUMNS": "300"})
+    assert compact.exit_code == 0, compact.output
+    tables = compact.stdout.split("Medians over")[0]
+    assert _widest_line(tables) <= 100, tables
+    # stopped after 6000, 6100 and 6200 tokens: at least what they trained, never their plan
+    assert ">6.1k [6k, >6.2k] 75%" in tables and "<0.66x too few seeds" in tables
+    assert "trials" not in tables.split("overall")[0] and "grad evals" not in tables
+    wide = runner.invoke(app, ["leaderboard", str(results), "--wide"], env={"COLUMNS": "300"})
+    for header in ("seconds to target", "trials", "tuning compute", "grad evals", "30k tokens"):
+        assert header in wide.stdout
+    some = runner.invoke(
+        app, ["leaderboard", str(results), "--columns", "optimizer,trials"], env={"COLUMNS": "300"}
+    )
+    first = some.stdout.split("overall")[0]
+    assert "trials" in first and "reached" not in first and "3 (1 cfg)" in first
+    bad = runner.invoke(app, ["leaderboard", str(results), "--columns", "optimizer,nope"])
+    assert bad.exit_code == 1 and "unknown column 'nope'" in bad.output
+
+
+def test_one_seed_shows_no_interval(app, tmp_path: Path) -> None:
+    results = write_all(tmp_path / "results", suite(seeds=(0,)))
+    out = runner.invoke(app, ["leaderboard", str(results)], env={"COLUMNS": "300"}).stdout
+    assert "2k " in out and "[2k" not in out and "%]" not in out.split("Medians")[0]
 
 
 @pytest.mark.parametrize(
@@ -168,6 +222,7 @@ def test_leaderboard_command_prints_every_task_and_the_ranking(app, tmp_path: Pa
         (["export", "{missing}"], "does not exist"),
         (["leaderboard", "{empty}"], "no run records"),
         (["leaderboard", "{dir}", "--baseline", "sgd"], "baseline 'sgd' has no runs"),
+        (["leaderboard", "{dir}", "--alpha", "1.5"], "--alpha must lie strictly between 0 and 1"),
     ],
 )
 def test_bad_input_is_one_red_line(app, tmp_path: Path, args, message) -> None:
