@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import pkgutil
 from typing import Any
 
 import torch
 
-from bench_cli.errors import ConfigError
+from bench_cli.errors import ConfigError, clip
 from bench_cli.plugins import Registry
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer", "bench_cli.optimizers")
@@ -49,6 +50,22 @@ def _as_tuples(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _value_problem(value: Any, default: Any) -> str | None:
+    """What is wrong with a hyperparameter value whatever the optimizer: a non-finite number
+    (also inside a list), or a boolean where the default is a number."""
+    if isinstance(value, bool):
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        return "must be a number, not true/false" if numeric else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if isinstance(value, (list, tuple)):
+        inner = default if isinstance(default, (list, tuple)) else (None,) * len(value)
+        for v, d in zip(value, [*inner, *(None,) * (len(value) - len(inner))]):
+            if problem := _value_problem(v, d):
+                return problem
+    return None
+
+
 def build_optimizer(name: str, params, **hparams: Any) -> torch.optim.Optimizer:
     """Build a registered optimizer by name (case- and ``-``/``_``-insensitive).
 
@@ -63,6 +80,11 @@ def build_optimizer(name: str, params, **hparams: Any) -> torch.optim.Optimizer:
             f"optimizer {cls.registry_name!r} has no hyperparameter {unknown[0]!r}; "
             f"it accepts: {', '.join(optimizer_defaults(cls))}"
         )
+    defaults = optimizer_defaults(cls)
+    for key, value in hparams.items():
+        if problem := _value_problem(value, defaults.get(key)):
+            got = clip(repr(value))
+            raise ConfigError(f"optimizer {cls.registry_name!r}: {key} {problem}, got {got}")
     try:
         return cls(params, **{k: _as_tuples(v) for k, v in hparams.items()})
     except ValueError as exc:

@@ -42,16 +42,21 @@ def check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def is_number(value: Any) -> bool:
+    """A finite int or float; ``True``/``False`` are not numbers here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_lr(lr: Any) -> None:
     if isinstance(lr, Tensor):
         lr = lr.item()
-    check(isinstance(lr, (int, float)) and lr >= 0.0, f"lr must be a number >= 0, got {lr!r}")
+    check(is_number(lr) and lr >= 0.0, f"lr must be a finite number >= 0, got {lr!r}")
 
 
 def check_beta(name: str, value: Any) -> None:
     check(
-        isinstance(value, (int, float)) and 0.0 <= value < 1.0,
-        f"{name} must be in [0, 1), got {value!r}",
+        is_number(value) and 0.0 <= value < 1.0,
+        f"{name} must be a number in [0, 1), got {value!r}",
     )
 
 
@@ -66,7 +71,7 @@ def check_betas(betas: Any, count: int) -> None:
 
 def check_nonneg(name: str, value: Any) -> None:
     check(
-        isinstance(value, (int, float)) and value >= 0.0 and math.isfinite(value),
+        is_number(value) and value >= 0.0,
         f"{name} must be a finite number >= 0, got {value!r}",
     )
 
@@ -205,6 +210,43 @@ class BenchOptimizer(OptimizerInfo, torch.optim.Optimizer):
     def use_foreach(self, group: dict, params: Sequence[Tensor]) -> bool:
         flag = group.get("foreach")
         return default_foreach(params) if flag is None else bool(flag)
+
+    def use_fast(self, group: dict, params: Sequence[Tensor]) -> bool:
+        """The CUDA fast path (``_fast.py``): by default for CUDA tensors when Triton is there
+        and ``foreach`` was left unset; ``fused=True`` insists, ``fused=False`` declines."""
+        flag = group.get("fused")
+        if flag is False or (flag is None and group.get("foreach") is not None):
+            return False
+        if not flag and not (params and all(p.is_cuda for p in params)):
+            return False  # Triton is imported only where it can be used
+        from bench_cli.registry import _fast, _fast_steps
+
+        ok = _fast.usable(params) and _fast_steps.supports(
+            getattr(self, "registry_name", ""), group
+        )
+        if flag and not ok:
+            raise RuntimeError(
+                "fused=True needs every parameter on a CUDA device, Triton installed, and a "
+                "configuration the fast path covers; pass fused=None to fall back to foreach"
+            )
+        return ok
+
+    def begin_group(self, group: dict, params: Sequence[Tensor]) -> bool:
+        """Choose this group's path for this step; state created next follows it."""
+        self._fast_now = self.use_fast(group, params)
+        return self._fast_now
+
+    def new_state(self, p: Tensor) -> Tensor:
+        """A zero state buffer for ``p``: fp32 on the fast path for 16-bit parameters, else in
+        ``p``'s dtype as the official codes keep it."""
+        if getattr(self, "_fast_now", False) and p.dtype in (torch.bfloat16, torch.float16):
+            return torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+        return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def implementation(self, fast: bool, group: dict, params, fast_fn, multi_fn, single_fn):
+        if fast:
+            return fast_fn
+        return multi_fn if self.use_foreach(group, params) else single_fn
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - documented on torch.optim.Optimizer

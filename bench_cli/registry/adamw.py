@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from bench_cli.registry import OPTIMIZERS
+from bench_cli.registry import OPTIMIZERS, _fast_steps
 from bench_cli.registry._base import (
     BenchOptimizer,
     check,
@@ -117,6 +117,7 @@ class AdamW(BenchOptimizer):
         amsgrad: bool = False,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ):
         check_lr(lr)
         check_betas(betas, 2)
@@ -130,10 +131,12 @@ class AdamW(BenchOptimizer):
             "weight_decay": weight_decay,
             "amsgrad": amsgrad,
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
     def _step_group(self, group: dict, params: list[Tensor]) -> None:
+        fast = self.begin_group(group, params)
         beta1, beta2 = group["betas"]
         amsgrad = group["amsgrad"]
         grads, ms, vs, v_maxes, steps = [], [], [], [], []
@@ -141,19 +144,19 @@ class AdamW(BenchOptimizer):
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = self.new_state(p)
+                state["exp_avg_sq"] = self.new_state(p)
                 if amsgrad:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
+                    state["max_exp_avg_sq"] = self.new_state(p)
             state["step"] += 1
             grads.append(p.grad)
             ms.append(state["exp_avg"])
             vs.append(state["exp_avg_sq"])
             v_maxes.append(state.get("max_exp_avg_sq"))
             steps.append(state["step"])
-        fn = _multi_tensor_adamw if self.use_foreach(group, params) else _single_tensor_adamw
+        fn = self.implementation(
+            fast, group, params, _fast_steps.adamw, _multi_tensor_adamw, _single_tensor_adamw
+        )
         fn(
             params,
             grads,

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from bench_cli.registry import OPTIMIZERS
+from bench_cli.registry import OPTIMIZERS, _fast_steps
 from bench_cli.registry._base import (
     BenchOptimizer,
     check_betas,
@@ -166,6 +166,7 @@ class AdEMAMix(BenchOptimizer):
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ):
         check_lr(lr)
         check_betas(betas, 3)
@@ -183,10 +184,12 @@ class AdEMAMix(BenchOptimizer):
             eps=eps,
             weight_decay=weight_decay,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
     def _step_group(self, group: dict, params: list[Tensor]) -> None:
+        fast = self.begin_group(group, params)
         beta1, beta2, beta3 = group["betas"]
         grads, fasts, slows, sqs, steps = [], [], [], [], []
         for p in params:
@@ -196,17 +199,20 @@ class AdEMAMix(BenchOptimizer):
                 state["exp_avg_fast"] = (
                     None
                     if beta1 == 0.0
-                    else torch.zeros_like(p, memory_format=torch.preserve_format)
+                    else self.new_state(p)
                 )
-                state["exp_avg_slow"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_slow"] = self.new_state(p)
+                state["exp_avg_sq"] = self.new_state(p)
             state["step"] += 1
             grads.append(p.grad)
             fasts.append(state["exp_avg_fast"])
             slows.append(state["exp_avg_slow"])
             sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
-        fn = _multi_tensor_ademamix if self.use_foreach(group, params) else _single_tensor_ademamix
+        fn = self.implementation(
+            fast, group, params, _fast_steps.ademamix, _multi_tensor_ademamix,
+            _single_tensor_ademamix,
+        )
         fn(
             params,
             grads,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench_cli.registry import OPTIMIZERS
+from bench_cli.registry import OPTIMIZERS, _fast_steps
 from bench_cli.registry._base import (
     BenchOptimizer,
     check_betas,
@@ -95,6 +95,7 @@ class Lion(BenchOptimizer):
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ):
         check_lr(lr)
         check_betas(betas, 2)
@@ -104,19 +105,23 @@ class Lion(BenchOptimizer):
             "betas": tuple(betas),
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
     def _step_group(self, group: dict, params: list[Tensor]) -> None:
+        fast = self.begin_group(group, params)
         beta1, beta2 = group["betas"]
         grads, exp_avgs = [], []
         for p in params:
             state = self.state[p]
             if len(state) == 0:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = self.new_state(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
-        fn = _multi_tensor_lion if self.use_foreach(group, params) else _single_tensor_lion
+        fn = self.implementation(
+            fast, group, params, _fast_steps.lion, _multi_tensor_lion, _single_tensor_lion
+        )
         fn(
             params,
             grads,

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from bench_cli.registry import OPTIMIZERS
+from bench_cli.registry import OPTIMIZERS, _fast_steps
 from bench_cli.registry._base import (
     BenchOptimizer,
     check,
@@ -246,6 +246,7 @@ class MARS(BenchOptimizer):
         weight_decay_1d: float = 0.1,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ):
         check_lr(lr)
         lr_0 = float(lr)
@@ -282,6 +283,7 @@ class MARS(BenchOptimizer):
             "betas": tuple(betas),
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
         if optimize_1d == "auto":  # decided once, from the parameters given at construction
@@ -326,7 +328,7 @@ class MARS(BenchOptimizer):
                 elif "previous_grad" in state:
                     state["previous_grad"].copy_(p.grad)
                 else:
-                    state["previous_grad"] = p.grad.clone(memory_format=torch.preserve_format)
+                    state["previous_grad"] = self.new_state(p).copy_(p.grad)
         self._lookahead_stored = True
 
     @torch.no_grad()
@@ -342,7 +344,7 @@ class MARS(BenchOptimizer):
 
     def _init_state(self, state: dict, p: Tensor, mars_branch: bool) -> None:
         def zeros() -> Tensor:
-            return torch.zeros_like(p, memory_format=torch.preserve_format)
+            return self.new_state(p)
 
         state["step"] = 0
         state["exp_avg"] = zeros()
@@ -354,10 +356,11 @@ class MARS(BenchOptimizer):
     def _lookahead(self, state: dict, p: Tensor) -> Tensor:
         """The stored next-batch grad; zero if the next batches never reached ``p``."""
         if "previous_grad" not in state:
-            state["previous_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["previous_grad"] = self.new_state(p)
         return state["previous_grad"]
 
     def _step_group(self, group: dict, params: list[Tensor]) -> None:
+        fast = self.begin_group(group, params)
         mars: dict[str, list] = {k: [] for k in _MARS_LISTS}
         adamw: dict[str, list] = {k: [] for k in _ADAMW_LISTS}
         for p in params:
@@ -379,7 +382,7 @@ class MARS(BenchOptimizer):
         lr = float(group["lr"])
         if mars["p"]:
             beta1, beta2 = group["betas"]
-            fn = _multi_tensor_mars if foreach else _single_tensor_mars
+            fn = _fast_steps.mars if fast else _multi_tensor_mars if foreach else _single_tensor_mars
             fn(
                 *(mars[k] for k in _MARS_LISTS),
                 lr=lr,
@@ -393,7 +396,11 @@ class MARS(BenchOptimizer):
         if adamw["p"]:
             beta1, beta2 = self.betas_1d
             # the AdamW branch is exactly AdamW(lr_1d, betas_1d, weight_decay_1d): reuse it
-            fn_1d = _multi_tensor_adamw if foreach else _single_tensor_adamw
+            fn_1d = (
+                _fast_steps.adamw
+                if fast
+                else _multi_tensor_adamw if foreach else _single_tensor_adamw
+            )
             p, g, m, v, t = (adamw[k] for k in _ADAMW_LISTS)
             fn_1d(
                 p,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench_cli.registry import OPTIMIZERS
+from bench_cli.registry import OPTIMIZERS, _fast_steps
 from bench_cli.registry._base import (
     BenchOptimizer,
     check,
@@ -140,6 +140,7 @@ class ScheduleFreeAdamW(BenchOptimizer):
         weight_lr_power: float = 2.0,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ):
         check_lr(lr)
         check_betas(betas, 2)
@@ -166,6 +167,7 @@ class ScheduleFreeAdamW(BenchOptimizer):
             "r": r,
             "weight_lr_power": weight_lr_power,
             "foreach": foreach,
+            "fused": fused,
             # group-level state, kept in param_groups so that state_dict() carries it
             "k": 0,
             "lr_max": -1.0,
@@ -191,8 +193,10 @@ class ScheduleFreeAdamW(BenchOptimizer):
             weight = 1.0 - beta1 if to_train else 1.0 - 1.0 / beta1
             for p in group["params"]:
                 z = self.state[p].get("z")
-                if z is not None:
+                if z is not None and z.dtype == p.dtype:
                     p.lerp_(z, weight)
+                elif z is not None:  # fp32 z of the fast path for 16-bit parameters
+                    p.copy_(p.to(z.dtype).lerp_(z, weight))
             group["train_mode"] = to_train
 
     def train(self) -> None:
@@ -233,19 +237,23 @@ class ScheduleFreeAdamW(BenchOptimizer):
         group["k"] = k + 1
         if not params:
             return
+        fast = self.begin_group(group, params)
         grads, zs, exp_avg_sqs = [], [], []
         for p in params:
             state = self.state[p]
             if len(state) == 0:
-                state["z"] = p.detach().clone(memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["z"] = self.new_state(p).copy_(p)
+                state["exp_avg_sq"] = self.new_state(p)
             grads.append(p.grad)
             zs.append(state["z"])
             exp_avg_sqs.append(state["exp_avg_sq"])
-        fn = (
-            _multi_tensor_schedule_free
-            if self.use_foreach(group, params)
-            else _single_tensor_schedule_free
+        fn = self.implementation(
+            fast,
+            group,
+            params,
+            _fast_steps.schedule_free,
+            _multi_tensor_schedule_free,
+            _single_tensor_schedule_free,
         )
         fn(
             params,

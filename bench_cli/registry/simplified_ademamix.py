@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from bench_cli.registry import OPTIMIZERS
+from bench_cli.registry import OPTIMIZERS, _fast_steps
 from bench_cli.registry._base import (
     BenchOptimizer,
     check,
@@ -175,6 +175,7 @@ class SimplifiedAdEMAMix(BenchOptimizer):
         bias_correction2: bool = True,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ):
         check_lr(lr)
         check_betas(betas, 2)
@@ -204,18 +205,20 @@ class SimplifiedAdEMAMix(BenchOptimizer):
             "bias_correction1": bias_correction1,
             "bias_correction2": bias_correction2,
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
     def _step_group(self, group: dict, params: list[Tensor]) -> None:
+        fast = self.begin_group(group, params)
         beta1, beta2 = group["betas"]
         grads, exp_avgs, sqs, steps, nums, dens = [], [], [], [], [], []
         for p in params:
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = self.new_state(p)
+                state["exp_avg_sq"] = self.new_state(p)
                 state["num_sum"] = 0.0
                 state["den_sum"] = 0.0
             state["step"] += 1
@@ -225,10 +228,13 @@ class SimplifiedAdEMAMix(BenchOptimizer):
             steps.append(state["step"])
             nums.append(state["num_sum"])
             dens.append(state["den_sum"])
-        fn = (
-            _multi_tensor_simplified_ademamix
-            if self.use_foreach(group, params)
-            else _single_tensor_simplified_ademamix
+        fn = self.implementation(
+            fast,
+            group,
+            params,
+            _fast_steps.simplified_ademamix,
+            _multi_tensor_simplified_ademamix,
+            _single_tensor_simplified_ademamix,
         )
         new_nums, new_dens = fn(
             params,

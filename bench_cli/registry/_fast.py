@@ -1,0 +1,362 @@
+"""The CUDA fast path: one Triton kernel launch per optimizer step and parameter group.
+
+Every tensor of a list (parameters, gradients, each state buffer) is addressed as an element
+offset from the list's first tensor, so one launch covers all of a group's tensors: a program
+takes one chunk of ``BLOCK`` elements of one tensor, reads each operand once, computes the whole
+update in fp32 registers and writes each result once. That is the least memory traffic the update
+allows (``bench perf optimizers`` counts it), against several passes over memory for the foreach
+path.
+
+State dtype: on this path the state buffers are fp32 whatever the parameter dtype (bf16
+parameters keep fp32 moments, so small EMA increments are not rounded away); parameters and
+gradients keep their own dtype, and the arithmetic is fp32. The foreach and per-tensor paths keep
+the official codes' state in the parameter dtype.
+
+The path is taken automatically for parameters on a CUDA device when Triton is importable
+(``fused=None``); ``fused=False`` keeps the foreach path (the fallback), ``foreach=False`` the
+per-tensor reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+try:  # pragma: no cover - exercised where Triton is installed
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+    tl = None
+
+#: elements per program
+BLOCK = 2048
+#: bytes of alignment that let a program use 16-byte loads
+_ALIGN_BYTES = 32
+
+
+def available() -> bool:
+    """Triton is importable (a CUDA device is checked per parameter list)."""
+    return triton is not None
+
+
+def usable(params: Sequence[Tensor]) -> bool:
+    """CUDA tensors; or CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``), which
+    runs the same kernels on the CPU for tests."""
+    if not (available() and params):
+        return False
+    if all(p.is_cuda for p in params):
+        return True
+    return os.environ.get("TRITON_INTERPRET") == "1" and all(p.device.type == "cpu" for p in params)
+
+
+@functools.lru_cache(maxsize=64)
+def _chunks(numels: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(tensor index, first element) of every chunk, and each tensor's size, on ``device``."""
+    which, start = [], []
+    for i, n in enumerate(numels):
+        for s in range(0, n, BLOCK):
+            which.append(i)
+            start.append(s)
+    return (
+        torch.tensor(which, dtype=torch.int32, device=device),
+        torch.tensor(start, dtype=torch.int64, device=device),
+        torch.tensor(numels, dtype=torch.int64, device=device),
+    )
+
+
+_OFFSETS: dict[tuple[int, ...], Tensor] = {}
+
+
+def _offsets(lists: Sequence[Sequence[Tensor]], device: torch.device) -> tuple[Tensor, bool]:
+    """Element offsets of every tensor from its list's first tensor, one row per list; and
+    whether every tensor starts on a 32-byte boundary."""
+    ptrs = tuple(t.data_ptr() for lst in lists for t in lst)
+    table = _OFFSETS.get(ptrs)
+    n = len(lists[0])
+    aligned = all(ptr % _ALIGN_BYTES == 0 for ptr in ptrs)
+    if table is None:
+        offs = []
+        for k, lst in enumerate(lists):
+            base, size = ptrs[k * n], lst[0].element_size()
+            offs.extend((ptrs[k * n + j] - base) // size for j in range(n))
+        table = torch.tensor(offs, dtype=torch.int64).to(device, non_blocking=True)
+        if len(_OFFSETS) > 256:  # grads that move every step: keep the cache small
+            _OFFSETS.clear()
+        _OFFSETS[ptrs] = table
+    return table, aligned
+
+
+def _check(lists: Sequence[Sequence[Tensor]]) -> None:
+    for lst in lists:
+        for t in lst:
+            if not t.is_contiguous():
+                raise RuntimeError("the fast path needs contiguous tensors; pass fused=False")
+
+
+def launch(kernel, lists: Sequence[Sequence[Tensor]], *scalars, **constexprs) -> None:
+    """Run ``kernel`` over every element of the tensors in ``lists`` (equal lengths, equal
+    sizes position by position)."""
+    _check(lists)
+    first = lists[0]
+    device = first[0].device
+    which, start, numels = _chunks(tuple(t.numel() for t in first), device)
+    table, aligned = _offsets(lists, device)
+    bases = [lst[0] for lst in lists]
+    grid = (which.numel(),)
+    kernel[grid](
+        *bases,
+        table,
+        which,
+        start,
+        numels,
+        len(first),
+        *scalars,
+        ALIGN=aligned,
+        BLOCK=BLOCK,
+        num_warps=8,
+        **constexprs,
+    )
+
+
+if triton is not None:  # pragma: no cover - compiled only where Triton is installed
+
+    @triton.jit
+    def _locate(table, which, start, numels, n_t, k, ALIGN: tl.constexpr, BLOCK: tl.constexpr):
+        """(this program's tensor, its element indices, mask) and the offset of list 0."""
+        pid = tl.program_id(0)
+        i = tl.load(which + pid)
+        s = tl.load(start + pid)
+        n = tl.load(numels + i)
+        idx = s + tl.arange(0, BLOCK)
+        return i, idx, idx < n
+
+    @triton.jit
+    def _off(table, n_t, i, k: tl.constexpr, ALIGN: tl.constexpr):
+        o = tl.load(table + k * n_t + i)
+        if ALIGN:
+            o = tl.multiple_of(o, 8)
+        return o
+
+    @triton.jit
+    def _adamw_kernel(
+        p_ptr, g_ptr, m_ptr, v_ptr, table, which, start, numels, n_t,
+        lr, beta1, beta2, eps, decay, step_size, inv_sqrt_bc2,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
+        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
+        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
+        mp = m_ptr + _off(table, n_t, i, 2, ALIGN) + idx
+        vp = v_ptr + _off(table, n_t, i, 3, ALIGN) + idx
+        p = tl.load(pp, mask=mask).to(tl.float32)
+        g = tl.load(gp, mask=mask).to(tl.float32)
+        m = tl.load(mp, mask=mask).to(tl.float32)
+        v = tl.load(vp, mask=mask).to(tl.float32)
+        p = p * decay
+        m = m + (1.0 - beta1) * (g - m)
+        v = beta2 * v + (1.0 - beta2) * g * g
+        denom = tl.sqrt(v) * inv_sqrt_bc2 + eps
+        p = p - step_size * (m / denom)
+        tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
+        tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _lion_kernel(
+        p_ptr, g_ptr, m_ptr, table, which, start, numels, n_t,
+        lr, beta1, beta2, decay,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
+        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
+        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
+        mp = m_ptr + _off(table, n_t, i, 2, ALIGN) + idx
+        p = tl.load(pp, mask=mask).to(tl.float32)
+        g = tl.load(gp, mask=mask).to(tl.float32)
+        m = tl.load(mp, mask=mask).to(tl.float32)
+        c = beta1 * m + (1.0 - beta1) * g
+        sign = tl.where(c > 0, 1.0, tl.where(c < 0, -1.0, 0.0))
+        p = p * decay - lr * sign
+        m = beta2 * m + (1.0 - beta2) * g
+        tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
+        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _ademamix_kernel(
+        p_ptr, g_ptr, m1_ptr, m2_ptr, v_ptr, table, which, start, numels, n_t,
+        lr, beta1, beta2, beta3, alpha, eps, wd, inv_bc1, inv_sqrt_bc2,
+        HAS_M1: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
+        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
+        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
+        m2p = m2_ptr + _off(table, n_t, i, 3, ALIGN) + idx
+        vp = v_ptr + _off(table, n_t, i, 4, ALIGN) + idx
+        p = tl.load(pp, mask=mask).to(tl.float32)
+        g = tl.load(gp, mask=mask).to(tl.float32)
+        m2 = tl.load(m2p, mask=mask).to(tl.float32)
+        v = tl.load(vp, mask=mask).to(tl.float32)
+        if HAS_M1:
+            m1p = m1_ptr + _off(table, n_t, i, 2, ALIGN) + idx
+            m1 = tl.load(m1p, mask=mask).to(tl.float32)
+            m1 = beta1 * m1 + (1.0 - beta1) * g
+            tl.store(m1p, m1.to(m1p.dtype.element_ty), mask=mask)
+        else:
+            m1 = g
+        m2 = beta3 * m2 + (1.0 - beta3) * g
+        v = beta2 * v + (1.0 - beta2) * g * g
+        denom = tl.sqrt(v) * inv_sqrt_bc2 + eps
+        u = (m1 * inv_bc1 + alpha * m2) / denom + wd * p
+        p = p - lr * u
+        tl.store(m2p, m2.to(m2p.dtype.element_ty), mask=mask)
+        tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _simplified_ademamix_kernel(
+        p_ptr, g_ptr, m_ptr, v_ptr, table, which, start, numels, n_t,
+        lr, beta1, beta2, alpha, eps_d, scale, wd,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
+        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
+        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
+        mp = m_ptr + _off(table, n_t, i, 2, ALIGN) + idx
+        vp = v_ptr + _off(table, n_t, i, 3, ALIGN) + idx
+        p = tl.load(pp, mask=mask).to(tl.float32)
+        g = tl.load(gp, mask=mask).to(tl.float32)
+        m = tl.load(mp, mask=mask).to(tl.float32)
+        v = tl.load(vp, mask=mask).to(tl.float32)
+        m = beta1 * m + g
+        v = beta2 * v + (1.0 - beta2) * g * g
+        u = (m + alpha * g) / (tl.sqrt(v) + eps_d) * scale + wd * p
+        p = p - lr * u
+        tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
+        tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _schedule_free_kernel(
+        y_ptr, g_ptr, z_ptr, v_ptr, table, which, start, numels, n_t,
+        lr, ckp1, beta2, inv_bc2, eps, wd, y_coef,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
+        yp = y_ptr + _off(table, n_t, i, 0, ALIGN) + idx
+        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
+        zp = z_ptr + _off(table, n_t, i, 2, ALIGN) + idx
+        vp = v_ptr + _off(table, n_t, i, 3, ALIGN) + idx
+        y = tl.load(yp, mask=mask).to(tl.float32)
+        g = tl.load(gp, mask=mask).to(tl.float32)
+        z = tl.load(zp, mask=mask).to(tl.float32)
+        v = tl.load(vp, mask=mask).to(tl.float32)
+        v = beta2 * v + (1.0 - beta2) * g * g
+        u = g / (tl.sqrt(v * inv_bc2) + eps) + wd * y
+        y = y + ckp1 * (z - y) + y_coef * u
+        z = z - lr * u
+        tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+        tl.store(zp, z.to(zp.dtype.element_ty), mask=mask)
+        tl.store(yp, y.to(yp.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _mars_norm_kernel(
+        g_ptr, prev_ptr, table, which, start, numels, n_t,
+        sq_ptr, scale,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
+        g = tl.load(g_ptr + _off(table, n_t, i, 0, ALIGN) + idx, mask=mask).to(tl.float32)
+        gp = tl.load(prev_ptr + _off(table, n_t, i, 1, ALIGN) + idx, mask=mask).to(tl.float32)
+        c = g + scale * (g - gp)
+        tl.atomic_add(sq_ptr + i, tl.sum(c * c, axis=0))
+
+    @triton.jit
+    def _mars_kernel(
+        p_ptr, g_ptr, m_ptr, v_ptr, prev_ptr, next_ptr, table, which, start, numels, n_t,
+        sq_ptr, lr, beta1, beta2, eps, wd, scale, bc1, inv_sqrt_bc2,
+        LION: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
+        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
+        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
+        mp = m_ptr + _off(table, n_t, i, 2, ALIGN) + idx
+        prevp = prev_ptr + _off(table, n_t, i, 4, ALIGN) + idx
+        nextp = next_ptr + _off(table, n_t, i, 5, ALIGN) + idx
+        p = tl.load(pp, mask=mask).to(tl.float32)
+        g = tl.load(gp, mask=mask).to(tl.float32)
+        m = tl.load(mp, mask=mask).to(tl.float32)
+        prev = tl.load(prevp, mask=mask).to(tl.float32)
+        nxt = tl.load(nextp, mask=mask).to(tl.float32)
+        norm = tl.sqrt(tl.load(sq_ptr + i))
+        c = (g + scale * (g - prev)) / tl.maximum(norm, 1.0)
+        m = beta1 * m + (1.0 - beta1) * c
+        if LION:
+            u = tl.where(m > 0, 1.0, tl.where(m < 0, -1.0, 0.0))
+        else:
+            vp = v_ptr + _off(table, n_t, i, 3, ALIGN) + idx
+            v = tl.load(vp, mask=mask).to(tl.float32)
+            v = beta2 * v + (1.0 - beta2) * c * c
+            tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+            u = m / ((tl.sqrt(v) * inv_sqrt_bc2 + eps) * bc1)
+        p = p - lr * (u + wd * p)
+        tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
+        tl.store(prevp, nxt.to(prevp.dtype.element_ty), mask=mask)
+        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _mix_kernel(
+        p_ptr, g_ptr, v_ptr, b0_ptr, b1_ptr, b2_ptr, table, which, start, numels, n_t,
+        decay, beta2, eps, inv_sqrt_bc2, lr_g, c_g,
+        beta_a, inc_a, c_a, beta_b, inc_b, c_b, beta_c, inc_c, c_c,
+        NB: tl.constexpr, ADAM: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        """AggMo-Adam (ADAM) and AggMo: up to three momentum buffers, mixed with weights.
+
+        AggMo-Adam: m_j <- beta_j m_j + (1 - beta_j) g (inc_j = 1 - beta_j);
+        p <- p decay - lr_g (c_g g + sum c_j m_j) / (sqrt(v / bc2) + eps).
+        AggMo: d = g + lambda p (c_g = lambda); b_j <- beta_j b_j + d (inc_j = 1);
+        p <- p - lr_g sum c_j b_j.
+        """
+        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
+        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
+        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
+        p = tl.load(pp, mask=mask).to(tl.float32)
+        g = tl.load(gp, mask=mask).to(tl.float32)
+        if ADAM:
+            vp = v_ptr + _off(table, n_t, i, 2, ALIGN) + idx
+            v = tl.load(vp, mask=mask).to(tl.float32)
+            v = beta2 * v + (1.0 - beta2) * g * g
+            tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+            d = g
+            mix = c_g * g
+        else:
+            d = g + c_g * p
+            mix = 0.0 * g
+        if NB >= 1:
+            ap = b0_ptr + _off(table, n_t, i, 3, ALIGN) + idx
+            a = tl.load(ap, mask=mask).to(tl.float32)
+            a = beta_a * a + inc_a * d
+            tl.store(ap, a.to(ap.dtype.element_ty), mask=mask)
+            mix += c_a * a
+        if NB >= 2:
+            bp = b1_ptr + _off(table, n_t, i, 4, ALIGN) + idx
+            b = tl.load(bp, mask=mask).to(tl.float32)
+            b = beta_b * b + inc_b * d
+            tl.store(bp, b.to(bp.dtype.element_ty), mask=mask)
+            mix += c_b * b
+        if NB >= 3:
+            cp = b2_ptr + _off(table, n_t, i, 5, ALIGN) + idx
+            c = tl.load(cp, mask=mask).to(tl.float32)
+            c = beta_c * c + inc_c * d
+            tl.store(cp, c.to(cp.dtype.element_ty), mask=mask)
+            mix += c_c * c
+        if ADAM:
+            p = p * decay - lr_g * mix / (tl.sqrt(v) * inv_sqrt_bc2 + eps)
+        else:
+            p = p - lr_g * mix
+        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
