@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +12,8 @@ import torch
 from pydantic import ValidationError
 
 from bench_cli.config import RunSettings, parse_sets, sort_overrides, validation_message
-from bench_cli.errors import ConfigError, UnknownNameError
-from bench_cli.plugins import load_plugin, normalize, suggestion
+from bench_cli.errors import ConfigError
+from bench_cli.plugins import load_plugin, normalize
 from bench_cli.registry import OPTIMIZERS, build_optimizer, optimizer_defaults
 from bench_cli.registry.recipes import recommended_hparams
 from bench_cli.results.record import RunRecord
@@ -227,86 +226,3 @@ def summary(records: list[RunRecord]):
     from bench_cli.results.tables import run_summary
 
     return run_summary(records)
-
-
-def _first_line(obj: object) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.splitlines()[0] if doc else ""
-
-
-def catalog() -> dict[str, list[tuple[str, str]]]:
-    """Registered names with a one-line description each."""
-    return {
-        "optimizers": [(n, _first_line(c)) for n, c in OPTIMIZERS.items()],
-        "tasks": [(n, _first_line(c)) for n, c in TASKS.items()],
-    }
-
-
-def describe(name: str) -> str:
-    """The text of ``bench show NAME``: an optimizer's or a task's documentation and defaults."""
-    if name in OPTIMIZERS:
-        return _describe_optimizer(OPTIMIZERS.get(name))
-    if name in TASKS:
-        return _describe_task(TASKS.get(name))
-    names = OPTIMIZERS.names() + TASKS.names()
-    raise UnknownNameError(
-        f"no optimizer or task named {name!r}.{suggestion(name, names)} Optimizers: "
-        f"{', '.join(OPTIMIZERS.names())}. Tasks: {', '.join(TASKS.names())}."
-    )
-
-
-def _describe_optimizer(cls: type) -> str:
-    lines = [
-        f"optimizer {cls.registry_name} ({cls.__module__}.{cls.__name__})",
-        "",
-        inspect.getdoc(cls) or "",
-        "",
-        "defaults:",
-    ]
-    lines += [f"  {k} = {v!r}" for k, v in optimizer_defaults(cls).items()]
-    lines += [
-        "",
-        f"state memory: {getattr(cls, 'state_memory', '') or 'not declared'}",
-        f"paper: {getattr(cls, 'paper', '') or 'not declared'}",
-    ]
-    flags = [
-        f
-        for f in ("has_train_eval_modes", "owns_warmup", "owns_lr_schedule")
-        if getattr(cls, f, False)
-    ]
-    if getattr(cls, "horizon_hparams", ()):
-        flags.append(f"filled from the run length: {', '.join(cls.horizon_hparams)}")
-    if flags:
-        lines.append("runner: " + "; ".join(flags))
-    return "\n".join(lines)
-
-
-def _describe_task(cls: type) -> str:
-    lines = [
-        f"task {cls.registry_name} ({cls.__module__}.{cls.__name__}); unit: {cls.unit}",
-        "",
-        inspect.getdoc(cls) or "",
-        "",
-    ]
-    for preset in cls.Options.PRESETS:
-        task = cls(cls.Options(preset=preset))
-        opts = task.options.model_dump()
-        lines.append(f"preset {preset}:")
-        lines.append("  options: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
-        lines.append(
-            "  settings: "
-            + ", ".join(
-                f"{k}={v!r}" for k, v in RunSettings(**task.default_settings()).model_dump().items()
-            )
-        )
-        target = task.default_target()
-        if target:
-            sign = "<=" if target.direction == "min" else ">="
-            lines.append(f"  target: {target.metric} {sign} {target.value:g}")
-    if cls.BASELINE:
-        lines.append(
-            "AdamW baseline (each optimizer's recipe starts from it): "
-            + ", ".join(f"{k}={v!r}" for k, v in cls.BASELINE.items())
-        )
-    lines.append("metrics: " + ", ".join(f"{k} ({v})" for k, v in cls.metric_directions.items()))
-    return "\n".join(lines)

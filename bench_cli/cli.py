@@ -1,20 +1,22 @@
 """The ``bench`` command: each command declares its options and hands off to ``bench_cli.api``."""
 
+import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args, get_origin
 
 import typer
+from typer.models import OptionInfo
 
-from bench_cli import __version__, api
+from bench_cli import __version__, api, describe
 from bench_cli.cli_results import register as register_results_commands
+from bench_cli.cli_run import register as register_run_commands
 from bench_cli.cli_suite import suite_app
-from bench_cli.display import ProgressBar, frame_table, friendly, stderr, stdout
+from bench_cli.display import friendly, stdout
 
 app = typer.Typer(
     name="bench",
     help="Compare deep-learning optimizers fairly and fast.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -44,65 +46,15 @@ def _root(
     """Compare deep-learning optimizers fairly and fast."""
 
 
-@app.command()
-@friendly
-def run(
-    opt: Annotated[str, typer.Option("--opt", help="Optimizer name, or several: adamw,ademamix")],
-    task: Annotated[str, typer.Option("--task", help="Task name (see `bench list`).")],
-    steps: Annotated[
-        int | None, typer.Option(help="Optimizer steps (default: the task's).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for model init and data order.")] = 0,
-    out: Annotated[Path, typer.Option(help="Directory for the run records.")] = Path("results"),
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Override: KEY=VALUE; opt.KEY, task.KEY, run.KEY or OPTNAME.KEY (repeatable).",
-        ),
-    ] = None,
-    data: Annotated[str | None, typer.Option(help="Local data file or folder.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    plugin: PluginOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-) -> None:
-    """Train each optimizer on the task with the same seed and data order; print one table."""
-    req = api.RunRequest(
-        task=task,
-        optimizers=[o for o in opt.split(",") if o.strip()],
-        sets=set_ or [],
-        steps=steps,
-        seed=seed,
-        data=data,
-        device=device,
-        plugins=plugin or [],
-    )
-    if quiet:
-        records = api.run(req, out)
-    else:
-        with ProgressBar() as bar:
-            records = api.run(req, out, callback=bar)
-    df = api.summary(records)
-    stdout.print(
-        frame_table(
-            df.drop(columns=["task", "seed"]), title=f"{task} (seed {seed})", transpose=True
-        )
-    )
-    stderr.print(f"records written to {out}/", highlight=False)
-    if any(r.status == "error" for r in records):
-        for r in records:
-            if r.error:
-                stderr.print(f"[red]{r.optimizer} failed:[/red] {r.error.splitlines()[0]}")
-        raise typer.Exit(1)
+register_run_commands(app)  # `run` and `plan` first in the help
 
 
 @app.command("list")
 @friendly
 def list_(plugin: PluginOpt = None) -> None:
-    """List the registered optimizers and tasks, one line each."""
+    """List the registered optimizers and tasks, one line each (details: bench show NAME)."""
     api.load_plugins(plugin or [])
-    for kind, rows in api.catalog().items():
+    for kind, rows in describe.catalog().items():
         stdout.print(f"[bold]{kind}[/bold]")
         for name, line in rows:
             stdout.print(f"  {name:<22} {line}", highlight=False, soft_wrap=True)
@@ -112,15 +64,65 @@ def list_(plugin: PluginOpt = None) -> None:
 @friendly
 def show(
     name: Annotated[str, typer.Argument(help="An optimizer or task name.")],
+    task: Annotated[
+        str | None,
+        typer.Option(help="With an optimizer: show the values a run of this task uses."),
+    ] = None,
+    results: Annotated[
+        Path,
+        typer.Option(help="Records to set beside a published result, when there are any."),
+    ] = Path("results"),
     plugin: PluginOpt = None,
 ) -> None:
-    """Show an optimizer's math, defaults and memory, or a task's options and defaults."""
+    """Show an optimizer's update rule and defaults, or a task's options, presets and target."""
     api.load_plugins(plugin or [])
-    stdout.print(api.describe(name), highlight=False, markup=False, soft_wrap=True)
+    text = describe.describe(name, task, describe.stored_records(results))
+    stdout.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+@friendly
+def report(
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="A directory of run records (a suite's).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="The HTML file to write [default: DIR/report.html].")
+    ] = None,
+    baseline: Annotated[
+        str, typer.Option(help="Optimizer that speedups are measured against.")
+    ] = "adamw",
+) -> None:
+    """Write one self-contained HTML page: tables, figures, update rules, suite, environment."""
+    from bench_cli.results.report import write_report
+
+    docs = describe.docstrings()
+    path = write_report(directory, out or Path(directory) / "report.html", baseline, docs)
+    stdout.print(str(path), highlight=False, markup=False, soft_wrap=True)
 
 
 register_results_commands(app)
 app.add_typer(suite_app, name="suite")
+from bench_cli.cli_perf import perf_app  # noqa: E402
+
+app.add_typer(perf_app, name="perf")
+
+
+def _flags_take_no_value(typer_app: typer.Typer) -> None:
+    """Help shows no ``<bool>`` type after a flag: a flag takes no value."""
+    for info in typer_app.registered_commands:
+        for param in inspect.signature(info.callback).parameters.values():
+            ann = param.annotation
+            metas = get_args(ann)[1:] if get_origin(ann) is Annotated else ()
+            is_bool = (get_args(ann)[0] if metas else ann) is bool
+            for meta in (*metas, param.default):
+                if is_bool and isinstance(meta, OptionInfo) and meta.metavar is None:
+                    meta.metavar = ""
+    for group in typer_app.registered_groups:
+        _flags_take_no_value(group.typer_instance)
+
+
+_flags_take_no_value(app)
 
 
 def main() -> None:

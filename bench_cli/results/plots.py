@@ -164,12 +164,43 @@ def _legend(fig: Figure, ax, title: str) -> None:
     )
 
 
-def _curve_figure(
-    task: str, by_opt: dict, target: Target | None, xlabel: str, opt: PlotOptions, palette: dict
-) -> Figure:
+def time_unit(seconds: float) -> tuple[float, str]:
+    """A divisor and its name so that a time axis reads in whole seconds, minutes or hours."""
+    if seconds >= 2 * 3600:
+        return 3600.0, "hours"
+    if seconds >= 120:
+        return 60.0, "minutes"
+    return 1.0, "seconds"
+
+
+def _in_time_unit(by_opt: dict) -> tuple[dict, str]:
+    """The series with x in the unit that suits the longest run, and the axis label."""
+    longest = max((float(x[-1]) for series in by_opt.values() for x, _, _ in series), default=0)
+    div, name = time_unit(longest)
+    scaled = {o: [(x / div, y, d) for x, y, d in series] for o, series in by_opt.items()}
+    return scaled, f"training time ({name})"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """What one curve figure shows: its title, axes, target line and marks."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    target: Target | None = None
+    time_axis: bool = False
+    #: vertical lines (x, label), e.g. where the probe batch was trained on
+    marks: tuple[tuple[float, str], ...] = ()
+
+
+def _curve_figure(panel: Panel, by_opt: dict, opt: PlotOptions, palette: dict) -> Figure:
     fig = Figure(figsize=COLUMN_WIDTH, layout="constrained")
     ax = fig.add_subplot()
     all_y = []
+    xlabel = panel.xlabel
+    if panel.time_axis:  # plain numbers in a named unit: EngFormatter would read 5 ms as "5m"
+        by_opt, xlabel = _in_time_unit(by_opt)
     for name, series in by_opt.items():
         grid, med, lo, hi = aggregate(series)
         keep = grid > 0 if opt.logx else np.ones_like(grid, dtype=bool)
@@ -179,39 +210,110 @@ def _curve_figure(
             if diverged:  # where a seed stopped: the statistics after it use fewer seeds
                 ax.plot(x[-1], y[-1], marker="x", ms=4, color=palette[name], mew=1.0)
         all_y.append(np.concatenate([lo[keep], hi[keep]]))
-    if target is not None:
-        ax.axhline(target.value, color="0.35", ls="--", lw=0.8, label="target")
-    _scale_y(ax, np.concatenate(all_y), target)
+    if panel.target is not None:
+        ax.axhline(panel.target.value, color="0.35", ls="--", lw=0.8, label="target")
+    for x, label in panel.marks:
+        ax.axvline(x, color="0.35", ls=":", lw=0.8, label=label)
+    _scale_y(ax, np.concatenate(all_y), panel.target)
     if opt.logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    ax.set_ylabel(target.metric if target else "metric")
-    _legend(fig, ax, task)
+    if not panel.time_axis:
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_ylabel(panel.ylabel)
+    _legend(fig, ax, panel.title)
     return fig
 
 
-def plot_curves(records: Sequence[RunRecord], out_dir: Path, opt: PlotOptions) -> list[Path]:
-    """Per task, the target metric against tokens and against training seconds."""
+def _best_runs(records: Sequence[RunRecord], opt: PlotOptions):
+    """Per task, each optimizer's runs of its best configuration, and the targets."""
     targets = stats.analysis_targets(records, opt.targets)
     choices = stats.best_configs(stats.outcomes(records, targets), targets)
+    by_task: dict[str, dict[str, list[stats.Outcome]]] = {}
+    for (task, name), choice in sorted(choices.items()):
+        by_task.setdefault(task, {})[name] = choice.runs
+    return by_task, targets
+
+
+def _path(out_dir: Path, stem: str, opt: PlotOptions) -> Path:
+    return Path(out_dir) / f"{stem}.{opt.fmt}"
+
+
+def plot_curves(records: Sequence[RunRecord], out_dir: Path, opt: PlotOptions) -> list[Path]:
+    """Per task, the target metric against tokens and against training time."""
+    by_task, targets = _best_runs(records, opt)
     units = {r.task_key: r.unit for r in records}
     palette = colors([r.optimizer for r in records], opt.baseline)
     paths = []
-    for task in sorted({t for t, _ in choices}):
+    for task, runs in by_task.items():
         target = targets.get(task)
         metric = target.metric if target else "val_loss"
         for x_key in ("tokens", "seconds"):
-            by_opt = {
-                o: s
-                for (t, o), choice in choices.items()
-                if t == task and (s := _series(choice.runs, metric, x_key))
-            }
+            by_opt = {o: s for o, r in runs.items() if (s := _series(r, metric, x_key))}
             if not by_opt:
                 continue
-            xlabel = units.get(task, "tokens") if x_key == "tokens" else "training seconds"
-            fig = _curve_figure(task, by_opt, target, xlabel, opt, palette)
-            paths.append(_save(fig, Path(out_dir) / f"{task}__vs_{x_key}.{opt.fmt}"))
+            panel = Panel(
+                title=task,
+                xlabel=units.get(task, "tokens") if x_key == "tokens" else "seconds",
+                ylabel=metric,
+                target=target,
+                time_axis=x_key == "seconds",
+            )
+            fig = _curve_figure(panel, by_opt, opt, palette)
+            paths.append(_save(fig, _path(out_dir, f"{task}__vs_{x_key}", opt)))
+    return paths
+
+
+def _units_per_step(record: RunRecord) -> float:
+    return record.tokens_done / record.steps_done if record.steps_done else 0.0
+
+
+def _train_series(runs: Sequence[stats.Outcome]) -> list[tuple]:
+    """(tokens, training loss, diverged) per run that kept its per-step curve."""
+    out = []
+    for o in runs:
+        per_step = _units_per_step(o.record)
+        pts = [
+            (p.step * per_step, p.loss) for p in o.record.train_curve or [] if math.isfinite(p.loss)
+        ]
+        if pts:
+            x, y = (np.asarray(v, dtype=float) for v in zip(*sorted(pts)))
+            out.append((x, y, o.record.status == "diverged"))
+    return out
+
+
+def plot_train_curves(records: Sequence[RunRecord], out_dir: Path, opt: PlotOptions) -> list[Path]:
+    """Per task, the training loss at every logged step against tokens (records that kept it)."""
+    by_task, _ = _best_runs(records, opt)
+    units = {r.task_key: r.unit for r in records}
+    palette = colors([r.optimizer for r in records], opt.baseline)
+    paths = []
+    for task, runs in by_task.items():
+        by_opt = {o: s for o, r in runs.items() if (s := _train_series(r))}
+        if by_opt:
+            panel = Panel(f"{task}: training loss", units.get(task, "tokens"), "train loss")
+            fig = _curve_figure(panel, by_opt, opt, palette)
+            paths.append(_save(fig, _path(out_dir, f"{task}__train_loss", opt)))
+    return paths
+
+
+def plot_probe(records: Sequence[RunRecord], out_dir: Path, opt: PlotOptions) -> list[Path]:
+    """The forgetting probe: the held-out batch's loss against tokens, with the step it was
+    trained on marked (records of runs with ``probe_batch_step``)."""
+    by_task, _ = _best_runs(records, opt)
+    units = {r.task_key: r.unit for r in records}
+    palette = colors([r.optimizer for r in records], opt.baseline)
+    paths = []
+    for task, runs in by_task.items():
+        by_opt = {o: s for o, r in runs.items() if (s := _series(r, "probe_loss", "tokens"))}
+        if not by_opt:
+            continue
+        first = next(o.record for r in runs.values() for o in r)
+        step = first.task_options.get("probe_batch_step")
+        marks = ((step * _units_per_step(first), "probe batch"),) if step is not None else ()
+        title, xlabel = f"{task}: forgetting probe", units.get(task, "tokens")
+        fig = _curve_figure(Panel(title, xlabel, "probe loss", marks=marks), by_opt, opt, palette)
+        paths.append(_save(fig, _path(out_dir, f"{task}__probe", opt)))
     return paths
 
 
@@ -247,7 +349,12 @@ def plot_all(records: Sequence[RunRecord], out_dir: Path, opt: PlotOptions) -> l
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with matplotlib.rc_context(STYLE):
-            return [*plot_curves(records, out_dir, opt), plot_profile(records, out_dir, opt)]
+            return [
+                *plot_curves(records, out_dir, opt),
+                *plot_train_curves(records, out_dir, opt),
+                *plot_probe(records, out_dir, opt),
+                plot_profile(records, out_dir, opt),
+            ]
     except OSError as exc:
         raise BenchError(
             f"cannot write figures to {str(out_dir)!r} ({exc.strerror or exc})"

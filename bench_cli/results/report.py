@@ -1,0 +1,152 @@
+"""``bench report``: one self-contained HTML page of a folder of records, to open or send.
+
+The page holds the leaderboard (per task and overall), the figures as inline SVG (loss against
+tokens and against time, per-step training loss, the forgetting probe, performance profiles),
+each optimizer's update rule as MathML, published references beside our runs, the resolved
+suite and the environment. It loads nothing from anywhere: no scripts, fonts or images from the
+network (a Content-Security-Policy forbids them), so it opens offline and in a mail attachment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from bench_cli.errors import BenchError
+from bench_cli.mathtext import to_html
+from bench_cli.references import reference_lines
+from bench_cli.results import leaderboard, plots
+from bench_cli.results.record import RunRecord
+from bench_cli.results.store import atomic_write_text, load_records
+
+NOTE = (
+    "Each optimizer at its best configuration; medians over seeds with [95% intervals] where "
+    "columns _lo/_hi are given. A blank cell is undefined (a target never reached, no "
+    "baseline); inf is a censored bound. 'tokens' counts the task's unit."
+)
+
+
+def _cell(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    if isinstance(x, float):
+        if math.isinf(x):
+            return "∞" if x > 0 else "-∞"
+        return f"{x:.4g}"
+    text = str(x)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def table_html(df: pd.DataFrame) -> str:
+    """Any DataFrame as an HTML table: numbers to 4 significant digits, long text cut."""
+    shown = df.apply(lambda col: col.map(_cell))
+    return shown.to_html(index=False, classes="data", border=0, escape=True)
+
+
+def _svg_inline(svg: str, prefix: str) -> str:
+    """An SVG file as an inline element: no XML prolog, element ids made unique per figure."""
+    svg = re.sub(r"^.*?(?=<svg)", "", svg, flags=re.S)
+    svg = re.sub(r'id="([^"]+)"', rf'id="{prefix}-\1"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", svg)
+    return re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', svg)
+
+
+FIGURE_SECTIONS = (
+    ("Loss against tokens", "__vs_tokens"),
+    ("Loss against training time", "__vs_seconds"),
+    ("Training loss at every logged step", "__train_loss"),
+    ("Forgetting probe", "__probe"),
+    ("Performance profile", "performance_profile"),
+)
+
+
+def figures(records: Sequence[RunRecord], baseline: str) -> list[tuple[str, list]]:
+    """Every figure of ``bench plot`` as inline SVG, grouped into the report's sections."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = plots.plot_all(records, Path(tmp), plots.PlotOptions(fmt="svg", baseline=baseline))
+        drawn = [(p.stem, _svg_inline(p.read_text(), f"fig{i}")) for i, p in enumerate(paths)]
+    sections = []
+    for title, marker in FIGURE_SECTIONS:
+        chosen = [(stem.split("__")[0], svg) for stem, svg in drawn if stem.endswith(marker)]
+        if chosen:
+            sections.append((title, chosen))
+    return sections
+
+
+def _environment(directory: Path, records: Sequence[RunRecord]) -> str:
+    path = directory / "environment.json"
+    if path.is_file():
+        return json.dumps(json.loads(path.read_text()), indent=2)
+    envs = {r.env.model_dump_json(indent=2) for r in records}
+    return "\n".join(sorted(envs))
+
+
+def build_report(
+    records: Sequence[RunRecord],
+    baseline: str,
+    docstrings: Mapping[str, str],
+    directory: Path,
+) -> str:
+    """The page's HTML for ``records`` (read from ``directory``, whose suite files it shows)."""
+    lb = leaderboard.build(records, baseline)
+    tasks = lb.tasks
+    task_tables = (
+        [(str(name), table_html(group)) for name, group in tasks.groupby("task", sort=True)]
+        if "task" in tasks.columns
+        else [("all tasks", table_html(tasks))]
+    )
+    optimizers = sorted({r.optimizer for r in records})
+    rules = [(o, to_html(docstrings[o])) for o in optimizers if docstrings.get(o)]
+    references = [
+        line for t in sorted({r.task for r in records}) for line in reference_lines(t, records)
+    ]
+    suite_file = directory / "suite.resolved.yaml"
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = env.from_string(resources.files(__package__).joinpath("report.html").read_text())
+    return template.render(
+        title=f"bench report: {directory.name or directory}",
+        summary=(
+            f"{len(records)} runs of {len(optimizers)} optimizers on "
+            f"{len({r.task_key for r in records})} task variants; baseline {baseline}; "
+            f"written {datetime.now(timezone.utc).isoformat(timespec='seconds')}."
+        ),
+        note=NOTE,
+        task_tables=task_tables,
+        ranking=table_html(lb.ranking),
+        figure_sections=figures(records, baseline),
+        rules=rules,
+        references=references,
+        suite=suite_file.read_text() if suite_file.is_file() else None,
+        directory=str(directory),
+        environment=_environment(directory, records),
+    )
+
+
+def write_report(directory: Path, out: Path, baseline: str, docstrings: Mapping[str, str]) -> Path:
+    """Read the records under ``directory`` and write the report to ``out`` (atomically)."""
+    directory, out = Path(directory), Path(out)
+    if not directory.is_dir():
+        raise BenchError(f"no folder {str(directory)!r}; give a folder of run records")
+    records = load_records(directory)
+    if not records:
+        raise BenchError(f"no run records in {str(directory)!r}")
+    if baseline not in {r.optimizer for r in records}:
+        names = ", ".join(sorted({r.optimizer for r in records}))
+        raise BenchError(
+            f"baseline {baseline!r} has no runs here (optimizers: {names}); choose one with "
+            "--baseline"
+        )
+    if not out.parent.is_dir():
+        raise BenchError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    html = build_report(records, baseline, docstrings, directory)
+    atomic_write_text(out, html)
+    return out
