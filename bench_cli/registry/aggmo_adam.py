@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench_cli.registry import OPTIMIZERS
+from bench_cli.registry import OPTIMIZERS, _fast_steps
 from bench_cli.registry._base import (
     BenchOptimizer,
     check,
@@ -57,7 +57,8 @@ def _check_flags(bias_correct: Any, count: int) -> None:
         check(isinstance(flag, bool), f"bias_correct[{i}] must be True or False, got {flag!r}")
 
 
-def _buffers(state: dict, p: Tensor, betas: Sequence[float], prefix: str, keep_zero: bool) -> list:
+def _buffers(state: dict, p: Tensor, betas: Sequence[float], prefix: str, keep_zero: bool,
+             new_state) -> list:  # fmt: skip
     """One buffer per beta, ``state[f"{prefix}_{i}"]``, created at zero when first needed.
 
     Keyed by position so that state_dict() round-trips them as plain tensors. With
@@ -70,7 +71,7 @@ def _buffers(state: dict, p: Tensor, betas: Sequence[float], prefix: str, keep_z
             continue
         key = f"{prefix}_{i}"
         if key not in state:
-            state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state[key] = new_state(p)
         out.append(state[key])
     return out
 
@@ -160,6 +161,7 @@ class AggMo(BenchOptimizer):
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ):
         check_lr(lr)
         _check_beta_list(betas)
@@ -169,6 +171,7 @@ class AggMo(BenchOptimizer):
             "betas": tuple(betas),
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
@@ -183,11 +186,15 @@ class AggMo(BenchOptimizer):
         return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, **kwargs)
 
     def _step_group(self, group: dict, params: list[Tensor]) -> None:
+        fast = self.begin_group(group, params)
         betas = group["betas"]
         per_param = [
-            _buffers(self.state[p], p, betas, "momentum_buffer", keep_zero=True) for p in params
+            _buffers(self.state[p], p, betas, "momentum_buffer", True, self.new_state)
+            for p in params
         ]
-        fn = _multi_tensor_aggmo if self.use_foreach(group, params) else _single_tensor_aggmo
+        fn = self.implementation(
+            fast, group, params, _fast_steps.aggmo, _multi_tensor_aggmo, _single_tensor_aggmo
+        )
         fn(
             params,
             [p.grad for p in params],
@@ -322,6 +329,7 @@ class AggMoAdam(BenchOptimizer):
         bias_correct: Sequence[bool] | None = None,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ):
         check_lr(lr)
         _check_beta_list(betas)
@@ -339,6 +347,7 @@ class AggMoAdam(BenchOptimizer):
             "weights": None if weights is None else tuple(float(w) for w in weights),
             "bias_correct": None if bias_correct is None else tuple(bias_correct),
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
@@ -350,20 +359,24 @@ class AggMoAdam(BenchOptimizer):
         bias_correct = group["bias_correct"] if group["bias_correct"] is not None else (True,) * k
         _check_weights(weights, k)
         _check_flags(bias_correct, k)
+        fast = self.begin_group(group, params)
         per_param, sqs, steps = [], [], []
         for p in params:
             state = self.state[p]
             if "step" not in state:
                 state["step"] = 0
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = self.new_state(p)
             state["step"] += 1
-            per_param.append(_buffers(state, p, betas, "exp_avg", keep_zero=False))
+            per_param.append(_buffers(state, p, betas, "exp_avg", False, self.new_state))
             sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
-        fn = (
-            _multi_tensor_aggmo_adam
-            if self.use_foreach(group, params)
-            else _single_tensor_aggmo_adam
+        fn = self.implementation(
+            fast,
+            group,
+            params,
+            _fast_steps.aggmo_adam,
+            _multi_tensor_aggmo_adam,
+            _single_tensor_aggmo_adam,
         )
         fn(
             params,

@@ -1,0 +1,41 @@
+"""``bench perf``: how fast the tool itself is (optimizer steps)."""
+
+import json
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from bench_cli.display import friendly, stderr, stdout
+
+perf_app = typer.Typer(help="Measure the speed of optimizer steps.", no_args_is_help=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@perf_app.command("optimizers")
+@friendly
+def optimizers(
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    params: Annotated[
+        str, typer.Option(help="gpt2-small (124.5M in 150 tensors) or a number of parameters")
+    ] = "gpt2-small",
+    opt: Annotated[
+        str | None, typer.Option("--opt", help="comma-separated optimizers (default: all)")
+    ] = None,
+    iters: Annotated[int, typer.Option(min=1, help="steps per timed round")] = 5,
+    fmt: Annotated[Format, typer.Option("--format", help="table or json")] = Format.table,
+) -> None:
+    """Time every optimizer's step on each path against the memory-bandwidth bound."""
+    from bench_cli import perf  # imports torch
+
+    names = [n.strip() for n in opt.split(",") if n.strip()] if opt else None
+    progress = None if fmt == Format.json else (lambda line: stderr.print(line, highlight=False))
+    header, rows = perf.perf_optimizers(device, params, names, iters, progress)
+    if fmt == Format.json:
+        print(json.dumps(perf.as_json(header, rows), indent=2))
+    else:
+        stdout.print(perf.as_markdown(header, rows), highlight=False, soft_wrap=True)

@@ -1,0 +1,211 @@
+"""``bench perf optimizers``: time every optimizer's step on each of its paths.
+
+For a parameter set (GPT-2 small's shapes, or N parameters in a few tensors) each row gives the
+path, ms per step (steps issued back to back, as in training, then one synchronisation), the
+bytes the update must move over that time (GB/s), that time over the bandwidth bound (the bytes
+over the device-to-device copy bandwidth measured in the same run), the time over torch's fused
+AdamW (on CPU: torch's foreach AdamW), and the one-time cost: how much longer the first step took
+than a steady one (Triton compilation, autotuning, state allocation).
+
+Bytes per parameter: the parameter read and written, the gradient read, every state buffer read
+and written: 4 x (3 + 2 S) for S fp32 state buffers (AdamW 28, AdEMAMix 36, Lion 20).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from bench_cli.errors import ConfigError
+from bench_cli.registry import OPTIMIZERS, build_optimizer
+from bench_cli.registry._base import state_bytes
+
+TORCH_ADAMW = "torch.optim.AdamW"
+
+
+@dataclass
+class Row:
+    optimizer: str
+    path: str
+    ms_per_step: float
+    gb_per_s: float
+    bytes_per_param: float
+    x_bound: float | None
+    x_torch_fused_adamw: float | None
+    one_time_s: float
+
+
+def gpt2_shapes(n_layer: int = 12, n_embd: int = 768, vocab: int = 50304, ctx: int = 1024):
+    """Parameter shapes of GPT-2 small (lm_head tied to the token embedding): 124.5M."""
+    shapes: list[tuple[int, ...]] = [(vocab, n_embd), (ctx, n_embd)]
+    block = [
+        (n_embd,), (n_embd,), (3 * n_embd, n_embd), (3 * n_embd,), (n_embd, n_embd), (n_embd,),
+        (n_embd,), (n_embd,), (4 * n_embd, n_embd), (4 * n_embd,), (n_embd, 4 * n_embd),
+        (n_embd,),
+    ]  # fmt: skip
+    for _ in range(n_layer):
+        shapes += block
+    return shapes + [(n_embd,), (n_embd,)]
+
+
+def shapes_for(params: str) -> list[tuple[int, ...]]:
+    """``gpt2-small`` or a number N: N parameters as matrices of width 1000 plus vectors."""
+    if params == "gpt2-small":
+        return gpt2_shapes()
+    try:
+        n = int(float(params))
+    except ValueError:
+        raise ConfigError(f"--params must be gpt2-small or a number, got {params!r}") from None
+    if n < 1000:
+        raise ConfigError(f"--params must be at least 1000, got {n}")
+    rows = n // 1000
+    mats = [(rows // 4, 1000)] * 4 if rows >= 4 else [(rows, 1000)]
+    rest = n - sum(a * b for a, b in mats)
+    return mats + ([(rest,)] if rest else [])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, numel: int) -> float:
+    """Bytes per second of a device-to-device copy, read and write counted."""
+    src = torch.empty(numel, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    _sync(device)
+    n = 20
+    t0 = time.perf_counter()
+    for _ in range(n):
+        dst.copy_(src)
+    _sync(device)
+    return 2 * src.numel() * 4 * n / (time.perf_counter() - t0)
+
+
+def paths(name: str, device: torch.device) -> list[tuple[str, dict[str, Any]]]:
+    if name == TORCH_ADAMW:
+        if device.type == "cuda":
+            return [("fused", dict(fused=True)), ("foreach", dict(foreach=True))]
+        return [("foreach", dict(foreach=True))]
+    if device.type == "cuda":
+        return [("fast", dict(fused=True)), ("foreach", dict(foreach=True, fused=False))]
+    return [("foreach", dict(foreach=True)), ("loop", dict(foreach=False))]
+
+
+def time_path(
+    name: str, impl: dict[str, Any], shapes, device: torch.device, iters: int
+) -> tuple[float, float, float]:
+    """(seconds per steady step, first-step extra seconds, bytes moved per step)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    params = [(torch.randn(s, generator=gen) * 0.02).to(device).requires_grad_() for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen).to(device) * 1e-3
+    if name == TORCH_ADAMW:
+        opt = torch.optim.AdamW(params, lr=1e-3, **impl)
+    else:
+        extra = {"lr": 1e-3} if name == "aggmo" else {}
+        opt = build_optimizer(name, params, **extra, **impl)
+    if getattr(opt, "has_train_eval_modes", False):
+        opt.train()
+    _sync(device)
+    t0 = time.perf_counter()
+    opt.step()
+    _sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(2):
+        opt.step()
+    _sync(device)
+    rounds = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            opt.step()
+        _sync(device)
+        rounds.append((time.perf_counter() - t0) / iters)
+    sec = statistics.median(rounds)
+    pbytes = sum(p.numel() * p.element_size() for p in params)
+    moved = 3 * pbytes + 2 * state_bytes(opt)
+    return sec, max(0.0, first - sec), moved
+
+
+def perf_optimizers(
+    device: str = "auto", params: str = "gpt2-small", names: list[str] | None = None,
+    iters: int = 10, progress=None,
+) -> tuple[dict[str, Any], list[Row]]:  # fmt: skip
+    """The table of ``bench perf optimizers`` and a header describing the run."""
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but this torch sees no CUDA GPU; use cpu")
+    shapes = shapes_for(params)
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    chosen = names or OPTIMIZERS.names()
+    for n in chosen:
+        OPTIMIZERS.get(n)  # unknown names fail before anything runs
+    bw = copy_bandwidth(dev, numel) if dev.type == "cuda" else None
+    header = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "params": numel,
+        "tensors": len(shapes),
+        "copy_bandwidth_tb_s": bw / 1e12 if bw else None,
+    }
+    if dev.type == "cpu":
+        header["threads"] = torch.get_num_threads()
+    measured: list[tuple[str, str, float, float, float]] = []
+    yardstick = None
+    for name in [TORCH_ADAMW, *chosen]:
+        for label, impl in paths(name, dev):
+            sec, once, moved = time_path(name, impl, shapes, dev, iters)
+            if name == TORCH_ADAMW and label == ("fused" if dev.type == "cuda" else "foreach"):
+                yardstick = sec
+            measured.append((name, label, sec, once, moved))
+            if progress:
+                progress(f"{name:<22} {label:<8} {sec * 1e3:9.3f} ms")
+    rows = []
+    for name, label, sec, once, moved in measured:
+        rows.append(
+            Row(
+                optimizer=name,
+                path=label,
+                ms_per_step=sec * 1e3,
+                gb_per_s=moved / sec / 1e9,
+                bytes_per_param=moved / numel,
+                x_bound=sec / (moved / bw) if bw else None,
+                x_torch_fused_adamw=sec / yardstick if yardstick else None,
+                one_time_s=once,
+            )
+        )
+    return header, rows
+
+
+def as_json(header: dict[str, Any], rows: list[Row]) -> dict[str, Any]:
+    return {**header, "rows": [asdict(r) for r in rows]}
+
+
+def as_markdown(header: dict[str, Any], rows: list[Row]) -> str:
+    bw = header.get("copy_bandwidth_tb_s")
+    lines = [
+        f"device: {header['device']}, torch {header['torch']}, {header['params'] / 1e6:.1f}M "
+        f"params in {header['tensors']} tensors"
+        + (f", copy bandwidth {bw:.2f} TB/s" if bw else ""),
+        "",
+        "| optimizer | path | ms/step | GB/s | B/param | x bound | x torch fused AdamW "
+        "| one-time s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        bound = f"{r.x_bound:.2f}" if r.x_bound is not None else "-"
+        ref = f"{r.x_torch_fused_adamw:.2f}" if r.x_torch_fused_adamw is not None else "-"
+        lines.append(
+            f"| {r.optimizer} | {r.path} | {r.ms_per_step:.3f} | {r.gb_per_s:.0f} | "
+            f"{r.bytes_per_param:.0f} | {bound} | {ref} | {r.one_time_s:.2f} |"
+        )
+    return "\n".join(lines)
