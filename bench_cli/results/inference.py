@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import product
 
 import numpy as np
@@ -60,6 +61,7 @@ def min_pairs(alpha: float = ALPHA) -> int:
     return max(1, math.ceil(math.log2(2 / alpha) - 1e-12))
 
 
+@lru_cache(maxsize=32)
 def _signs(n: int) -> np.ndarray:
     if n <= EXACT_MAX_PAIRS:
         return np.array(list(product((1.0, -1.0), repeat=n))).reshape(-1, n)

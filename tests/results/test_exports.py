@@ -235,3 +235,36 @@ def test_bad_input_is_one_red_line(app, tmp_path: Path, args, message) -> None:
     assert result.exit_code == 1
     assert "error:" in result.output and message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("value", "lo", "hi", "text"),
+    [
+        (1.52, 1.52, 1.52, "1.52x"),
+        (math.nan, 1.2, math.inf, ">1.20x"),  # the baseline was censored: at least
+        (math.nan, 0.0, 0.8, "<0.80x"),  # the optimizer was censored: at most
+        (math.nan, 0.0, math.inf, "—"),  # both censored: nothing is known
+    ],
+)
+def test_speedups_print_as_bounds_where_censored(value, lo, hi, text) -> None:
+    assert export.fmt_speedup(value, lo, hi) == text
+
+
+def test_seed_independent_rows_show_no_interval_and_no_verdict() -> None:
+    recs = [
+        make_record("rosenbrock", opt, s, t).model_copy(update={"seed_independent": True})
+        for opt, t in (("adamw", 4000.0), ("mars", 3000.0))
+        for s in range(8)
+    ]
+    lb = leaderboard.build(recs)
+    shown = export.display_task(lb.tasks)
+    assert list(shown["tokens to target"]) == ["3k", "4k"]
+    assert list(shown["speedup"]) == ["1.33x", "baseline"] and list(shown["reached"]) == ["1/1"] * 2
+    assert "seed-independent" in export.title(lb, "rosenbrock")
+
+
+@pytest.mark.parametrize(
+    ("level", "text"), [(0.75, "75%"), (0.978515625, "97%"), (1 - 2 / 64, "96%"), (0.5, "50%")]
+)
+def test_levels_are_rounded_down(level, text) -> None:
+    assert export.fmt_level(level) == text

@@ -384,3 +384,12 @@ def test_variants_of_one_task_are_separate_rows() -> None:
     table = leaderboard.build(recs).tasks
     assert sorted(table["task"]) == ["rosen-far", "rosenbrock"]
     assert sorted(table["runs"]) == [2, 2]
+
+
+def test_random_flips_above_16_pairs_give_a_valid_p_value() -> None:
+    # 17 pairs all positive: exactly 2**-17, estimated from 20,000 flips as (1 + hits) / 20,001
+    p = inference.sign_flip_p([1.0] * 17)
+    assert 1 / 20_001 <= p <= 5 / 20_001
+    # alternating signs of equal size: about half the flips reach the observed sum
+    assert 0.4 < inference.sign_flip_p([1.0, -1.0] * 9) < 0.7
+    assert inference.sign_flip_p([1.0] * 17) == p  # a fixed seed: the same every time
