@@ -58,7 +58,9 @@ def with_train_curve(record, losses: list[float]):
 def test_train_curve_series_is_loss_against_tokens_per_logged_step() -> None:
     rec = with_train_curve(make_record("lm", "adamw", 0, 4000.0), [3.0, 2.0, float("nan"), 1.0])
     [(x, y, diverged)] = plots._train_series([SimpleNamespace(record=rec)])
-    np.testing.assert_array_equal(x, [10 * TOKENS_PER_STEP, 20 * TOKENS_PER_STEP, 40 * TOKENS_PER_STEP])
+    np.testing.assert_array_equal(
+        x, [10 * TOKENS_PER_STEP, 20 * TOKENS_PER_STEP, 40 * TOKENS_PER_STEP]
+    )
     np.testing.assert_array_equal(y, [3.0, 2.0, 1.0])  # the non-finite reading is left out
     assert not diverged
 
