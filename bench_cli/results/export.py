@@ -30,12 +30,6 @@ WIDE = (
     *COMPACT, "seconds", "final", "throughput", "state", "grad_evals", "trials", "compute",
     "config", "flags", "diverged", "errors",
 )  # fmt: skip
-#: the legend without a leaderboard at hand (``legend`` states the baseline and the level)
-NOTE = (
-    "Medians over scoring seeds with order-statistic intervals at their true coverage; >x: at "
-    "least x, <x: at most x (censored); speedup verdicts from an exact paired sign-flip test "
-    "on per-seed log speedups ({unit}-to-target), two-sided at 5%."
-)
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",

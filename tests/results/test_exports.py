@@ -268,3 +268,11 @@ def test_seed_independent_rows_show_no_interval_and_no_verdict() -> None:
 )
 def test_levels_are_rounded_down(level, text) -> None:
     assert export.fmt_level(level) == text
+
+
+def test_a_folder_with_only_tuning_runs_says_so(app, tmp_path: Path) -> None:
+    tuning = [r.model_copy(update={"role": "tune"}) for r in suite(seeds=(0,))]
+    results = write_all(tmp_path / "results", tuning)
+    result = runner.invoke(app, ["leaderboard", str(results)])
+    assert result.exit_code == 1 and "no scored runs" in result.output
+    assert "6 tuning or calibration runs" in result.output
