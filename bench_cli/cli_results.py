@@ -5,24 +5,29 @@ the ``bench`` app. (No ``from __future__ import annotations`` here: typer reads 
 at run time.)
 """
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.markup import escape
 
-from bench_cli.display import frame_table, friendly, stderr, stdout
+from bench_cli.display import frame_table, friendly, stderr, stdout, write_plain
 from bench_cli.errors import BenchError
 from bench_cli.results import check as checks
 from bench_cli.results import export, inference, leaderboard, plots
 from bench_cli.results.record import RunRecord
-from bench_cli.results.store import load_records
+from bench_cli.results.store import check_parent_folder, load_records
 
 DirArg = Annotated[
     Path,
     typer.Argument(metavar="DIR", help="A directory of run records (searched recursively)."),
+]
+SkipDamagedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-damaged",
+        help="Go on without record files that cannot be read (a warning names each one).",
+    ),
 ]
 BaselineOpt = Annotated[
     str | None,
@@ -33,15 +38,13 @@ BaselineOpt = Annotated[
 ]
 
 
-def _records(directory: Path) -> list[RunRecord]:
-    try:
-        records = load_records(directory)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BenchError(
-            f"a record in {str(directory)!r} does not validate: {where}: {first['msg']}"
-        ) from exc
+def _warn(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _records(directory: Path, skip_damaged: bool = False) -> list[RunRecord]:
+    """The records of ``directory``; unreadable files fail the command unless skipped."""
+    records = load_records(directory, skip_damaged=skip_damaged, warn=_warn)
     if not records:
         raise BenchError(f"no run records in {str(directory)!r}")
     return records
@@ -81,12 +84,13 @@ def show_leaderboard(
     alpha: Annotated[
         float, typer.Option(help="Level of the two-sided verdict test (0.05 = 5%).")
     ] = inference.ALPHA,
+    skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """Per task, each optimizer's scored runs over seeds; then the overall ranking."""
     if not 0 < alpha < 1:
         raise BenchError(f"--alpha must lie strictly between 0 and 1 (0.05 = 5%), got {alpha}")
     shown = export.parse_columns(columns) if columns else export.WIDE if wide else export.COMPACT
-    records = _records(directory)
+    records = _records(directory, skip_damaged)
     lb = leaderboard.build(records, _baseline(records, baseline), alpha=alpha)
     if lb.tasks.empty:
         raise BenchError(
@@ -106,14 +110,19 @@ def export_tables(
     out: Annotated[Path | None, typer.Option(help="Write to this file (default: stdout).")] = None,
     table: Annotated[str, typer.Option(help="all, tasks or ranking (CSV: one table).")] = "all",
     baseline: BaselineOpt = None,
+    skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """Export the leaderboard's tables for a paper or a spreadsheet."""
     if fmt not in export.FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(export.FORMATS)}")
-    records = _records(directory)
+    if out is not None:
+        check_parent_folder(out)
+        if out.is_dir():
+            raise BenchError(f"--out {str(out)!r} is a folder; give a file name, such as table.md")
+    records = _records(directory, skip_damaged)
     text = export.render(leaderboard.build(records, _baseline(records, baseline)), fmt, table)
     if out is None:
-        sys.stdout.write(text)
+        write_plain(text)
     else:
         export.write(text, out)
         stderr.print(f"wrote {out}", highlight=False)
@@ -127,13 +136,16 @@ def plot(
     fmt: Annotated[str, typer.Option("--format", help="png, svg or pdf.")] = "png",
     logx: Annotated[bool, typer.Option("--logx", help="Logarithmic x axis.")] = False,
     baseline: BaselineOpt = None,
+    skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """Loss against tokens and against training seconds per task, and the performance profile."""
     if fmt not in plots.PLOT_FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(plots.PLOT_FORMATS)}")
-    records = _records(directory)
+    out = out or Path(directory) / "plots"
+    check_parent_folder(out / "figure", "--out folder")  # a file where the folder would be
+    records = _records(directory, skip_damaged)
     options = plots.PlotOptions(fmt=fmt, baseline=_baseline(records, baseline), logx=logx)
-    for path in plots.plot_all(records, out or Path(directory) / "plots", options):
+    for path in plots.plot_all(records, out, options):
         stdout.print(str(path), highlight=False, markup=False, soft_wrap=True)
 
 
@@ -144,13 +156,14 @@ def check(
         float, typer.Option(help="Allowed slack beyond the baseline's interval (0.05 = 5%).")
     ] = checks.DEFAULT_TOLERANCE,
 ) -> None:
-    """Exit 1 when tokens-to-target regressed beyond its interval or a run newly failed."""
-    problems = checks.check_dirs(directory, against, tolerance)
-    for problem in problems:
+    """Exit 1 when tokens-to-target regressed beyond its interval or a run newly failed, or when
+    a record of either folder cannot be read."""
+    report = checks.check_dirs(directory, against, tolerance)
+    for problem in report.problems:
         stderr.print(f"[red]regression:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
-    if problems:
+    if report.problems:
         raise typer.Exit(1)
-    stdout.print(f"no regressions against {against}", highlight=False)
+    stdout.print(f"no regressions against {against}: {report.compared}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -48,9 +48,27 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
-from bench_cli.errors import ConfigError
+from bench_cli.errors import ConfigError, clip
+from bench_cli.results.store import (
+    MAX_NAME,
+    NAME_PATTERN,
+    UnreadableRecord,
+    name_problem,
+    read_regular_text,
+)
+
+#: bounds of run settings: enough for any real run, small enough to fail early on a typo
+MAX_STEPS = 10**9
+MAX_SECONDS = 10**7  # about 116 days
 
 
 class RunSettings(BaseModel):
@@ -58,34 +76,33 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    steps: int = Field(1000, ge=1, description="optimizer steps")
-    warmup_steps: int = Field(0, ge=0, description="linear lr warmup steps")
+    steps: int = Field(1000, ge=1, le=MAX_STEPS, description="optimizer steps")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="linear lr warmup steps")
     schedule: Literal["cosine", "constant", "linear"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final lr / peak lr")
-    grad_clip: float | None = Field(1.0, gt=0.0, description="global grad-norm clip (None: off)")
-    eval_interval: int = Field(100, ge=1, description="steps between evaluations")
-    log_interval: int = Field(10, ge=1, description="steps between loss reads (host syncs)")
+    grad_clip: float | None = Field(
+        1.0, gt=0.0, allow_inf_nan=False, description="global grad-norm clip (None: off)"
+    )
+    eval_interval: int = Field(100, ge=1, le=MAX_STEPS, description="steps between evaluations")
+    log_interval: int = Field(
+        10, ge=1, le=MAX_STEPS, description="steps between loss reads (host syncs)"
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     compile: bool = Field(False, description="torch.compile the model")
     target: float | None = Field(
         None, allow_inf_nan=False, description="override the task's target value"
     )
-    max_seconds: float | None = Field(None, gt=0.0, description="wall-clock cap on training")
+    max_seconds: float | None = Field(
+        None, gt=0.0, le=MAX_SECONDS, description="wall-clock cap on training"
+    )
 
 
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: YAML scalars and flow lists (``1e-3``, ``[0.9, 0.99]``, ``null``)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        # YAML 1.1 reads 1e-3 as a string; accept the usual float spellings
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+def parse_value(text: str, source: str = "--set") -> Any:
+    """A ``--set`` value, read by the suite files' YAML loader: ``1e-3``, ``[0.9, 1e-1]``,
+    ``null``, ``true``; anything else is text. ``inf`` stays text (YAML spells it ``.inf``)."""
+    if not text:
+        return ""
+    return read_yaml(text, source)
 
 
 def parse_sets(items: list[str]) -> list[tuple[str, Any]]:
@@ -93,8 +110,8 @@ def parse_sets(items: list[str]) -> list[tuple[str, Any]]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        out.append((key.strip(), parse_value(raw.strip())))
+            raise ConfigError(f"--set expects key=value, got {clip(repr(item))}")
+        out.append((key.strip(), parse_value(raw.strip(), f"--set {clip(key.strip(), 40)}")))
     return out
 
 
@@ -162,7 +179,7 @@ def validation_message(exc: ValidationError, what: str) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"{what} {loc}: {err['msg']} (got {err.get('input')!r})")
+        lines.append(f"{what} {loc}: {err['msg']} (got {clip(repr(err.get('input')))})")
     return "; ".join(lines)
 
 
@@ -182,6 +199,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _safe_name(value: str) -> str:
+    """Task ids, tier and registry names become parts of file and folder names."""
+    problem = name_problem(value)
+    if problem:
+        raise ValueError(
+            f"{problem} (it becomes part of file names: {NAME_PATTERN}, at most "
+            f"{MAX_NAME} characters)"
+        )
+    return value
+
+
+#: a name that may be part of a path (see ``bench_cli.results.store.NAME_PATTERN``)
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
 class Budget(_Strict):
     """What each run of a task may spend; unset fields keep the task's own settings."""
 
@@ -197,8 +229,8 @@ class Budget(_Strict):
 
 
 class TaskEntry(_Strict):
-    name: str
-    id: str | None = None
+    name: SafeName
+    id: SafeName | None = None
     options: dict[str, Any] = {}
     budget: Budget = Budget()
     settings: dict[str, Any] = {}
@@ -220,7 +252,7 @@ class TaskEntry(_Strict):
 
 
 class OptimizerEntry(_Strict):
-    name: str
+    name: SafeName
     hparams: dict[str, Any] = {}
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
 
@@ -241,27 +273,92 @@ class SuiteFile(_Strict):
     baseline: str = "adamw"
     device: str | None = None
     plugins: list[str] = []
-    tiers: dict[str, Tier] = {}
+    tiers: dict[SafeName, Tier] = {}
     default_tier: str | None = None
 
 
 # -- YAML suites: loading -----------------------------------------------------------------------
 
 
+#: a document may use at most this many aliases (``*name``) and expand to this many values
+MAX_ALIASES = 100
+MAX_NODES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe YAML that reads ``1e-3`` as a number (YAML 1.1 needs a dot) and refuses a key given
-    twice in one mapping (PyYAML would keep the last silently)."""
+    """Safe YAML that reads ``1e-3`` as a number (YAML 1.1 needs a dot), refuses a key given
+    twice in one mapping (PyYAML would keep the last silently), a key that is not a plain value,
+    and documents whose aliases expand beyond ``MAX_NODES`` values (an "alias bomb")."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_ALIASES:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"more than {MAX_ALIASES} aliases (*name); write the values out",
+                    self.peek_event().start_mark,
+                )
+        return super().compose_node(parent, index)
+
+    def get_single_node(self):  # noqa: ANN201
+        node = super().get_single_node()
+        if node is not None:
+            _count_nodes(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                    None,
+                    None,
+                    "a key must be a plain name, not a list or mapping",
+                    key_node.start_mark,
+                )
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {clip(repr(key))} appears twice", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def _count_nodes(root: yaml.Node) -> int:
+    """How many values ``root`` expands to, aliases repeated; refuses a cycle or too many."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to a value that contains it", node.start_mark
+            )
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        if total > MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"the document expands to more than {MAX_NODES} values (aliases repeat their "
+                "anchor's content); write it without nested aliases",
+                node.start_mark,
+            )
+        sizes[key] = total
+        return total
+
+    return size(root)
 
 
 _Loader.add_implicit_resolver(
@@ -279,12 +376,14 @@ def read_yaml(text: str, source: str) -> Any:
         def at(mark: yaml.Mark | None) -> str:
             return f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown place"
 
-        message = f"{source}: invalid YAML at {at(exc.problem_mark)}: {exc.problem}"
+        message = f"{source}: invalid YAML at {at(exc.problem_mark)}: {clip(exc.problem, 160)}"
         if exc.context and exc.context_mark:
-            message += f" ({exc.context} at {at(exc.context_mark)})"
+            message += f" ({clip(exc.context)} at {at(exc.context_mark)})"
         raise ConfigError(message) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{source}: invalid YAML: {clip(exc, 160)}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from exc
 
 
 def key_path(loc: tuple) -> str:
@@ -356,12 +455,16 @@ def parse_suite(text: str, source: str = "suite") -> SuiteFile:
     return suite
 
 
-def load_suite(path: str | Path) -> SuiteFile:
+def read_text_file(path: str | Path, what: str, limit: int = 2**20) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes (a ``ConfigError`` else)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read suite file {str(path)!r}: {exc.strerror or exc}") from exc
-    return parse_suite(text, str(path))
+        return read_regular_text(Path(path), limit)
+    except UnreadableRecord as exc:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: it {exc.reason}") from exc
+
+
+def load_suite(path: str | Path) -> SuiteFile:
+    return parse_suite(read_text_file(path, "suite file"), str(path))
 
 
 # -- YAML suites: sweeps and tiers --------------------------------------------------------------

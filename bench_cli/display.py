@@ -1,10 +1,16 @@
-"""Terminal output: the progress bar (a run-loop callback) and rich tables of DataFrames."""
+"""Terminal output: the progress bar (a run-loop callback) and rich tables of DataFrames.
+
+Everything printed through ``stdout``/``stderr``, ``frame_table`` and ``write_plain`` has its
+control characters removed first (``clean``): a record's text cannot move the cursor, recolour
+the terminal or set its title.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import math
+import re
 import sys
 
 import pandas as pd
@@ -25,10 +31,37 @@ from bench_cli.errors import BenchError
 from bench_cli.results.record import RunRecord
 from bench_cli.runner import RunCallback, RunSpec
 
+# escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ones), then any other C0 or C1
+# control character but tab and newline, DEL, and the bidirectional overrides
+_CONTROL = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def clean(text: str) -> str:
+    """``text`` without terminal control characters (ANSI escape sequences included)."""
+    return _CONTROL.sub("", text)
+
+
+class _CleanConsole(Console):
+    """A console that removes control characters from the text it is given."""
+
+    def print(self, *objects, **kwargs) -> None:  # noqa: A003 - rich's name
+        super().print(*(clean(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+def write_plain(text: str) -> None:
+    """Plain text (an export) on stdout, without control characters."""
+    sys.stdout.write(clean(text))
+
+
 # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; give them room instead.
 _WIDTH = None if sys.stdout.isatty() else 200
-stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-stdout = Console(width=_WIDTH)
+stderr = _CleanConsole(stderr=True, width=None if sys.stderr.isatty() else 200)
+stdout = _CleanConsole(width=_WIDTH)
 
 
 class ProgressBar(RunCallback):
@@ -82,23 +115,23 @@ def _fmt(value) -> str:
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
             return f"{value:.3g}"
         return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return str(value)
+    return clean(str(value))
 
 
 def frame_table(df: pd.DataFrame, title: str | None = None, transpose: bool = False) -> Table:
     """A rich table of ``df``; ``transpose`` puts each row in a column (side by side)."""
-    table = Table(title=title, show_lines=False)
+    table = Table(title=clean(title) if title else title, show_lines=False)
     if transpose:
         table.add_column("")
         for _, row in df.iterrows():
-            table.add_column(str(row.get("optimizer", "")), justify="right")
+            table.add_column(clean(str(row.get("optimizer", ""))), justify="right")
         for col in df.columns:
             if col == "optimizer":
                 continue
-            table.add_row(col, *(_fmt(v) for v in df[col]))
+            table.add_row(clean(str(col)), *(_fmt(v) for v in df[col]))
         return table
     for col in df.columns:
-        table.add_column(str(col), justify="right")
+        table.add_column(clean(str(col)), justify="right")
     for _, row in df.iterrows():
         table.add_row(*(_fmt(v) for v in row))
     return table
@@ -112,6 +145,8 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except BenchError as exc:
+            for line in exc.details:
+                stderr.print(escape(line), highlight=False, soft_wrap=True)
             stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class BenchError(Exception):
-    """A problem with the user's input or environment; the message says what and how to fix it."""
+    """A problem with the user's input or environment; the message says what and how to fix it.
+
+    ``details``: lines printed before the error line, one per item (say, each unreadable file).
+    """
+
+    details: tuple[str, ...] = ()
 
 
 class UnknownNameError(BenchError, KeyError):
@@ -20,3 +25,17 @@ class DataError(BenchError):
 
 class ConfigError(BenchError, ValueError):
     """A configuration value (hyperparameter, task option, run setting) that is invalid."""
+
+
+class DamagedRecordsError(BenchError):
+    """Record files that cannot be read; ``details`` names each one and why."""
+
+    def __init__(self, message: str, details: list[str]):
+        super().__init__(message)
+        self.details = tuple(details)
+
+
+def clip(text: object, limit: int = 80) -> str:
+    """``text`` (its ``str``) cut to ``limit`` characters, for quoting user values in messages."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,6 +4,10 @@ Built-ins register with a decorator and an explicit name; installed packages thr
 (groups ``bench_cli.optimizers`` and ``bench_cli.tasks``); user code through ``--plugin
 some.module`` or ``--plugin path/to/file.py``. Names are matched ignoring case and ``-``/``_``.
 A plug-in that fails to load becomes a placeholder that errors only when it is selected.
+
+Names become parts of run ids and so of file names: a name must match
+``bench_cli.results.store.NAME_PATTERN`` (letters, digits, ``. _ + = , ( ) -``, starting with a
+letter or digit, at most 100 characters); any other is refused when it is registered.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from bench_cli.errors import BenchError, UnknownNameError
+from bench_cli.errors import BenchError, UnknownNameError, clip
+from bench_cli.results.store import name_problem
 
 T = TypeVar("T")
 
@@ -60,6 +65,12 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, obj: T | _Broken) -> None:
+        if not isinstance(name, str) or (problem := name_problem(normalize(name))):
+            problem = "must be text" if not isinstance(name, str) else problem
+            raise BenchError(
+                f"{self.kind} name {clip(repr(name))} is refused: it {problem}; register it "
+                "under another name"
+            )
         key = normalize(name)
         if key in self._items and self._items[key] is not obj:
             raise BenchError(
@@ -106,10 +117,9 @@ class Registry(Generic[T]):
                 continue
             try:
                 obj = ep.load()
+                self.add(ep.name, obj)
             except Exception as exc:  # a broken plug-in must not break the others
                 self._items[normalize(ep.name)] = _Broken(f"entry point {ep.value}", exc)
-                continue
-            self.add(ep.name, obj)
 
 
 def load_plugin(spec: str) -> None:

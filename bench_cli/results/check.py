@@ -11,6 +11,8 @@ A problem is one of:
   configuration only (no sweep), by task, optimizer and seed, so a changed default is still caught.
 
 Both sides are measured against the baseline's targets, so a recalibrated target is no excuse.
+A record file of either side that cannot be read fails the check (it may be the regression).
+Numbers in a problem are printed with as many digits as it takes for the two compared to differ.
 """
 
 from __future__ import annotations
@@ -18,15 +20,37 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench_cli.errors import BenchError
+from bench_cli.errors import BenchError, DamagedRecordsError
 from bench_cli.results import leaderboard, stats
-from bench_cli.results.export import fmt_count
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import load_records
 
 DEFAULT_TOLERANCE = 0.05
+
+
+def _count(x: float, digits: int) -> str:
+    """``digits`` significant digits with k/M/B/T: (1234567, 3) -> '1.23M'."""
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div * (1 - 5 * 10.0 ** -(digits + 1)):
+            return f"{x / div:.{digits}g}{suffix}"
+    return f"{x:.{digits}g}"
+
+
+def fmt_counts(*values: float, differ: tuple[tuple[int, int], ...] = ((0, 1),)) -> list[str]:
+    """``values`` with 3 significant digits, or as many more as it takes for each pair of indices
+    in ``differ`` whose values differ to print differently."""
+    for digits in range(3, 18):
+        out = [_count(v, digits) for v in values]
+        if all(out[i] != out[j] or values[i] == values[j] for i, j in differ):
+            return out
+    return [repr(v) for v in values]
+
+
+def fmt_tolerance(tol: float) -> str:
+    return f"{tol * 100:.6g}%"
 
 
 def _missing(base: set, new: set) -> list[str]:
@@ -53,11 +77,18 @@ def _regressions(base: leaderboard.Leaderboard, new: leaderboard.Leaderboard, to
                 f"{where}: reached the target in {n.reached}/{n.runs} seeds (baseline "
                 f"{b.reached}/{b.runs}); the median {n.unit}-to-target is now censored"
             )
-        elif n.tokens_to_target > b.tokens_to_target_hi * (1 + tol):
+        elif n.tokens_to_target > (limit := b.tokens_to_target_hi * (1 + tol)):
+            new, lo, hi, lim = fmt_counts(
+                n.tokens_to_target,
+                b.tokens_to_target_lo,
+                b.tokens_to_target_hi,
+                limit,
+                differ=((0, 2), (0, 3)),
+            )
+            at_most = f"; at most {lim} passes" if tol else ""
             problems.append(
-                f"{where}: median {n.unit}-to-target {fmt_count(n.tokens_to_target)} is above the "
-                f"baseline's interval [{fmt_count(b.tokens_to_target_lo)}, "
-                f"{fmt_count(b.tokens_to_target_hi)}] by more than the {tol:.0%} tolerance"
+                f"{where}: median {n.unit}-to-target {new} is above the baseline's interval "
+                f"[{lo}, {hi}] by more than the {fmt_tolerance(tol)} tolerance{at_most}"
             )
     return problems
 
@@ -123,12 +154,39 @@ def compare(
     ]
 
 
-def check_dirs(new_dir: Path, base_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> list[str]:
-    """``compare`` on the records stored in two directories."""
-    loaded = []
-    for directory in (new_dir, base_dir):
+@dataclass(frozen=True)
+class Report:
+    """The problems found (none: the check passes) and what was compared, in words."""
+
+    problems: list[str]
+    compared: str
+
+
+def _load(directory: Path) -> list[RunRecord]:
+    try:
         records = load_records(directory)
-        if not records:
-            raise BenchError(f"no run records in {str(directory)!r}")
-        loaded.append(records)
-    return compare(loaded[0], loaded[1], tolerance)
+    except DamagedRecordsError as exc:
+        n = len(exc.details)
+        raise DamagedRecordsError(
+            f"cannot check: {n} file{'s' * (n > 1)} in {str(directory)!r} cannot be read as run "
+            "records, and any of them may hold a regression; repair or remove them",
+            list(exc.details),
+        ) from None
+    if not records:
+        raise BenchError(f"no run records in {str(directory)!r}")
+    return records
+
+
+def check_dirs(new_dir: Path, base_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> Report:
+    """``compare`` on the records stored in two directories."""
+    new, base = _load(new_dir), _load(base_dir)
+    problems = compare(new, base, tolerance)
+    tasks = {r.task_key for r in base}
+    pairs = {(r.task_key, r.optimizer) for r in base}
+    optimizers = {o for _, o in pairs}
+    compared = (
+        f"compared {len(tasks)} task{'s' * (len(tasks) != 1)} and {len(optimizers)} "
+        f"optimizer{'s' * (len(optimizers) != 1)} ({len(pairs)} task-optimizer pairs, "
+        f"{len(new)} runs against {len(base)} baseline runs), tolerance {fmt_tolerance(tolerance)}"
+    )
+    return Report(problems, compared)

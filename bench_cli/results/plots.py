@@ -25,6 +25,7 @@ from matplotlib.ticker import EngFormatter
 from bench_cli.errors import BenchError
 from bench_cli.results import leaderboard, stats
 from bench_cli.results.record import RunRecord, Target
+from bench_cli.results.store import safe_filename
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 COLUMN_WIDTH = (3.4, 2.4)  # inches: one column of a two-column paper
@@ -236,7 +237,7 @@ def _best_runs(records: Sequence[RunRecord], opt: PlotOptions):
 
 
 def _path(out_dir: Path, stem: str, opt: PlotOptions) -> Path:
-    return Path(out_dir) / f"{stem}.{opt.fmt}"
+    return Path(out_dir) / f"{safe_filename(stem)}.{opt.fmt}"  # a task id never leaves out_dir
 
 
 def plot_curves(records: Sequence[RunRecord], out_dir: Path, opt: PlotOptions) -> list[Path]:

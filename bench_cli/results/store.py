@@ -1,22 +1,96 @@
-"""Records on disk: one JSON file per run, written atomically, read back into ``RunRecord``s."""
+"""Records on disk: one JSON file per run, written atomically, read back into ``RunRecord``s.
+
+Names that become part of a file name (registry names, suite task ids, tier names) must match
+``NAME_PATTERN``: a letter or digit, then letters, digits and ``. _ + = , ( ) -``, at most
+``MAX_NAME`` characters; no ``/``, no leading dot. File names built from other text (task labels,
+run ids) go through ``safe_filename``.
+
+Reading a folder never skips a file silently: every ``*.json`` file (hidden ones and the suite's
+``calibration.json`` and ``environment.json`` aside) is a record, and one that cannot be read is
+reported with its reason. Only regular files are opened.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from bench_cli.errors import BenchError
+from bench_cli.errors import BenchError, DamagedRecordsError, clip
 from bench_cli.results.record import RunRecord
 
 RECORD_SUFFIX = ".json"
+#: JSON files of a suite folder that are not run records
+SIDE_FILES = frozenset({"calibration.json", "environment.json"})
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+=,()-]*"
+MAX_NAME = 100
+MAX_RECORD_BYTES = 256 * 2**20
+_NAME = re.compile(NAME_PATTERN)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=,()-]+")
+_SLUG_LEN = 120
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be part of a file name, or None when it can."""
+    if not isinstance(name, str):
+        return f"must be text, got {type(name).__name__}"
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_NAME:
+        return f"is longer than {MAX_NAME} characters"
+    if not _NAME.fullmatch(name):
+        return (
+            "may hold only letters, digits and . _ + = , ( ) - and must start with a letter or "
+            "digit"
+        )
+    return None
+
+
+def check_name(name: object, what: str) -> str:
+    """``name`` itself, or a ``BenchError`` saying which ``what`` is not a valid name and why."""
+    problem = name_problem(name)
+    if problem:
+        raise BenchError(f"{what} {clip(repr(name))} {problem}; rename it")
+    return name  # type: ignore[return-value]
+
+
+def safe_filename(name: str) -> str:
+    """``name`` when it is a safe file name; else a slug of it plus a short hash of ``name``, so
+    that different names never share a file and no name leaves its folder."""
+    if len(name) <= _SLUG_LEN and _NAME.fullmatch(name):
+        return name
+    slug = _UNSAFE.sub("-", name).lstrip("._+=,()-")[:_SLUG_LEN] or "x"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
 
 
 def record_path(out_dir: Path, run_id: str) -> Path:
-    return Path(out_dir) / f"{run_id}{RECORD_SUFFIX}"
+    return Path(out_dir) / f"{safe_filename(run_id)}{RECORD_SUFFIX}"
+
+
+def _not_a_folder(path: Path) -> Path | None:
+    """The first existing part of ``path`` that is not a folder (``path`` itself included)."""
+    for part in [*reversed(path.parents), path]:
+        if part.exists() and not part.is_dir():
+            return part
+    return None
+
+
+def check_parent_folder(path: Path, option: str = "--out") -> None:
+    """A ``BenchError`` when a file stands where ``path``'s folders would be."""
+    blocker = _not_a_folder(Path(path).parent)
+    if blocker is not None:
+        raise BenchError(
+            f"cannot write {str(path)!r}: {str(blocker)!r} is a file, not a folder; "
+            f"choose another {option}"
+        )
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -44,34 +118,211 @@ def write_record(record: RunRecord, out_dir: Path) -> Path:
     return path
 
 
-def read_record(path: Path) -> RunRecord:
+# -- reading ------------------------------------------------------------------------------------
+
+
+class UnreadableRecord(BenchError):
+    """One record file that cannot be read; ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+def _kind(mode: int) -> str:
+    for test, what in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def read_regular_text(path: Path, limit: int = MAX_RECORD_BYTES) -> str:
+    """The UTF-8 text of a regular file; anything else (folder, FIFO, device, too large, binary,
+    unreadable) raises ``UnreadableRecord`` with the reason. A FIFO is never opened."""
+    path = Path(path)
     try:
-        return RunRecord.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{path} is not a valid run record ({exc.__class__.__name__})") from exc
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UnreadableRecord(path, "does not exist (a broken link?)") from None
+    except OSError as exc:
+        raise UnreadableRecord(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise UnreadableRecord(path, f"is {_kind(mode)}, not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except PermissionError:
+        raise UnreadableRecord(path, "permission denied") from None
+    except OSError as exc:
+        raise UnreadableRecord(path, f"cannot be read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())  # the file may have been swapped since the stat
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableRecord(path, f"is {_kind(info.st_mode)}, not a regular file")
+        if info.st_size > limit:
+            raise UnreadableRecord(path, f"is larger than {limit // 2**20} MiB")
+        data = fh.read(limit + 1)
+    if not data:
+        raise UnreadableRecord(path, "is empty")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnreadableRecord(
+            path, f"is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}; binary?)"
+        ) from None
 
 
-def load_records(directory: Path) -> list[RunRecord]:
-    """Every record under ``directory`` (recursively), sorted by task, optimizer and seed."""
+def _parse(path: Path, text: str) -> RunRecord:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UnreadableRecord(
+            path,
+            f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}; truncated?)",
+        ) from None
+    if not isinstance(data, dict):
+        raise UnreadableRecord(path, f"holds a JSON {type(data).__name__}, not a run record")
+    try:
+        return RunRecord.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise UnreadableRecord(
+            path, f"is not a run record: {where}: {first['msg']}{more}"
+        ) from None
+
+
+def read_record(path: Path) -> RunRecord:
+    """One record file; ``UnreadableRecord`` (a ``BenchError``) says why it cannot be read."""
+    return _parse(Path(path), read_regular_text(path))
+
+
+def _is_export(text: str) -> bool:
+    """A table written by ``bench export --format json`` (not a record, nothing to read)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return (
+        isinstance(data, dict)
+        and "baseline" in data
+        and "run_id" not in data
+        and set(data) <= {"baseline", "targets", "tasks", "ranking"}
+    )
+
+
+@dataclass
+class Scan:
+    """What a folder holds: the records, the files that could not be read, and copies of a
+    record (same run id, same content) found at a second path: (copy, the one kept)."""
+
+    records: list[RunRecord] = field(default_factory=list)
+    damaged: list[UnreadableRecord] = field(default_factory=list)
+    copies: list[tuple[Path, Path]] = field(default_factory=list)
+
+
+def check_results_folder(directory: Path) -> Path:
     directory = Path(directory)
+    if not directory.exists():
+        raise BenchError(f"results folder {str(directory)!r} does not exist")
     if not directory.is_dir():
-        raise BenchError(f"results directory {str(directory)!r} does not exist")
-    records = []
-    for path in sorted(directory.rglob(f"*{RECORD_SUFFIX}")):
-        if path.name.startswith("."):
-            continue
+        raise BenchError(
+            f"{str(directory)!r} is a file, not a folder; pass the folder that holds the .json "
+            "run records"
+        )
+    return directory
+
+
+def _candidates(directory: Path, damaged: list[UnreadableRecord]) -> list[Path]:
+    """Every record file under ``directory``; folders that cannot be listed go to ``damaged``."""
+    found = []
+
+    def unlisted(exc: OSError) -> None:
+        damaged.append(
+            UnreadableRecord(Path(exc.filename), f"folder cannot be listed ({exc.strerror})")
+        )
+
+    for root, dirs, files in os.walk(directory, onerror=unlisted):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in [*dirs, *files]:
+            if name.endswith(RECORD_SUFFIX) and not name.startswith("."):
+                if name not in SIDE_FILES:
+                    found.append(Path(root) / name)
+    return sorted(found)
+
+
+def scan_records(directory: Path) -> Scan:
+    """Read every record under ``directory`` (recursively); nothing unreadable goes unreported."""
+    directory = check_results_folder(directory)
+    scan = Scan()
+    kept: dict[str, tuple[Path, str]] = {}
+    for path in sorted(_candidates(directory, scan.damaged), key=lambda p: (len(p.parts), p)):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            text = read_regular_text(path)
+            if _is_export(text):
+                continue
+            record = _parse(path, text)
+        except UnreadableRecord as exc:
+            scan.damaged.append(exc)
             continue
-        if isinstance(data, dict) and "run_id" in data and "curve" in data:
-            records.append(RunRecord.model_validate(data))
-    return sorted(records, key=lambda r: (r.task_key, r.optimizer, r.seed, r.run_id))
+        dumped = record.model_dump_json()
+        if record.run_id in kept:
+            first, content = kept[record.run_id]
+            if content != dumped:
+                raise BenchError(
+                    f"run {clip(record.run_id)} is stored twice with different contents, in "
+                    f"{str(first)!r} and {str(path)!r}; remove the wrong one"
+                )
+            scan.copies.append((path, first))
+            continue
+        kept[record.run_id] = (path, dumped)
+        scan.records.append(record)
+    scan.records.sort(key=lambda r: (r.task_key, r.optimizer, r.seed, r.run_id))
+    return scan
+
+
+def load_records(
+    directory: Path,
+    skip_damaged: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> list[RunRecord]:
+    """Every record under ``directory`` (recursively), sorted by task, optimizer and seed.
+
+    An unreadable file raises ``DamagedRecordsError`` naming each one, unless ``skip_damaged``:
+    then ``warn`` hears of each. A second copy of a record is left out with a warning.
+    """
+    scan = scan_records(directory)
+    say = warn or (lambda _msg: None)
+    if scan.damaged and not skip_damaged:
+        n = len(scan.damaged)
+        raise DamagedRecordsError(
+            f"{n} file{'s' * (n > 1)} in {str(directory)!r} cannot be read as run records; "
+            "repair or remove them, or pass --skip-damaged to leave them out",
+            [f"damaged: {d}" for d in scan.damaged],
+        )
+    for d in scan.damaged:
+        say(f"left out {d}")
+    for copy, first in scan.copies:
+        say(f"left out {copy}: a copy of {first} (same run id and content)")
+    return scan.records
 
 
 def ensure_writable_dir(directory: Path) -> Path:
     """Create ``directory`` if needed and check that files can be written there."""
     directory = Path(directory)
+    blocker = _not_a_folder(directory)
+    if blocker is not None:
+        raise BenchError(
+            f"cannot write results to {str(directory)!r}: {str(blocker)!r} is a file, not a "
+            "folder; choose another directory with --out"
+        )
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-")

@@ -74,6 +74,21 @@ def download(remote: RemoteFile, dest: Path) -> Path:
             os.unlink(tmp)
 
 
+def check_data_path(path: Path, option: str, folder_ok: bool = False) -> Path:
+    """``path`` if it is a regular file (or, with ``folder_ok``, a folder); a device, FIFO or
+    socket is refused without being opened, since reading one may never end."""
+    if not path.exists():
+        raise DataError(f"data file {str(path)!r} does not exist; check {option}")
+    if path.is_dir() and not folder_ok:
+        raise DataError(f"{str(path)!r} is a folder; pass a data file to {option}")
+    if not path.is_dir() and not path.is_file():
+        raise DataError(
+            f"data file {str(path)!r} is not a regular file (a device, FIFO or socket); "
+            f"pass a file to {option}"
+        )
+    return path
+
+
 def locate(remote: RemoteFile, data: str | None) -> Path:
     """The local path of ``remote``: ``data`` (a file, or a folder holding it), else
     ``$BENCH_DATA_DIR/<name>``, else the cache, else a download into the cache."""
@@ -81,9 +96,7 @@ def locate(remote: RemoteFile, data: str | None) -> Path:
         path = Path(data).expanduser()
         if path.is_dir():
             path = path / remote.name
-        if not path.is_file():
-            raise DataError(f"data file {str(path)!r} does not exist; check --data")
-        return path
+        return check_data_path(path, "--data")
     env = os.environ.get("BENCH_DATA_DIR")
     if env:
         path = Path(env).expanduser() / remote.name

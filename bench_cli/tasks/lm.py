@@ -24,7 +24,7 @@ from bench_cli.results.record import Target
 from bench_cli.tasks import TASKS
 from bench_cli.tasks._gpt import GPT
 from bench_cli.tasks.base import Task, TaskOptions
-from bench_cli.tasks.data import TINY_SHAKESPEARE, locate
+from bench_cli.tasks.data import TINY_SHAKESPEARE, check_data_path, locate
 
 #: evaluation batches are the same for every run, seed and optimizer
 EVAL_SEED = 1337
@@ -205,10 +205,7 @@ class TokenSplit:
 
 
 def _path(text: str, option: str) -> Path:
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise DataError(f"data file {str(path)!r} does not exist; check {option}")
-    return path
+    return check_data_path(Path(text).expanduser(), option, folder_ok=True)
 
 
 def load_splits(o: LMOptions) -> tuple[list, list, int]:

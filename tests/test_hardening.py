@@ -1,0 +1,425 @@
+"""Bad input through the CLI, as a user would give it: one clear error line, a non-zero exit code,
+nothing written outside the results folder, and a damaged store reported, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bench_cli.cli import app
+from bench_cli.config import parse_value, read_yaml
+from bench_cli.results import store
+from bench_cli.results.store import record_path, safe_filename
+from tests.results import make_record, suite, write_all
+
+runner = CliRunner()
+
+SUITE = """\
+name: hard
+tasks:
+  - name: rosenbrock
+    id: {task_id}
+    budget: {{steps: 4, eval_interval: 2}}
+optimizers:
+  - name: adamw
+{extra}"""
+
+
+def bench(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def error_lines(res) -> list[str]:
+    return [line for line in res.stderr.splitlines() if line.startswith("error:")]
+
+
+def one_line_error(res, *fragments: str) -> str:
+    """The run failed with exit 1 and exactly one error line (no traceback) holding ``fragments``."""
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    (line,) = error_lines(res)
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+# -- 1. path traversal ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task_id", ["../../../x", "/abs/x", "a/b", ".hidden", "''"])
+def test_suite_task_id_that_would_leave_the_folder_is_refused(tmp_path: Path, task_id) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE.format(task_id=json.dumps(task_id), extra=""))
+    one_line_error(bench("suite", "validate", path), "tasks[0].id", "letters, digits")
+
+
+def test_tier_name_that_would_leave_suite_runs_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE.format(task_id="rb", extra='tiers:\n  "/../..": {seeds: [0]}\n'))
+    one_line_error(bench("suite", "validate", path), "tiers", "/../..")
+    path.write_text(SUITE.format(task_id="rb", extra="tiers:\n  smoke-1: {seeds: [0]}\n"))
+    assert bench("suite", "validate", path).exit_code == 0
+
+
+def test_a_valid_label_like_task_id_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE.format(task_id='"lm-small(preset=tiny,lr=1e-3)"', extra=""))
+    res = bench("suite", "validate", path)
+    assert res.exit_code == 0, res.output
+
+
+def test_plugin_optimizer_named_like_a_path_is_refused_at_registration(tmp_path: Path) -> None:
+    plugin = tmp_path / "evil.py"
+    plugin.write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from bench_cli.registry import OPTIMIZERS
+
+            @OPTIMIZERS.register("../../x")
+            class Evil(torch.optim.SGD):
+                def __init__(self, params, lr=1e-3):
+                    super().__init__(params, lr=lr)
+            """
+        )
+    )
+    out = tmp_path / "deep" / "er" / "out"
+    res = bench(
+        "run", "--plugin", plugin, "--opt", "../../x", "--task", "rosenbrock", "--steps", "2",
+        "--out", out, "--quiet",
+    )  # fmt: skip
+    one_line_error(res, "'../../x'", "refused")
+    assert files_under(tmp_path) == {plugin}  # nothing written, inside --out or outside it
+
+
+def test_safe_filename_keeps_safe_names_and_never_leaves_the_folder(tmp_path: Path) -> None:
+    for name in ("lm-small(preset=tiny)__adamw__seed0__0123456789", "rosenbrock(x0=-3.0)"):
+        assert safe_filename(name) == name
+    names = ["../../x", "/etc/passwd", "a/b", "a\\b", "..", ".", "", "x" * 300, "a b", "a-b"]
+    files = {safe_filename(n) for n in names}
+    assert len(files) == len(names)  # a slug plus a hash: different names, different files
+    for name in names:
+        path = record_path(tmp_path, name)
+        assert path.parent == tmp_path and re.fullmatch(store.NAME_PATTERN, path.stem)
+        assert len(path.name) < 200
+
+
+def test_plot_keeps_figures_of_a_hostile_task_id_inside_the_out_folder(tmp_path: Path) -> None:
+    records = [r.model_copy(update={"task_id": "../../../escaped"}) for r in suite((0,))]
+    results = write_all(tmp_path / "a" / "b" / "res", records)
+    out = tmp_path / "a" / "b" / "res" / "figs"
+    res = bench("plot", results, "--out", out, "--format", "svg")
+    assert res.exit_code == 0, res.output
+    written = files_under(tmp_path) - files_under(results)
+    assert written == set(), written  # everything new is under results/figs
+    figures = files_under(out)
+    assert any("escaped" in p.name for p in figures) and len(figures) >= 3
+
+
+# -- 2. damaged records -----------------------------------------------------------------------
+
+
+def _truncated(path: Path) -> None:
+    text = make_record("lm", "adamw", 7, 4000.0).model_dump_json(indent=1)
+    path.write_text(text[: len(text) // 2])
+
+
+DAMAGE = {
+    "truncated": (_truncated, "not valid JSON"),
+    "empty": (lambda p: p.write_text(""), "is empty"),
+    "binary": (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00"), "not UTF-8"),
+    "list": (lambda p: p.write_text("[1, 2, 3]"), "JSON list, not a run record"),
+    "wrong-schema": (lambda p: p.write_text('{"run_id": "x", "curve": 3}'), "not a run record"),
+    "folder": (lambda p: p.mkdir(), "is a folder, not a regular file"),
+    "fifo": (lambda p: os.mkfifo(p), "FIFO"),
+}
+
+
+def _damaged_results(tmp_path: Path, kind: str) -> tuple[Path, Path]:
+    results = write_all(tmp_path / "res", suite((0, 1)))
+    bad = results / "sub" / f"{kind}.json"
+    bad.parent.mkdir()
+    DAMAGE[kind][0](bad)
+    return results, bad
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+@pytest.mark.parametrize("command", ["leaderboard", "export"])
+def test_readers_name_each_damaged_file_and_fail(tmp_path: Path, kind: str, command: str) -> None:
+    results, bad = _damaged_results(tmp_path, kind)
+    res = bench(command, results)
+    one_line_error(res, "1 file", "--skip-damaged")
+    (named,) = [line for line in res.stderr.splitlines() if line.startswith("damaged:")]
+    assert str(bad) in named and DAMAGE[kind][1] in named
+    assert res.stdout == ""
+    ok = bench(command, results, "--skip-damaged")
+    assert ok.exit_code == 0, ok.output
+    (warning,) = [line for line in ok.stderr.splitlines() if line.startswith("warning:")]
+    assert str(bad) in warning and DAMAGE[kind][1] in warning
+    assert ok.stdout == bench(command, write_all(tmp_path / "clean", suite((0, 1)))).stdout
+
+
+def test_plot_names_a_damaged_file(tmp_path: Path) -> None:
+    results, bad = _damaged_results(tmp_path, "truncated")
+    one_line_error(bench("plot", results), "--skip-damaged")
+    assert not (results / "plots").exists()
+    ok = bench("plot", results, "--skip-damaged", "--format", "svg")
+    assert ok.exit_code == 0 and str(bad) in ok.stderr
+
+
+def test_unreadable_record_permission_denied(tmp_path: Path, monkeypatch) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    locked = next(results.glob("*.json"))
+    real_open = os.open
+
+    def deny(path, *args, **kwargs):  # root reads any file: deny this one as a user's OS would
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(store.os, "open", deny)
+    res = bench("leaderboard", results)
+    one_line_error(res)
+    assert f"damaged: {locked}: permission denied" in res.stderr
+
+
+def test_check_fails_when_a_record_it_needs_is_unreadable(tmp_path: Path) -> None:
+    base = write_all(tmp_path / "base", suite())
+    new = write_all(tmp_path / "new", suite())
+    regression = next(new.glob("lm__fast__seed0*.json"))
+    regression.write_text(regression.read_text()[:100])  # the record that would show a change
+    res = bench("check", new, "--against", base)
+    one_line_error(res, "cannot check", "repair or remove")
+    assert f"damaged: {regression}" in res.stderr
+    res = bench("check", base, "--against", new)  # the damaged side is the baseline
+    one_line_error(res, "cannot check")
+
+
+def test_check_on_a_wrong_schema_record_is_one_line(tmp_path: Path) -> None:
+    base = write_all(tmp_path / "base", suite())
+    new = write_all(tmp_path / "new", suite())
+    (new / "odd.json").write_text(json.dumps({"run_id": "odd", "task": 3}))
+    res = bench("check", new, "--against", base)
+    one_line_error(res, "cannot check")
+    assert "odd.json: is not a run record" in res.stderr
+
+
+def test_a_nested_copy_of_the_results_does_not_double_trials(tmp_path: Path) -> None:
+    results = write_all(tmp_path / "res", suite((0, 1)))
+    before = bench("export", results, "--format", "json").stdout
+    copy = results / "backup"
+    write_all(copy, suite((0, 1)))
+    res = bench("export", results, "--format", "json")
+    assert res.exit_code == 0 and res.stdout == before  # same trials, same numbers
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len(suite((0, 1))) and all("a copy of" in w for w in warnings)
+    changed = next(copy.glob("lm__adamw__seed0*.json"))
+    data = json.loads(changed.read_text())
+    data["status"] = "diverged"
+    changed.write_text(json.dumps(data))
+    one_line_error(bench("leaderboard", results), "stored twice with different contents")
+
+
+def test_suite_side_files_and_exports_are_not_damaged_records(tmp_path: Path) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    assert bench("export", results, "--format", "json", "--out", results / "t.json").exit_code == 0
+    (results / "calibration.json").write_text("{}")
+    res = bench("leaderboard", results)
+    assert res.exit_code == 0 and "damaged" not in res.output
+
+
+# -- 3. one-line errors for bad YAML ----------------------------------------------------------
+
+
+def test_binary_suite_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_bytes(b"name: x\n\xff\xfe\x00\x01tasks: []\n")
+    one_line_error(bench("suite", "validate", path), "not UTF-8")
+
+
+def test_suite_file_that_is_a_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    os.mkfifo(path)
+    one_line_error(bench("suite", "validate", path), "not a regular file")
+
+
+def test_yaml_key_that_is_a_list_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("{? [1, 2] : 3}\n")
+    one_line_error(bench("suite", "validate", path), "key must be a plain name", "line 1")
+
+
+def test_yaml_alias_bomb_is_refused_quickly_with_a_short_message(tmp_path: Path) -> None:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\ntasks: *a8\n")
+    assert path.stat().st_size < 1024  # 9**9 strings once expanded
+    res = bench("suite", "validate", path)
+    line = one_line_error(res, "expands to more than")
+    assert len(res.output) < 400 and len(line) < 300
+
+
+def test_yaml_self_referencing_alias_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text("tasks: &t [*t]\n")
+    one_line_error(bench("suite", "validate", path), "contains it")
+
+
+def test_long_values_are_cut_in_messages(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE.format(task_id="rb", extra=f"seeds: ['{'x' * 5000}']\n"))
+    line = one_line_error(bench("suite", "validate", path), "seeds")
+    assert len(line) < 300
+
+
+# -- 4. validation that agrees with itself -----------------------------------------------------
+
+
+def run_rosenbrock(tmp_path: Path, *extra: str, steps: str | None = "3"):
+    out = tmp_path / "out"
+    budget = ["--steps", steps] if steps else []
+    res = bench("run", "--opt", "adamw", "--task", "rosenbrock", *budget, "--out", out, "--quiet",
+                *extra)  # fmt: skip
+    return res, out
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("inf", "lr must be a finite number"), ("1e999", "finite"), ("true", "not true/false"),
+     (".nan", "finite"), ("-.inf", "finite")],
+)  # fmt: skip
+def test_non_finite_or_boolean_learning_rates_are_refused(tmp_path: Path, value, says) -> None:
+    res, out = run_rosenbrock(tmp_path, "--set", f"lr={value}")
+    one_line_error(res, says)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_boolean_weight_decay_is_refused(tmp_path: Path) -> None:
+    res, _ = run_rosenbrock(tmp_path, "--set", "weight_decay=false")
+    one_line_error(res, "weight_decay")
+
+
+def test_set_parses_values_exactly_like_a_yaml_file(tmp_path: Path) -> None:
+    for text in ["[0.9, 1e-1]", "1e-3", "3.0e-4", "null", "true", "[1, 2]", "cosine", "0x10"]:
+        assert parse_value(text) == read_yaml(f"v: {text}\n", "f")["v"], text
+    res, out = run_rosenbrock(tmp_path, "--set", "betas=[0.9, 1e-1]")
+    assert res.exit_code == 0, res.output
+    (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert record["hparams"]["betas"] == [0.9, 0.1]
+
+
+def test_set_with_invalid_yaml_says_so(tmp_path: Path) -> None:
+    res, _ = run_rosenbrock(tmp_path, "--set", "betas=[0.9, 0.99")
+    one_line_error(res, "--set betas", "invalid YAML")
+
+
+@pytest.mark.parametrize("steps", [str(10**9 + 1), str(10**23)])
+def test_huge_step_counts_are_refused(tmp_path: Path, steps: str) -> None:
+    res, out = run_rosenbrock(tmp_path, steps=steps)
+    one_line_error(res, "steps", "less than or equal to 1000000000")
+    assert not out.exists()
+    res, out = run_rosenbrock(tmp_path, "--set", f"run.steps={steps}", steps=None)
+    one_line_error(res, "steps", "less than or equal to 1000000000")
+
+
+def test_data_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    for data in ("/dev/zero", str(fifo)):
+        res = bench(
+            "run", "--opt", "adamw", "--task", "lm-small", "--steps", "2", "--data", data,
+            "--out", tmp_path / "o", "--quiet",
+        )  # fmt: skip
+        one_line_error(res, "is not a regular file")
+
+
+# -- 5. terminal output -----------------------------------------------------------------------
+
+HOSTILE = "lm\x1b[31m\x1b]0;pwned\x07\x1b[2J\rX\x08\x9b"
+
+
+def test_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
+    records = [r.model_copy(update={"task_id": HOSTILE}) for r in suite((0,))]
+    results = write_all(tmp_path / "res", records)
+    for args in (
+        ["leaderboard", results],
+        ["export", results],
+        ["export", results, "--format", "csv"],
+    ):
+        res = bench(*args)
+        assert res.exit_code == 0, res.output
+        assert "lm" in res.stdout and "pwned" not in res.stdout
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", res.output), repr(res.output)
+
+
+# -- 6. messages that say what is wrong -------------------------------------------------------
+
+
+def test_out_under_a_file_says_the_file_is_not_a_folder(tmp_path: Path) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = one_line_error(
+        bench("export", results, "--out", blocker / "x.md"), "is a file, not a folder"
+    )
+    assert "File exists" not in line
+    one_line_error(bench("plot", results, "--out", blocker), "is a file, not a folder")
+    res, _ = run_rosenbrock(tmp_path, "--out", str(blocker / "sub"))
+    one_line_error(res, "is a file, not a folder")
+
+
+def test_a_file_where_a_folder_is_expected(tmp_path: Path) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    record = next(results.glob("*.json"))
+    line = one_line_error(bench("leaderboard", record), "is a file, not a folder")
+    assert "does not exist" not in line
+    one_line_error(bench("check", results, "--against", record), "is a file, not a folder")
+    one_line_error(bench("leaderboard", tmp_path / "nope"), "does not exist")
+
+
+# -- 7. bench check says exactly what it compared ---------------------------------------------
+
+
+def test_check_never_rounds_away_the_difference(tmp_path: Path) -> None:
+    base = suite()  # lm / fast reaches the target at 2000, 2050 and 2100 tokens
+    new = [r for r in base if not (r.task == "lm" and r.optimizer == "fast")]
+    new += [make_record("lm", "fast", s, 2100.5) for s in (0, 1, 2)]  # just above the interval
+    res = bench(
+        "check", write_all(tmp_path / "new", new), "--against", write_all(tmp_path / "b", base),
+        "--tolerance", "0",
+    )  # fmt: skip
+    assert res.exit_code == 1
+    (line,) = [x for x in res.stderr.splitlines() if "lm / fast" in x]
+    median, hi = re.search(r"to-target (\S+) is above .*, (\S+)\]", line).groups()
+    assert median != hi, line
+    assert "0% tolerance" in line
+
+
+def test_a_passing_check_says_what_it_compared(tmp_path: Path) -> None:
+    base = write_all(tmp_path / "b", suite())
+    res = bench("check", write_all(tmp_path / "n", suite()), "--against", base)
+    assert res.exit_code == 0, res.output
+    n_runs = len(suite())
+    assert (
+        f"compared 2 tasks and 3 optimizers (6 task-optimizer pairs, {n_runs} runs against "
+        f"{n_runs} baseline runs), tolerance 5%" in res.stdout
+    )
+
+
+def test_the_yaml_loader_is_the_suite_loader() -> None:
+    # a guard for the parse tests above: PyYAML alone reads 1e-1 as text
+    assert yaml.safe_load("v: 1e-1")["v"] == "1e-1" and read_yaml("v: 1e-1", "f")["v"] == 0.1
