@@ -237,7 +237,7 @@ def title(lb: Leaderboard, task: str) -> str:
     if rows["unequal"].any() and counts:
         usual = max(set(counts.values()), key=lambda n: (list(counts.values()).count(n), -n))
         odd = ", ".join(f"{o} {n}" for o, n in counts.items() if n != usual)
-        text += f"; UNEQUAL tuning budgets (configurations: {odd}, the others {usual})"
+        text += f"; unequal budgets: {odd} configs, the others {usual}"
     return text
 
 

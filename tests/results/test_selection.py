@@ -118,10 +118,8 @@ def test_unequal_budgets_are_counted_and_marked() -> None:
     lb = leaderboard.build(records + scored)
     assert lb.tasks["unequal"].all()
     assert list(lb.tasks.set_index("optimizer").loc[["adamw", "ademamix"], "configs"]) == [3, 6]
-    assert "UNEQUAL tuning budgets (configurations: ademamix 6, the others 3)" in export.title(
-        lb, "lm"
-    )
-    assert "UNEQUAL" not in export.title(
+    assert "unequal budgets: ademamix 6 configs, the others 3" in export.title(lb, "lm")
+    assert "unequal" not in export.title(
         leaderboard.build(records[:3] + records[9:] + scored), "lm"
     )
 
