@@ -44,7 +44,8 @@ def _warn(message: str) -> None:
 
 def _records(directory: Path, skip_damaged: bool = False) -> list[RunRecord]:
     """The records of ``directory``; unreadable files fail the command unless skipped."""
-    records = load_records(directory, skip_damaged=skip_damaged, warn=_warn)
+    hint = ", or pass --skip-damaged to leave them out"
+    records = load_records(directory, skip_damaged, _warn, skip_hint=hint)
     if not records:
         raise BenchError(f"no run records in {str(directory)!r}")
     return records

@@ -345,6 +345,11 @@ def test_data_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
             "--out", tmp_path / "o", "--quiet",
         )  # fmt: skip
         one_line_error(res, "is not a regular file")
+    res = bench(
+        "run", "--opt", "adamw", "--task", "lm-small", "--steps", "2", "--set",
+        "val_data=/dev/zero", "--out", tmp_path / "o", "--quiet",
+    )  # fmt: skip
+    one_line_error(res, "is not a regular file", "val_data")
 
 
 # -- 5. terminal output -----------------------------------------------------------------------

@@ -292,11 +292,13 @@ def load_records(
     directory: Path,
     skip_damaged: bool = False,
     warn: Callable[[str], None] | None = None,
+    skip_hint: str = "",
 ) -> list[RunRecord]:
     """Every record under ``directory`` (recursively), sorted by task, optimizer and seed.
 
-    An unreadable file raises ``DamagedRecordsError`` naming each one, unless ``skip_damaged``:
-    then ``warn`` hears of each. A second copy of a record is left out with a warning.
+    An unreadable file raises ``DamagedRecordsError`` naming each one (its message ends with
+    ``skip_hint``, say how to skip them), unless ``skip_damaged``: then ``warn`` hears of each.
+    A second copy of a record is left out with a warning.
     """
     scan = scan_records(directory)
     say = warn or (lambda _msg: None)
@@ -304,7 +306,7 @@ def load_records(
         n = len(scan.damaged)
         raise DamagedRecordsError(
             f"{n} file{'s' * (n > 1)} in {str(directory)!r} cannot be read as run records; "
-            "repair or remove them, or pass --skip-damaged to leave them out",
+            f"repair or remove them{skip_hint}",
             [f"damaged: {d}" for d in scan.damaged],
         )
     for d in scan.damaged:
