@@ -90,9 +90,39 @@ def check_device(name: str) -> None:
         raise ConfigError(f"device {name!r} requested but MPS is not available; use cpu")
 
 
+def host_memory_gib() -> float | None:
+    """Memory the host has available (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(task: Task, device: str) -> None:
+    """Refuse a CPU run whose task estimates more than twice the memory the host has: sizes
+    that cannot fit fail here with the options to lower, not in the out-of-memory killer."""
+    if device not in ("cpu", "auto") or (device == "auto" and torch.cuda.is_available()):
+        return
+    have = host_memory_gib()
+    need = task.memory_gib
+    if have is not None and need > 2 * have:
+        sizes = ", ".join(
+            f"{k}={v}" for k, v in task.options.model_dump().items() if isinstance(v, int)
+        )
+        raise ConfigError(
+            f"task {task.registry_name!r} needs about {need:,.1f} GiB but this machine has "
+            f"{have:,.1f} GiB available; lower its sizes ({sizes})"
+        )
+
+
 def check_settings(settings: RunSettings, task: Task) -> None:
     """Settings that are valid alone but not together, or not on this machine."""
     check_device(settings.device)
+    check_memory(task, settings.device)
     if settings.eval_interval > settings.steps:
         raise ConfigError(
             f"eval_interval ({settings.eval_interval}) is larger than steps ({settings.steps}): "

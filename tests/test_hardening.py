@@ -352,6 +352,16 @@ def test_data_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     one_line_error(res, "is not a regular file", "val_data")
 
 
+@pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="reads Linux's MemAvailable")
+@pytest.mark.parametrize("size", ["batch_size=1000000000", "n_embd=1000000"])
+def test_sizes_that_cannot_fit_in_memory_are_refused_before_allocating(tmp_path, size) -> None:
+    out = tmp_path / "o"
+    res = bench("run", "--opt", "adamw", "--task", "lm-small", "--set", size, "--steps", "2",
+                "--device", "cpu", "--out", out, "--quiet")  # fmt: skip
+    one_line_error(res, "needs about", "GiB available", size)
+    assert not out.exists()
+
+
 # -- 5. terminal output -----------------------------------------------------------------------
 
 HOSTILE = "lm\x1b[31m\x1b]0;pwned\x07\x1b[2J\rX\x08\x9b"
