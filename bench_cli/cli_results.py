@@ -159,7 +159,7 @@ def check(
 ) -> None:
     """Exit 1 when tokens-to-target regressed beyond its interval or a run newly failed, or when
     a record of either folder cannot be read."""
-    report = checks.check_dirs(directory, against, tolerance)
+    report = checks.check_dirs(directory, against, tolerance, warn=_warn)
     for problem in report.problems:
         stderr.print(f"[red]regression:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     if report.problems:

@@ -225,6 +225,8 @@ def test_a_nested_copy_of_the_results_does_not_double_trials(tmp_path: Path) -> 
     assert res.exit_code == 0 and res.stdout == before  # same trials, same numbers
     warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == len(suite((0, 1))) and all("a copy of" in w for w in warnings)
+    check = bench("check", results, "--against", write_all(tmp_path / "base", suite((0, 1))))
+    assert check.exit_code == 0 and check.stderr.count("a copy of") == len(suite((0, 1)))
     changed = next(copy.glob("lm__adamw__seed0*.json"))
     data = json.loads(changed.read_text())
     data["status"] = "diverged"

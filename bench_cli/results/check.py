@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,9 +162,9 @@ class Report:
     compared: str
 
 
-def _load(directory: Path) -> list[RunRecord]:
+def _load(directory: Path, warn: Callable[[str], None] | None) -> list[RunRecord]:
     try:
-        records = load_records(directory)
+        records = load_records(directory, warn=warn)
     except DamagedRecordsError as exc:
         n = len(exc.details)
         raise DamagedRecordsError(
@@ -177,9 +177,15 @@ def _load(directory: Path) -> list[RunRecord]:
     return records
 
 
-def check_dirs(new_dir: Path, base_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> Report:
-    """``compare`` on the records stored in two directories."""
-    new, base = _load(new_dir), _load(base_dir)
+def check_dirs(
+    new_dir: Path,
+    base_dir: Path,
+    tolerance: float = DEFAULT_TOLERANCE,
+    warn: Callable[[str], None] | None = None,
+) -> Report:
+    """``compare`` on the records stored in two directories; ``warn`` hears of each second copy
+    of a record that was left out."""
+    new, base = _load(new_dir, warn), _load(base_dir, warn)
     problems = compare(new, base, tolerance)
     tasks = {r.task_key for r in base}
     pairs = {(r.task_key, r.optimizer) for r in base}
