@@ -1,11 +1,10 @@
 """The ``bench`` command: each command declares its options and hands off to ``bench_cli.api``."""
 
-import inspect
 from pathlib import Path
-from typing import Annotated, get_args, get_origin
+from typing import Annotated
 
 import typer
-from typer.models import OptionInfo
+from typer.core import TyperCommand, TyperGroup
 
 from bench_cli import __version__, api, describe
 from bench_cli.cli_results import register as register_results_commands
@@ -108,21 +107,36 @@ from bench_cli.cli_perf import perf_app  # noqa: E402
 app.add_typer(perf_app, name="perf")
 
 
-def _flags_take_no_value(typer_app: typer.Typer) -> None:
-    """Help shows no ``<bool>`` type after a flag: a flag takes no value."""
+def _untyped_flags(params: list) -> list:
+    """A flag takes no value, so its help row shows no type (typer's rich help prints
+    ``<bool>`` for any option without a metavar)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
+
+
+def _use_untyped_flags(typer_app: typer.Typer) -> None:
+    """Every command and group of the app, including those registered by other modules."""
+    typer_app.info.cls = _Group
     for info in typer_app.registered_commands:
-        for param in inspect.signature(info.callback).parameters.values():
-            ann = param.annotation
-            metas = get_args(ann)[1:] if get_origin(ann) is Annotated else ()
-            is_bool = (get_args(ann)[0] if metas else ann) is bool
-            for meta in (*metas, param.default):
-                if is_bool and isinstance(meta, OptionInfo) and meta.metavar is None:
-                    meta.metavar = ""
+        info.cls = _Command if info.cls in (None, TyperCommand) else info.cls
     for group in typer_app.registered_groups:
-        _flags_take_no_value(group.typer_instance)
+        group.cls = _Group
+        _use_untyped_flags(group.typer_instance)
 
 
-_flags_take_no_value(app)
+_use_untyped_flags(app)
 
 
 def main() -> None:

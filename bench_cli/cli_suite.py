@@ -99,3 +99,12 @@ def status(directory: Annotated[Path, typer.Argument(help="A suite directory.")]
         highlight=False,
     )
     _print_targets(suite.calibration_of(directory))
+
+
+@suite_app.command()
+@friendly
+def schema() -> None:
+    """Print the suite file's JSON Schema, for editors (docs/how-to/editors.md)."""
+    from bench_cli.schema_docs import schema_text
+
+    typer.echo(schema_text(), nl=False)

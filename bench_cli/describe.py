@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench_cli.config import RunSettings
 from bench_cli.errors import UnknownNameError
-from bench_cli.mathtext import to_text
+from bench_cli.mathtext import inline_text, to_text
 from bench_cli.plugins import suggestion
 from bench_cli.references import reference_lines
 from bench_cli.registry import OPTIMIZERS, optimizer_defaults
@@ -23,7 +23,7 @@ from bench_cli.tasks import TASKS
 
 def _first_line(obj: object) -> str:
     doc = inspect.getdoc(obj) or ""
-    return doc.splitlines()[0] if doc else ""
+    return inline_text(doc.splitlines()[0]) if doc else ""
 
 
 def catalog() -> dict[str, list[tuple[str, str]]]:

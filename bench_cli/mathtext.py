@@ -216,7 +216,9 @@ def latex_text(tex: str) -> str:
 _INLINE = re.compile(r":math:`([^`]*)`|``([^`]*)``|\*\*([^*]*)\*\*")
 
 
-def _inline_text(line: str) -> str:
+def inline_text(line: str) -> str:
+    """One line of reST prose as plain text: math as unicode, no ``code`` or **bold** marks."""
+
     def sub(m: re.Match) -> str:
         if m.group(1) is not None:
             return latex_text(m.group(1))
@@ -232,7 +234,7 @@ def to_text(doc: str, width: int = 96) -> str:
     parts = []
     for block in blocks(doc):
         if block.kind == "text":
-            parts.append(textwrap.fill(_inline_text(" ".join(block.lines)), width))
+            parts.append(textwrap.fill(inline_text(" ".join(block.lines)), width))
             continue
         rows = [[latex_text(cell).strip() for cell in row.split("&", 1)] for row in block.lines]
         pad = max((len(r[0]) for r in rows if len(r) == 2), default=0)

@@ -29,9 +29,9 @@ from bench_cli.results.record import RunRecord
 from bench_cli.results.store import atomic_write_text, load_records
 
 NOTE = (
-    "Each optimizer at its best configuration; medians over seeds with [95% intervals] where "
-    "columns _lo/_hi are given. A blank cell is undefined (a target never reached, no "
-    "baseline); inf is a censored bound. 'tokens' counts the task's unit."
+    "Each optimizer at its best configuration: medians over seeds, [95% interval] beside them "
+    "when the seeds differ. A blank cell or — is undefined (a target never reached, no "
+    "baseline); ∞ is a censored bound. 'tokens' counts the task's unit."
 )
 
 
@@ -46,10 +46,29 @@ def _cell(x) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _with_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns ``X``, ``X_lo``, ``X_hi`` as one column ``X`` of "median [lo, hi]" cells (the
+    median alone where the interval is a point, as with one seed); empty columns dropped."""
+    out = {}
+    for name in df.columns:
+        if any(name == f"{base}_{end}" for base in df.columns for end in ("lo", "hi")):
+            continue
+        col = df[name].map(_cell)
+        if f"{name}_lo" in df.columns and f"{name}_hi" in df.columns:
+            lo, hi = df[f"{name}_lo"].map(_cell), df[f"{name}_hi"].map(_cell)
+            col = [
+                m if (lo_ == hi_ == m or not (lo_ or hi_)) else f"{m or '—'} [{lo_}, {hi_}]"
+                for m, lo_, hi_ in zip(col, lo, hi)
+            ]
+        out[name] = list(col)
+    shown = pd.DataFrame(out, index=df.index)
+    return shown.loc[:, [c for c in shown.columns if (shown[c] != "").any()]]
+
+
 def table_html(df: pd.DataFrame) -> str:
-    """Any DataFrame as an HTML table: numbers to 4 significant digits, long text cut."""
-    shown = df.apply(lambda col: col.map(_cell))
-    return shown.to_html(index=False, classes="data", border=0, escape=True)
+    """Any DataFrame as an HTML table: numbers to 4 significant digits, intervals merged into
+    their median's cell, long text cut."""
+    return _with_intervals(df).to_html(index=False, classes="data", border=0, escape=True)
 
 
 def _svg_inline(svg: str, prefix: str) -> str:

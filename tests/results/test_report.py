@@ -1,0 +1,211 @@
+"""``bench report``: one self-contained HTML page, checked as text and in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench_cli.cli import app
+from bench_cli.describe import docstrings
+from bench_cli.results.record import EvalPoint, TrainPoint
+from bench_cli.results.report import build_report
+from tests.results import make_record, suite, write_all
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+SUITE_TEXT = "name: report-test\nseeds: [0, 1, 2]\n"
+
+
+def rich_records() -> list:
+    """Two tasks, three optimizers, three seeds; the 'lm' runs kept per-step training losses
+    and a forgetting probe; the optimizers are named like built-ins so their rules render."""
+    names = {"fast": "lion", "slow": "ademamix", "adamw": "adamw"}
+    out = []
+    for r in suite():
+        update = {
+            "optimizer": names[r.optimizer],
+            "run_id": r.run_id.replace(r.optimizer, names[r.optimizer]),
+        }
+        if r.task == "lm":
+            update["train_curve"] = [
+                TrainPoint(step=p.step, loss=p.metrics["val_loss"] + 0.1, lr=1e-3)
+                for p in r.curve[1:]
+            ]
+            update["curve"] = [
+                EvalPoint(
+                    step=p.step,
+                    tokens=p.tokens,
+                    seconds=p.seconds,
+                    metrics={**p.metrics, "probe_loss": 3.0 - p.step / 100},
+                )
+                for p in r.curve
+            ]
+            update["task_options"] = {"probe_batch_step": 30}
+        out.append(r.model_copy(update=update))
+    return out
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    folder = write_all(tmp_path / "suite", rich_records())
+    (folder / "suite.resolved.yaml").write_text(SUITE_TEXT)
+    (folder / "environment.json").write_text(json.dumps({"host": "test-host", "torch": "9.9"}))
+    return folder
+
+
+def test_report_holds_tables_figures_rules_suite_and_environment(results: Path) -> None:
+    html = build_report(rich_records(), "adamw", docstrings(), results)
+    assert html.count('<table class="dataframe data">') == 3  # lm, valley, overall
+    for section in ("Loss against tokens", "Loss against training time", "Forgetting probe"):
+        assert f"<h3>{section}</h3>" in html
+    assert "Training loss at every logged step" in html and "Performance profile" in html
+    assert html.count("<svg") == 2 + 2 + 1 + 1 + 1  # 2 tasks x 2 axes, train, probe, profile
+    assert html.count("<math") > 20 and "β" not in re.sub(r"<math.*?</math>", "", html, flags=re.S)
+    for name in ("adamw", "lion", "ademamix"):
+        assert f"<h3>{name}</h3>" in html
+    assert "seeds: [0, 1, 2]" in html and "test-host" in html
+    # self-contained: no script, stylesheet link, frame or external source of any kind
+    assert not re.search(r"<script|<link|<iframe|<img|src=|@import|url\((?!#)", html)
+
+
+def test_svg_ids_are_unique_across_figures(results: Path) -> None:
+    html = build_report(rich_records(), "adamw", docstrings(), results)
+    ids = re.findall(r'\sid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+    for ref in re.findall(r"url\(#([^)]+)\)", html):
+        assert ref in ids
+
+
+def test_one_seed_shows_no_interval(tmp_path: Path) -> None:
+    records = [make_record("lm", o, 0, t) for o, t in (("adamw", 4000.0), ("lion", 2000.0))]
+    html = build_report(records, "adamw", docstrings(), tmp_path)
+    tables = "".join(re.findall(r'<table class="dataframe data">.*?</table>', html, flags=re.S))
+    assert tables and "[" not in tables
+    assert "<td>4000</td>" in tables and "<td>2000</td>" in tables  # tokens to target
+
+
+def test_report_command_writes_the_file(results: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(app, ["report", str(results), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    res = CliRunner().invoke(app, ["report", str(results)])
+    assert res.exit_code == 0 and (results / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/missing"], "no folder"),
+        (["{tmp}/empty"], "no run records"),
+        (["{results}", "--baseline", "sgd"], "baseline 'sgd' has no runs here"),
+        (["{results}", "--out", "{tmp}/no/such/r.html"], "does not exist"),
+    ],
+)
+def test_report_refuses_bad_input_in_one_line(results, tmp_path, args, message) -> None:
+    (tmp_path / "empty").mkdir()
+    args = [a.format(tmp=tmp_path, results=results) for a in args]
+    before = sorted(p.name for p in results.iterdir())
+    res = CliRunner().invoke(app, ["report", *args])
+    assert res.exit_code == 1 and message in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in results.iterdir()) == before  # nothing written
+
+
+# ---- in a real browser -------------------------------------------------------------------------
+
+
+def browser():
+    """Headless Chromium through chromedriver, logging the console and the network."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("no Chromium here: apt-get install chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (test extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument("--window-size=1280,2000")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+
+
+def visit(driver, page: Path, profile: Path) -> dict:
+    """Load ``page``; return its console errors, every URL it requested, and what it shows."""
+    driver.get(page.resolve().as_uri())
+    shown = driver.execute_script(
+        """
+        const seen = (e) => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+        return {
+          tables: [...document.querySelectorAll('table.data')].filter(seen).length,
+          rows: document.querySelectorAll('table.data tbody tr').length,
+          figures: [...document.querySelectorAll('figure svg')].filter(seen).length,
+          maths: [...document.querySelectorAll('math')].filter(seen).length,
+          title: document.title,
+        };
+        """
+    )
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    requests = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            requests.append(message["params"]["request"]["url"])
+    return {"errors": errors, "requests": requests, **shown}
+
+
+@pytest.fixture
+def driver(tmp_path: Path):
+    d = browser()
+    yield d
+    d.quit()
+
+
+def test_the_browser_check_catches_errors_and_requests(driver, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<html><body><img src="http://192.0.2.1/x.png"><script>undefinedCall()</script></body></html>'
+    )
+    seen = visit(driver, bad, tmp_path)
+    assert any("undefinedCall" in e for e in seen["errors"])
+    assert "http://192.0.2.1/x.png" in seen["requests"]
+
+
+def test_report_in_chromium_loads_clean_and_shows_everything(driver, results, tmp_path) -> None:
+    out = tmp_path / "report.html"
+    assert CliRunner().invoke(app, ["report", str(results), "--out", str(out)]).exit_code == 0
+    seen = visit(driver, out, tmp_path)
+    assert seen["errors"] == []
+    assert seen["requests"] == [out.resolve().as_uri()]  # the page itself, nothing else
+    assert seen["tables"] == 3 and seen["rows"] == 3 + 3 + 3
+    assert seen["figures"] == 7 and seen["maths"] > 20
+    assert seen["title"] == "bench report: suite"
+
+
+def test_report_screenshot(driver, results, tmp_path) -> None:
+    out = tmp_path / "report.html"
+    assert CliRunner().invoke(app, ["report", str(results), "--out", str(out)]).exit_code == 0
+    driver.get(out.resolve().as_uri())
+    shot = tmp_path / "report.png"
+    assert driver.save_screenshot(str(shot))
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[1] == 1280 and pixels.shape[0] > 1000
+    # a page with text and curves: many distinct colours, not a blank or error page
+    colours = {tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3)}
+    assert len(colours) > 50
