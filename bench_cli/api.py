@@ -11,15 +11,22 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from bench_cli.config import RunSettings, parse_sets, sort_overrides, validation_message
-from bench_cli.errors import ConfigError
+from bench_cli.config import (
+    Budget,
+    OptimizerEntry,
+    RunSettings,
+    SuiteFile,
+    TaskEntry,
+    parse_sets,
+    sort_overrides,
+    validation_message,
+)
+from bench_cli.errors import BenchError, ConfigError
 from bench_cli.plugins import load_plugin, normalize
 from bench_cli.registry import OPTIMIZERS, build_optimizer, optimizer_defaults
 from bench_cli.registry.recipes import recommended_hparams
 from bench_cli.results.record import RunRecord
-from bench_cli.results.store import ensure_writable_dir, write_record
-from bench_cli.runner import RunCallback, RunSpec, resolve_device
-from bench_cli.runner import run as run_loop
+from bench_cli.spec import RunSpec
 from bench_cli.tasks import TASKS
 from bench_cli.tasks.base import Task
 
@@ -42,6 +49,11 @@ class RunRequest:
     hparams: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: several seeds (``bench run --seed 0,1,2``); ``seed`` when empty
+    seeds: list[int] = field(default_factory=list)
+    #: why the run exists (a suite's phase) and its grid point's swept values
+    role: str = "score"
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def load_plugins(plugins: list[str]) -> None:
@@ -50,7 +62,16 @@ def load_plugins(plugins: list[str]) -> None:
 
 
 def run_id_for(payload: dict[str, Any]) -> str:
-    """Readable and unique: task, optimizer, seed and a hash of everything resolved."""
+    """Readable and unique: task, optimizer, seed and a hash of everything that changes training.
+
+    The target is left out: it decides only where a curve is read, so a run scored against a
+    calibrated target is the same run as before calibration (its record is rescored, not rerun).
+    So is how often a run checkpoints, which never changes what it computes.
+    """
+    payload = {k: v for k, v in payload.items() if k != "target"}
+    payload["settings"] = {
+        k: v for k, v in payload["settings"].items() if k not in ("target", "checkpoint_minutes")
+    }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     digest = hashlib.sha256(blob).hexdigest()[:10]
     return f"{payload['task']}__{payload['optimizer']}__seed{payload['seed']}__{digest}"
@@ -151,7 +172,8 @@ def resolve_hparams(
     """Defaults <- the optimizer's recipe for this task <- the user's values <- run horizons."""
     cls = OPTIMIZERS.get(optimizer)
     defaults = optimizer_defaults(cls)
-    hparams = {**defaults, **recommended_hparams(optimizer, task.BASELINE, set(defaults)), **given}
+    recipe = recommended_hparams(optimizer, task.BASELINE, set(defaults), task=task)
+    hparams = {**defaults, **recipe, **given}
     for key in getattr(cls, "horizon_hparams", ()):
         if hparams.get(key) is None:
             hparams[key] = settings.steps  # warmups over the whole run, as the authors advise
@@ -232,24 +254,102 @@ def plan_runs(req: RunRequest) -> tuple[Task, list[RunSpec]]:
             RunSpec(
                 run_id=run_id_for(payload),
                 task_id=task_id,
+                role=req.role,
+                config=req.config,
                 **{**payload, "settings": settings, "target": target},
             )
         )
     return task, specs
 
 
-def run(req: RunRequest, out_dir: Path, callback: RunCallback | None = None) -> list[RunRecord]:
-    """Run every optimizer of ``req`` on its task with the same seed; write one record each."""
-    task, specs = plan_runs(req)
-    device = resolve_device(specs[0].settings.device)
-    task.prepare(device)  # a missing data file fails here, before anything is written
-    ensure_writable_dir(out_dir)
-    records = []
-    for spec in specs:
-        record = run_loop(spec, task, device, callback)
-        write_record(record, out_dir)
-        records.append(record)
-    return records
+def request_suite(req: RunRequest) -> SuiteFile:
+    """``bench run``'s request as a one-task suite (its ``--set`` values sorted into place)."""
+    load_plugins(req.plugins)
+    task_cls = TASKS.get(req.task)
+    names = [normalize(OPTIMIZERS.get(o).registry_name) for o in req.optimizers]
+    if not names:
+        raise ConfigError("no optimizer given; pass --opt NAME[,NAME...]")
+    accepted = {o: set(optimizer_defaults(OPTIMIZERS.get(o))) for o in names}
+    over = sort_overrides(parse_sets(req.sets), accepted, set(task_cls.Options.model_fields))
+    settings = {**req.settings}
+    for key, flag, given in (("steps", "--steps", req.steps), ("device", "--device", req.device)):
+        if given is not None and key in over.settings and over.settings[key] != given:
+            raise ConfigError(
+                f"{flag} {given} and --set {key}={over.settings[key]} disagree; give one of them"
+            )
+        if given is not None:
+            settings[key] = given
+    settings.update(over.settings)
+    options = {**req.task_options, **over.task}
+    if req.data is not None:
+        if "data" not in task_cls.Options.model_fields:
+            raise ConfigError(f"task {task_cls.registry_name!r} reads no data file; drop --data")
+        options["data"] = req.data
+    budget = {k: settings.pop(k) for k in ("steps", "max_seconds", "eval_interval") if k in settings}
+    target = settings.pop("target", None)
+    device = settings.pop("device", None)
+    try:
+        return SuiteFile(
+            name=f"run-{task_cls.registry_name}",
+            tasks=[
+                TaskEntry(
+                    name=task_cls.registry_name,
+                    id=req.task_id,
+                    options=options,
+                    budget=Budget(**budget),
+                    settings=settings,
+                    target=target,
+                )
+            ],
+            optimizers=[
+                OptimizerEntry(name=n, hparams={**req.hparams, **over.hparams[n]}) for n in names
+            ],
+            seeds=req.seeds or [req.seed],
+            device=device,
+            plugins=list(req.plugins),
+        )
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "run setting")) from exc
+
+
+def run(
+    req: RunRequest,
+    out_dir: Path,
+    progress: Any = None,
+    executor: dict[str, Any] | None = None,
+    rerun: bool = False,
+    log: dict[str, Any] | None = None,
+) -> list[RunRecord]:
+    """Run every optimizer of ``req`` on its task, as a one-task suite through the same planner
+    and executors as ``bench suite run``; records already in ``out_dir`` are reused (``rerun``
+    replaces them). Returns the scored records (``.ran`` of the summary says how many ran)."""
+    return run_summary(req, out_dir, progress, executor, rerun, log).scored
+
+
+def run_summary(req, out_dir, progress=None, executor=None, rerun=False, log=None):
+    from bench_cli.executors.worker import _prepared
+    from bench_cli.folder import RUNS, Folder
+    from bench_cli.plan import build_plan
+    from bench_cli.progress import Progress
+    from bench_cli.protocol import resolved_text, run_plan
+    from bench_cli.suite import executor_settings
+
+    suite = request_suite(req)
+    plan = build_plan(suite)
+    first = plan.score_cells({}, {})[0].spec
+    prepared = _prepared(first)  # a missing data file fails here, before anything is written
+    if isinstance(prepared, BenchError):
+        raise prepared
+    folder = Folder(out_dir)
+    if folder.is_suite():
+        raise BenchError(f"{out_dir} holds a suite run; choose another --out for `bench run`")
+    text = resolved_text(plan)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    folder.claim_suite(text, name=f"{RUNS}/{suite.name}-{digest}.yaml")
+    settings = executor_settings(suite.executor, dict(executor or {}))
+    log = {"kinds": [], "group": suite.name, **(log or {})}
+    with folder, progress or Progress(quiet=True) as bar:
+        return run_plan(plan, folder, settings, bar, rerun=rerun, log=log)
 
 
 def summary(records: list[RunRecord]):

@@ -7,8 +7,25 @@ import typer
 from rich.markup import escape
 
 from bench_cli import suite
-from bench_cli.display import ProgressBar, frame_table, friendly, stderr, stdout
-from bench_cli.results.record import RunRecord
+from bench_cli.cli_run import (
+    Executor,
+    Gpus,
+    Jobs,
+    Log,
+    MlflowUri,
+    RayAddress,
+    RunsPerGpu,
+    SlurmAccount,
+    SlurmCluster,
+    SlurmFlag,
+    SlurmGpus,
+    SlurmPartition,
+    SlurmTime,
+    Threads,
+    executor_options,
+    log_options,
+)
+from bench_cli.display import frame_table, friendly, stderr, stdout
 
 suite_app = typer.Typer(
     help="Run YAML suites: every task x optimizer x configuration x seed, resumable.",
@@ -18,29 +35,13 @@ suite_app = typer.Typer(
 FileArg = Annotated[Path, typer.Argument(help="A suite file (see suites/*.yaml).")]
 
 
-class SuiteProgress(ProgressBar):
-    """A live row for the run in progress and one printed line per finished run."""
-
-    def on_end(self, record: RunRecord) -> None:
-        self.progress.remove_task(self.task_id)
-        metric = record.target.metric if record.target else None
-        best = (
-            f"best {metric} {record.best_metrics[metric]:.4g}"
-            if metric in record.best_metrics
-            else ""
-        )
-        self.progress.console.print(
-            f"{record.status:<8} {record.task} {record.optimizer} seed {record.seed} {best}",
-            highlight=False,
-        )
-
-
 def _print_targets(calibration: dict[str, dict]) -> None:
     for key, cal in calibration.items():
         sign = "<=" if cal["direction"] == "min" else ">="
         stderr.print(
             f"calibrated target of {key}: {cal['metric']} {sign} {cal['value']:.6g} "
-            f"(baseline's best {cal['best_config']}, margin {cal['margin']:g})",
+            f"(median best of the baseline's {cal.get('config') or 'configuration'} on "
+            f"calibration seeds {cal.get('seeds')}, margin {cal['margin']:g})",
             highlight=False,
         )
 
@@ -48,10 +49,14 @@ def _print_targets(calibration: dict[str, dict]) -> None:
 @suite_app.command()
 @friendly
 def validate(file: FileArg) -> None:
-    """Check a suite file under each of its tiers and say how many runs each would make."""
+    """Check a suite file under each of its tiers and say how many runs each phase would make."""
     counts = suite.validate_suite(file)
-    for tier, n in counts.items():
-        stdout.print(f"  tier {tier or '(as written)'}: {n} runs", highlight=False)
+    for tier, sizes in counts.items():
+        phases = ", ".join(f"{n} {phase}" for phase, n in sizes.items() if n)
+        stdout.print(
+            f"  tier {tier or '(as written)'}: {sum(sizes.values())} runs ({phases})",
+            highlight=False,
+        )
     stdout.print(f"{file} is valid", highlight=False)
 
 
@@ -69,20 +74,34 @@ def run_(
         bool,
         typer.Option(help="Skip runs whose record exists; --no-resume refuses a DIR with records."),
     ] = True,
+    max_cells: Annotated[
+        int, typer.Option(help="Refuse a suite of more cells unless raised.")
+    ] = suite.MAX_CELLS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
-) -> None:
-    """Run every cell of a suite into one directory; rerun to resume after an interruption."""
-    if quiet:
-        summary = suite.run_suite(file, tier, out, resume)
-    else:
-        with SuiteProgress() as bar:
-            summary = suite.run_suite(file, tier, out, resume, bar)
+    executor: Executor = None, jobs: Jobs = None, threads: Threads = None, gpus: Gpus = None,
+    runs_per_gpu: RunsPerGpu = None, ray_address: RayAddress = None,
+    slurm_cluster: SlurmCluster = None, slurm_partition: SlurmPartition = None,
+    slurm_time: SlurmTime = None, slurm_gpus: SlurmGpus = None,
+    slurm_account: SlurmAccount = None, slurm_flag: SlurmFlag = None,
+    log: Log = None, mlflow_uri: MlflowUri = None,
+) -> None:  # fmt: skip
+    """Run a suite's phases (tune, calibrate, score) into one directory; rerun to resume."""
+    from bench_cli.progress import Progress
+
+    ex = executor_options(
+        executor, jobs, threads, gpus, runs_per_gpu, ray_address, slurm_cluster,
+        slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
+    )  # fmt: skip
+    with Progress(stderr, quiet=quiet) as progress:
+        summary = suite.run_suite(
+            file, tier, out, resume, progress, ex, log_options(log, mlflow_uri), max_cells
+        )
     stdout.print(frame_table(suite.status_counts(summary.table), title=str(summary.out)))
     _print_targets(summary.calibration)
     stderr.print(f"{summary.ran} runs now, {summary.skipped} already done", highlight=False)
     for r in summary.failed:
         first = escape((r.error or "-").splitlines()[0])
-        stderr.print(f"[red]{r.optimizer} on {r.task} (seed {r.seed}) failed:[/red] {first}")
+        stderr.print(f"[red]{r.optimizer} on {r.task_id} (seed {r.seed}) failed:[/red] {first}")
     if summary.failed:
         raise typer.Exit(1)
 

@@ -66,6 +66,8 @@ from bench_cli.results.store import (
     read_regular_text,
 )
 
+#: a calibrated target is the baseline's median best value relaxed by this fraction by default
+DEFAULT_MARGIN = 0.01
 #: bounds of run settings: enough for any real run, small enough to fail early on a typo
 MAX_STEPS = 10**9
 MAX_SECONDS = 10**7  # about 116 days
@@ -94,6 +96,9 @@ class RunSettings(BaseModel):
     )
     max_seconds: float | None = Field(
         None, gt=0.0, le=MAX_SECONDS, description="wall-clock cap on training"
+    )
+    checkpoint_minutes: float | None = Field(
+        None, ge=0.0, description="minutes between checkpoints (default: 10 on GPU, off on CPU; 0: off)"
     )
 
 
@@ -235,7 +240,12 @@ class TaskEntry(_Strict):
     budget: Budget = Budget()
     settings: dict[str, Any] = {}
     target: Any = None  # a number, "calibrate", or None (the task's own target)
-    margin: float = Field(0.0, ge=0.0)
+    margin: float = Field(
+        DEFAULT_MARGIN,
+        ge=0.0,
+        description="calibrate only: the target is the baseline's median best value, relaxed by "
+        "this fraction of its size",
+    )
 
     @field_validator("target")
     @classmethod
@@ -264,6 +274,61 @@ class Tier(_Strict):
     tasks: dict[str, Budget] = {}
 
 
+class Tuning(_Strict):
+    """How configurations are chosen before scoring (``bench_cli.protocol``)."""
+
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="seeds of the tuning runs (default: one seed, above `seeds`)"
+    )
+    calibration_seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="seeds of the baseline's calibration runs (default: as many as `seeds`, "
+        "above the tuning seeds)",
+    )
+    budget: Literal["equal", "unequal"] = Field(
+        "equal",
+        description="`equal` refuses optimizers with different numbers of configurations; "
+        "`unequal` allows it and the tables mark it",
+    )
+
+
+class SlurmSettings(_Strict):
+    """Where SLURM jobs go (``--executor slurm``); passed to submitit."""
+
+    cluster: Literal["slurm", "local", "debug"] | None = Field(
+        None, description="submitit's cluster: slurm (default), or local for one machine"
+    )
+    partition: str | None = None
+    time_minutes: int = Field(60, ge=1, description="time limit of each job")
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    account: str | None = None
+    array_parallelism: int = Field(64, ge=1, description="jobs of the array running at once")
+    extra: dict[str, Any] = Field({}, description="more sbatch flags, e.g. {qos: high}")
+
+
+class ExecutorSettings(_Strict):
+    """How cells run (``--executor`` and its options override these)."""
+
+    kind: Literal["local", "ray", "slurm"] = "local"
+    jobs: int = Field(1, ge=1, le=256, description="CPU: runs at once")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU: torch threads per run (default: cores // jobs); results depend on it "
+        "at the level of float rounding, so fix it to compare runs across --jobs",
+    )
+    gpus: list[int] | None = Field(None, description="CUDA: which GPUs (default: all visible)")
+    runs_per_gpu: int | None = Field(
+        None, ge=1, le=16, description="CUDA: runs sharing a GPU (default: from memory, <= 4)"
+    )
+    ray_address: str | None = Field(None, description="an existing Ray cluster (default: local)")
+    slurm: SlurmSettings = SlurmSettings()
+
+
 class SuiteFile(_Strict):
     name: str | None = None
     description: str = ""
@@ -275,6 +340,11 @@ class SuiteFile(_Strict):
     plugins: list[str] = []
     tiers: dict[SafeName, Tier] = {}
     default_tier: str | None = None
+    tuning: Tuning = Tuning()
+    executor: ExecutorSettings = ExecutorSettings()
+    log: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        [], description="trackers every run logs to"
+    )
 
 
 # -- YAML suites: loading -----------------------------------------------------------------------
@@ -420,7 +490,7 @@ def _problems(suite: SuiteFile) -> list[str]:
             elif key not in RunSettings.model_fields:
                 known = ", ".join(k for k in RunSettings.model_fields if k not in _OWN_KEYS)
                 out.append(f"tasks[{i}].settings.{key}: unknown run setting; known: {known}")
-        if t.margin and t.target != "calibrate":
+        if "margin" in t.model_fields_set and t.target != "calibrate":
             out.append(f"tasks[{i}].margin: only applies with target: calibrate")
     for j, o in enumerate(suite.optimizers):
         for key in sorted(set(o.hparams) & set(o.sweep)):

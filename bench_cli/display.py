@@ -28,8 +28,8 @@ from rich.progress import (
 from rich.table import Table
 
 from bench_cli.errors import BenchError
-from bench_cli.results.record import RunRecord
-from bench_cli.runner import RunCallback, RunSpec
+from bench_cli.results.record import RunRecord, TrainPoint
+from bench_cli.spec import RunCallback, RunSpec
 
 # escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ones), then any other C0 or C1
 # control character but tab and newline, DEL, and the bidirectional overrides
@@ -96,11 +96,11 @@ class ProgressBar(RunCallback):
             f"{spec.optimizer} on {spec.task}", total=spec.settings.steps, loss="-", rate=""
         )
 
-    def on_log(self, step: int, loss: float, tokens_per_second: float) -> None:
+    def on_log(self, point: TrainPoint, tokens_per_second: float) -> None:
         self.progress.update(
             self.task_id,
-            completed=step,
-            loss=f"{loss:.4f}",
+            completed=point.step,
+            loss=f"{point.loss:.4f}",
             rate=f"{tokens_per_second:,.0f} {self.unit}/s",
         )
 

@@ -69,3 +69,40 @@ def from_rank0(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def run_request(req: Any, out: Any, rerun: bool = False) -> list:
+    """``bench run`` under torchrun: each cell trained by all ranks together; rank 0 reuses or
+    writes its record. Returns the records (on every rank)."""
+    from bench_cli import api
+    from bench_cli.environment import resolve_device
+    from bench_cli.folder import Folder
+    from bench_cli.plan import build_plan
+    from bench_cli.runner import run
+
+    plan = build_plan(api.request_suite(req))
+    if plan.tunes:
+        raise ValueError("a sweep under torchrun is not supported; run one configuration")
+    cells = plan.score_cells({}, {})
+    device_name = cells[0].spec.settings.device
+    probe = resolve_device(device_name)
+    init(probe.type)
+    device = torch.device("cuda", torch.cuda.current_device()) if probe.type == "cuda" else probe
+    folder = Folder(out)
+    task = api.make_task(cells[0].spec.task, cells[0].spec.task_options)
+    task.prepare(device)
+    records = []
+    for cell in cells:
+        old = folder.record(cell.run_id) if rank() == 0 and not rerun else None
+        old = from_rank0(old)
+        if old is not None:
+            records.append(old)
+            continue
+        record = run(cell.spec, task, device)
+        if rank() == 0:
+            folder.path.mkdir(parents=True, exist_ok=True)
+            folder.write(record)
+        records.append(record)
+    if active():
+        dist.barrier()
+    return records

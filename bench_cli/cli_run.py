@@ -1,0 +1,224 @@
+"""``bench run`` and ``bench plan``, and the executor options they share with ``bench suite run``."""
+
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bench_cli.display import frame_table, friendly, stderr, stdout
+from bench_cli.errors import ConfigError
+
+Executor = Annotated[
+    str | None,
+    typer.Option("--executor", help="local (default), ray or slurm.", rich_help_panel="Executor"),
+]
+Jobs = Annotated[
+    int | None, typer.Option(help="CPU: runs at once (default 1).", rich_help_panel="Executor")
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(help="CPU: threads per run (default: cores // jobs).", rich_help_panel="Executor"),
+]
+Gpus = Annotated[
+    str | None,
+    typer.Option(help="CUDA: the GPUs to use, e.g. 0,2 (default: all).", rich_help_panel="Executor"),
+]
+RunsPerGpu = Annotated[
+    int | None,
+    typer.Option(
+        help="CUDA: runs sharing one GPU (default: from memory, at most 4).",
+        rich_help_panel="Executor",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(help="Ray: an existing cluster (default: a local Ray).", rich_help_panel="Executor"),
+]
+SlurmCluster = Annotated[
+    str | None,
+    typer.Option(help="SLURM: slurm (default) or local.", rich_help_panel="Executor"),
+]
+SlurmPartition = Annotated[str | None, typer.Option(rich_help_panel="Executor")]
+SlurmTime = Annotated[
+    int | None, typer.Option(help="SLURM: minutes per job.", rich_help_panel="Executor")
+]
+SlurmGpus = Annotated[
+    int | None, typer.Option(help="SLURM: GPUs per job.", rich_help_panel="Executor")
+]
+SlurmAccount = Annotated[str | None, typer.Option(rich_help_panel="Executor")]
+SlurmFlag = Annotated[
+    list[str] | None,
+    typer.Option(help="SLURM: another sbatch flag, KEY=VALUE (repeatable).", rich_help_panel="Executor"),
+]
+Log = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--log", help="Log to tensorboard, mlflow or wandb (repeatable).", rich_help_panel="Trackers"
+    ),
+]
+MlflowUri = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI (default: a file store in the folder).", rich_help_panel="Trackers"),
+]
+
+
+def executor_options(
+    executor=None, jobs=None, threads=None, gpus=None, runs_per_gpu=None, ray_address=None,
+    slurm_cluster=None, slurm_partition=None, slurm_time=None, slurm_gpus=None,
+    slurm_account=None, slurm_flag=None,
+) -> dict:  # fmt: skip
+    """The command line's executor settings (only those given)."""
+    out: dict = {"kind": executor, "jobs": jobs, "threads": threads, "runs_per_gpu": runs_per_gpu}
+    out["ray_address"] = ray_address
+    if gpus is not None:
+        try:
+            out["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            raise ConfigError(f"--gpus takes GPU numbers like 0,2; got {gpus!r}") from None
+    slurm = {
+        "cluster": slurm_cluster,
+        "partition": slurm_partition,
+        "time_minutes": slurm_time,
+        "gpus_per_node": slurm_gpus,
+        "account": slurm_account,
+    }
+    slurm = {k: v for k, v in slurm.items() if v is not None}
+    if slurm_flag:
+        extra = {}
+        for item in slurm_flag:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--slurm-flag expects KEY=VALUE, got {item!r}")
+            extra[key] = value
+        slurm["extra"] = extra
+    out["slurm"] = slurm
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def log_options(log: list[str] | None, mlflow_uri: str | None) -> dict:
+    allowed = ("tensorboard", "mlflow", "wandb")
+    for kind in log or []:
+        if kind not in allowed:
+            raise ConfigError(f"--log {kind!r}: choose one of {', '.join(allowed)}")
+    out = {"kinds": list(log)} if log else {}
+    if mlflow_uri:
+        out["mlflow_uri"] = mlflow_uri
+    return out
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seed takes a number or several, like 0,1,2; got {text!r}") from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @friendly
+    def run(
+        opt: Annotated[str, typer.Option("--opt", help="Optimizer name, or several: adamw,ademamix")],
+        task: Annotated[str, typer.Option("--task", help="Task name (see `bench list`).")],
+        steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: the task's).")] = None,
+        seed: Annotated[str, typer.Option(help="Seed (model init, data order), or several: 0,1,2.")] = "0",
+        out: Annotated[Path, typer.Option(help="Directory for the run records.")] = Path("results"),
+        set_: Annotated[
+            list[str] | None,
+            typer.Option("--set", help="Override: KEY=VALUE; opt.KEY, task.KEY, run.KEY or OPTNAME.KEY (repeatable)."),
+        ] = None,
+        data: Annotated[str | None, typer.Option(help="Local data file or folder.")] = None,
+        device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+        compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+        rerun: Annotated[bool, typer.Option("--rerun", help="Replace records already in --out.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the cells; run nothing.")] = False,
+        plugin: Annotated[list[str] | None, typer.Option("--plugin", help="Import a module or .py file that registers optimizers/tasks (repeatable).")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+        executor: Executor = None, jobs: Jobs = None, threads: Threads = None, gpus: Gpus = None,
+        runs_per_gpu: RunsPerGpu = None, ray_address: RayAddress = None,
+        slurm_cluster: SlurmCluster = None, slurm_partition: SlurmPartition = None,
+        slurm_time: SlurmTime = None, slurm_gpus: SlurmGpus = None,
+        slurm_account: SlurmAccount = None, slurm_flag: SlurmFlag = None,
+        log: Log = None, mlflow_uri: MlflowUri = None,
+    ) -> None:  # fmt: skip
+        """Train each optimizer on the task with the same seeds and data order; print one table.
+        Rerunning the same command reuses the records in --out (--rerun replaces them)."""
+        from bench_cli import api, distributed
+        from bench_cli.progress import Progress
+
+        seeds = _seeds(seed)
+        settings = {"compile": True} if compile_ else {}
+        req = api.RunRequest(
+            task=task,
+            optimizers=[o for o in opt.split(",") if o.strip()],
+            sets=set_ or [],
+            steps=steps,
+            seed=seeds[0] if seeds else 0,
+            seeds=seeds,
+            data=data,
+            device=device,
+            plugins=plugin or [],
+            settings=settings,
+        )
+        if dry_run:
+            _print_plan(api.request_suite(req), None, Path(out))
+            return
+        if distributed.world_size() > 1:
+            _run_distributed(req, Path(out), rerun)
+            return
+        ex = executor_options(
+            executor, jobs, threads, gpus, runs_per_gpu, ray_address, slurm_cluster,
+            slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
+        )  # fmt: skip
+        with Progress(stderr, quiet=quiet) as progress:
+            summary = api.run_summary(req, Path(out), progress, ex, rerun, log_options(log, mlflow_uri))
+        records = summary.scored
+        df = api.summary(records)
+        title = f"{records[0].task_id} (seed {seed})" if records else task
+        stdout.print(frame_table(df.drop(columns=["task", "seed"]), title=title, transpose=True))
+        if summary.ran < len(summary.records):
+            reused = len(summary.records) - summary.ran
+            stderr.print(
+                f"reused {reused} records already in {out}/ (--rerun replaces them)",
+                highlight=False,
+            )
+        stderr.print(f"records written to {out}/", highlight=False)
+        failed = [r for r in records if r.status == "error"]
+        for r in failed:
+            stderr.print(f"[red]{r.optimizer} failed:[/red] {(r.error or '-').splitlines()[0]}")
+        if failed:
+            raise typer.Exit(1)
+
+    @app.command("plan")
+    @friendly
+    def plan_(
+        file: Annotated[Path, typer.Argument(help="A suite file.")],
+        tier: Annotated[str | None, typer.Option(help="A tier of the suite.")] = None,
+        history: Annotated[
+            Path | None,
+            typer.Option(help="Records of earlier runs to estimate durations from."),
+        ] = None,
+    ) -> None:
+        """Show a suite's phases and cells, resolved, with a count and an estimated duration."""
+        from bench_cli.config import load_suite
+
+        _print_plan(load_suite(file), tier, history)
+
+
+def _print_plan(suite, tier, history: Path | None) -> None:
+    from bench_cli.dryrun import describe_plan
+
+    for line in describe_plan(suite, tier, history):
+        stdout.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _run_distributed(req, out: Path, rerun: bool) -> None:
+    """Under torchrun: every rank trains; rank 0 writes the record."""
+    from bench_cli.distributed import run_request
+
+    for record in run_request(req, out, rerun):
+        stdout.print(
+            f"{record.optimizer}: {record.status}, best {record.best_metrics}, "
+            f"world size {record.env.world_size}",
+            highlight=False,
+        )

@@ -1,0 +1,115 @@
+"""Executors run a phase's cells in parallel; ``execute`` is the one way any cell is run.
+
+``execute`` reuses the cells whose record exists (``rerun`` replaces them), claims each other
+cell atomically before running it (so coordinators sharing a folder share the work and never run
+a cell twice), waits for cells that another live coordinator holds, and takes over claims whose
+holder is gone. The executor (``local``, ``ray`` or ``slurm``) decides where claimed cells run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench_cli.config import ExecutorSettings
+from bench_cli.errors import BenchError
+from bench_cli.folder import Folder
+from bench_cli.plan import Cell
+from bench_cli.results.record import RunRecord
+
+POLL_SECONDS = 2.0
+
+
+def make_executor(settings: ExecutorSettings, cells: list[Cell], log: dict | None = None):
+    if settings.kind == "ray":
+        from bench_cli.executors.ray import RayExecutor
+
+        return RayExecutor(settings, log)
+    if settings.kind == "slurm":
+        from bench_cli.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(settings, log)
+    from bench_cli.executors import local
+
+    gpus = settings.gpus if settings.gpus is not None else _visible_gpus(cells)
+    if gpus:
+        k = settings.runs_per_gpu or local.default_runs_per_gpu(gpus, _memory_need(cells))
+        return local.LocalExecutor(local.gpu_slots(gpus, k), log)
+    return local.LocalExecutor(local.cpu_slots(settings.jobs, settings.threads), log)
+
+
+def _visible_gpus(cells: list[Cell]) -> list[int]:
+    """Every visible GPU when the cells run on CUDA (device auto or cuda), else none."""
+    devices = {c.spec.settings.device for c in cells}
+    if not devices or devices - {"auto", "cuda"}:
+        return []
+    import torch
+
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _memory_need(cells: list[Cell]) -> float:
+    from bench_cli import api
+
+    needs = {}
+    for c in cells:
+        key = (c.spec.task, repr(sorted(c.spec.task_options.items())))
+        if key not in needs:
+            needs[key] = api.make_task(c.spec.task, c.spec.task_options).memory_gib
+    return max(needs.values(), default=1.0)
+
+
+def execute(
+    cells: list[Cell],
+    folder: Folder,
+    settings: ExecutorSettings,
+    progress: Any,
+    rerun: bool = False,
+    log: dict | None = None,
+) -> tuple[list[RunRecord], int]:
+    """Run every cell of ``cells`` into ``folder`` (or reuse its record); return the records in
+    the cells' order and how many ran now."""
+    records: dict[str, RunRecord] = {}
+    replace = {c.run_id for c in cells} if rerun else set()
+    for c in cells:
+        rec = None if c.run_id in replace else folder.record(c.run_id)
+        if rec is not None:
+            records[c.run_id] = rec
+            progress.reused(c)
+        elif folder.damaged(c.run_id):
+            progress.warn(f"{c.run_id}: its record is damaged; running the cell again")
+    executor = None
+    ran = 0
+
+    def claim(cell: Cell) -> bool:
+        if cell.run_id not in replace and folder.record(cell.run_id) is not None:
+            return False  # another coordinator finished it meanwhile
+        return folder.claim(cell.run_id)
+
+    while True:
+        todo = [c for c in cells if c.run_id not in records]
+        for c in todo:
+            if c.run_id not in replace:
+                rec = folder.record(c.run_id)
+                if rec is not None:
+                    records[c.run_id] = rec
+        todo = [c for c in cells if c.run_id not in records]
+        if not todo:
+            break
+        if executor is None:
+            executor = make_executor(settings, todo, log)
+        done = executor.run(todo, folder, progress, claim)
+        ran += len(done)
+        replace -= set(done)
+        for c in todo:
+            rec = folder.record(c.run_id) if c.run_id not in replace else None
+            if rec is not None:
+                records[c.run_id] = rec
+        if not done and any(c.run_id not in records for c in cells):
+            held = [c for c in cells if c.run_id not in records]
+            progress.waiting(held)
+            time.sleep(POLL_SECONDS)  # cells held by another live coordinator
+    missing = [c.run_id for c in cells if c.run_id not in records]
+    if missing:
+        raise BenchError(f"{len(missing)} cells have no record after running: {missing[0]}")
+    return [records[c.run_id] for c in cells], ran

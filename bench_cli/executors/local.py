@@ -1,0 +1,203 @@
+"""The local executor: a pool of worker processes on this machine.
+
+On CUDA, ``runs_per_gpu`` workers per visible GPU (each sees one GPU through
+``CUDA_VISIBLE_DEVICES``); on a CPU, ``jobs`` workers, each with ``cores // jobs`` threads. A worker
+lives for the whole phase and keeps each task's prepared data between cells. A worker that dies
+(killed, crashed, out of host memory) leaves an ``error`` record for its cell naming the reason,
+and a new worker takes its place. With one worker on a CPU the cells run in this process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_cli.errors import BenchError
+from bench_cli.executors import worker
+from bench_cli.folder import Folder
+from bench_cli.plan import Cell
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker runs: a GPU (or none) and its CPU threads."""
+
+    gpu: int | None
+    threads: int | None
+
+
+@contextmanager
+def _environ(**values: str | None):
+    old = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _serve(inbox, outbox, threads: int | None, log: dict | None) -> None:
+    """A worker process: run the cells it is sent until it gets None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
+    worker.set_threads(threads)
+    while True:
+        item = inbox.get()
+        if item is None:
+            return
+        cell, out = item
+        events = worker.Events(outbox.put, cell.run_id, cell.spec.settings.steps)
+        try:
+            status = worker.execute_cell(cell, out, events, log)
+            outbox.put(("end", cell.run_id, status, None))
+        except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, not lost
+            outbox.put(("end", cell.run_id, "fail", f"{type(exc).__name__}: {exc}"))
+
+
+@dataclass
+class _Worker:
+    slot: Slot
+    process: Any
+    inbox: Any
+    cell: Cell | None = None
+
+
+@dataclass
+class LocalExecutor:
+    slots: list[Slot]
+    log: dict | None = None
+    ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
+
+    @property
+    def inline(self) -> bool:
+        return len(self.slots) == 1 and self.slots[0].gpu is None
+
+    def run(
+        self, cells: list[Cell], folder: Folder, progress, claim: Callable[[Cell], bool]
+    ) -> list[str]:
+        """Run the cells of ``cells`` that ``claim`` grants; return the run ids it ran."""
+        if self.inline:
+            return self._run_inline(cells, folder, progress, claim)
+        outbox = self.ctx.Queue()
+        workers: list[_Worker] = []
+        todo = list(cells)
+        ran: list[str] = []
+        try:
+            workers = [self._start(slot, outbox) for slot in self.slots]
+            while True:
+                for w in workers:
+                    while w.cell is None and todo:
+                        cell = todo.pop(0)
+                        if claim(cell):
+                            w.cell = cell
+                            w.inbox.put((cell, str(folder.path)))
+                            progress.started(cell)
+                if all(w.cell is None for w in workers):
+                    return ran
+                try:
+                    kind, run_id, *rest = outbox.get(timeout=1.0)
+                except queue.Empty:
+                    kind, run_id, rest = None, None, []
+                if kind in ("start", "step"):
+                    progress.step(run_id, rest[0], rest[1])
+                elif kind == "end":
+                    w = next(w for w in workers if w.cell and w.cell.run_id == run_id)
+                    cell, w.cell = w.cell, None
+                    folder.release(cell.run_id)
+                    if rest[0] == "fail":
+                        raise BenchError(f"{cell.spec.task_id} {cell.spec.optimizer}: {rest[1]}")
+                    ran.append(cell.run_id)
+                    progress.finished(cell, rest[0])
+                for i, w in enumerate(workers):
+                    if w.cell is not None and not w.process.is_alive():
+                        ran.append(w.cell.run_id)
+                        self._died(w, folder, progress)
+                        workers[i] = self._start(w.slot, outbox)
+        finally:
+            for w in workers:
+                if w.process.is_alive():
+                    w.inbox.put(None)
+            for w in workers:
+                w.process.join(timeout=5)
+                if w.process.is_alive():
+                    w.process.kill()
+
+    def _start(self, slot: Slot, outbox) -> _Worker:
+        inbox = self.ctx.Queue()
+        gpu = str(slot.gpu) if slot.gpu is not None else None
+        with _environ(CUDA_VISIBLE_DEVICES=gpu if gpu is not None else os.environ.get(
+            "CUDA_VISIBLE_DEVICES"
+        )):
+            p = self.ctx.Process(
+                target=_serve, args=(inbox, outbox, slot.threads, self.log), daemon=True
+            )
+            p.start()
+        return _Worker(slot, p, inbox)
+
+    def _died(self, w: _Worker, folder: Folder, progress) -> None:
+        cell, w.cell = w.cell, None
+        code = w.process.exitcode
+        how = (
+            f"killed by signal {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exit code {code}"
+        )
+        if folder.record(cell.run_id) is None:
+            reason = (
+                f"the worker process running this cell died ({how}); it may have run out of "
+                "memory or been killed"
+            )
+            folder.write(worker.failed_record(cell.spec, reason))
+        folder.release(cell.run_id)
+        progress.finished(cell, "error")
+
+    def _run_inline(self, cells, folder, progress, claim) -> list[str]:
+        worker.set_threads(self.slots[0].threads)
+        ran = []
+        for cell in cells:
+            if not claim(cell):
+                continue
+            progress.started(cell)
+            try:
+                status = worker.execute_cell(
+                    cell, folder.path, progress.callback(cell), self.log
+                )
+            finally:
+                folder.release(cell.run_id)
+            ran.append(cell.run_id)
+            progress.finished(cell, status)
+        return ran
+
+
+def gpu_slots(gpus: list[int], runs_per_gpu: int) -> list[Slot]:
+    return [Slot(g, None) for _ in range(runs_per_gpu) for g in gpus]
+
+
+def default_runs_per_gpu(gpus: list[int], memory_gib: float) -> int:
+    """As many runs as fit in the free memory of the fullest GPU, at most 4."""
+    import torch
+
+    free = min(torch.cuda.mem_get_info(g)[0] for g in gpus) / 2**30
+    return max(1, min(4, int(free * 0.9 // max(memory_gib, 0.1))))
+
+
+def cpu_slots(jobs: int, threads: int | None = None) -> list[Slot]:
+    from bench_cli.environment import default_threads
+
+    return [Slot(None, threads or default_threads(jobs)) for _ in range(jobs)]
+
+

@@ -1,0 +1,98 @@
+"""The Ray executor: each cell is a Ray task with the resources it needs.
+
+A fraction of a GPU per cell when ``runs_per_gpu`` is above 1 (so Ray packs that many on one
+GPU), else one GPU; on a CPU, ``threads`` CPUs (default 1). A local Ray by default, an existing
+cluster with ``ray_address``. Workers report their step through a Ray queue, so progress
+streams back to the terminal. A task whose worker dies becomes an ``error`` record.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from bench_cli.errors import BenchError
+from bench_cli.folder import Folder
+from bench_cli.plan import Cell
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise BenchError(
+            'the ray executor needs Ray; install it with: pip install "bench-cli[ray]"'
+        ) from None
+    return ray
+
+
+def _run_cell(cell: Cell, out: str, log: dict | None, threads: int, queue: Any) -> str:
+    """The body of one Ray task (runs in a Ray worker; imports there)."""
+    from bench_cli.executors import worker
+
+    worker.set_threads(threads)
+    # a Ray worker's parent is Ray's raylet, not the coordinator: no parent watch
+    events = worker.Events(queue.put_nowait, cell.run_id, cell.spec.settings.steps, False)
+    return worker.execute_cell(cell, out, events, log)
+
+
+class RayExecutor:
+    def __init__(self, settings, log: dict | None = None):
+        self.settings, self.log = settings, log
+        self.ray = _ray()
+
+    def _resources(self, cells: list[Cell]) -> dict[str, float]:
+        on_gpu = any(c.spec.settings.device in ("auto", "cuda") for c in cells) and bool(
+            self.ray.cluster_resources().get("GPU", 0)
+        )
+        if on_gpu:
+            return {"num_gpus": 1.0 / (self.settings.runs_per_gpu or 1), "num_cpus": 1}
+        return {"num_gpus": 0, "num_cpus": self.settings.threads or 1}
+
+    def run(self, cells: list[Cell], folder: Folder, progress, claim) -> list[str]:
+        ray = self.ray
+        if not ray.is_initialized():
+            if self.settings.ray_address:
+                ray.init(address=self.settings.ray_address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        from ray.util.queue import Empty, Queue
+
+        queue = Queue()
+        resources = self._resources(cells)
+        threads = int(resources["num_cpus"])
+        task = ray.remote(max_retries=0)(_run_cell).options(**resources)
+        pending: dict[Any, Cell] = {}
+        for cell in cells:
+            if claim(cell):
+                pending[task.remote(cell, str(folder.path), self.log, threads, queue)] = cell
+                progress.started(cell)
+        ran = []
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                try:
+                    for kind, run_id, step, total in queue.get_nowait_batch(queue.qsize()):
+                        progress.step(run_id, step, total)
+                except Empty:
+                    pass
+                for ref in done:
+                    cell = pending.pop(ref)
+                    try:
+                        status = ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        status = "error"
+                        if folder.record(cell.run_id) is None:
+                            from bench_cli.executors.worker import failed_record
+
+                            reason = f"the Ray task running this cell failed: {type(exc).__name__}"
+                            folder.write(failed_record(cell.spec, reason))
+                    folder.release(cell.run_id)
+                    ran.append(cell.run_id)
+                    progress.finished(cell, status)
+        finally:
+            for ref, cell in pending.items():
+                ray.cancel(ref, force=True)
+                folder.release(cell.run_id)
+            queue.shutdown()
+        return ran

@@ -1,0 +1,147 @@
+"""What runs one cell, wherever it runs: in a local worker process, a Ray task or a SLURM job.
+
+A process keeps each task's prepared data between cells (``_PREPARED``), so the cost of loading
+data is paid once per worker, not once per run. A task whose ``prepare`` raises gives an ``error``
+record for each of its cells; nothing here raises for a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench_cli.folder import CHECKPOINTS, Folder, now
+from bench_cli.plan import Cell
+from bench_cli.results.record import Env, RunRecord, TrainPoint
+from bench_cli.spec import Callbacks, RunCallback, RunSpec
+
+#: (task, options, device) -> (task, device) or the exception its preparation raised
+_PREPARED: dict[str, Any] = {}
+
+
+class Events(RunCallback):
+    """Sends progress to the coordinator: start, the step about once a second, end. Exits the
+    process if the coordinator that started it is gone (so no orphan finishes a re-claimed cell).
+    """
+
+    def __init__(self, send, run_id: str, total: int, watch_parent: bool = True):
+        self.send, self.run_id, self.total = send, run_id, total
+        self.parent = os.getppid() if watch_parent else None
+        self.last = 0.0
+
+    def on_start(self, spec: RunSpec, unit: str) -> None:
+        self.send(("start", self.run_id, 0, self.total))
+
+    def on_log(self, point: TrainPoint, tokens_per_second: float) -> None:
+        if time.monotonic() - self.last >= 1.0:
+            self.last = time.monotonic()
+            self.send(("step", self.run_id, point.step, self.total))
+            if self.parent is not None and os.getppid() != self.parent:
+                os._exit(1)
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _prepared(spec: RunSpec):
+    from bench_cli import api
+    from bench_cli.environment import resolve_device
+
+    key = json.dumps([spec.task, spec.task_options, spec.settings.device], sort_keys=True)
+    if key not in _PREPARED:
+        try:
+            task = api.make_task(spec.task, spec.task_options)
+            device = resolve_device(spec.settings.device)
+            task.prepare(device)
+            _PREPARED[key] = (task, device)
+        except Exception as exc:  # noqa: BLE001 - a task's bug is a result of its cells
+            _PREPARED[key] = exc
+    return _PREPARED[key]
+
+
+def failed_record(spec: RunSpec, reason: str, unit: str = "steps") -> RunRecord:
+    """The ``error`` record of a cell that could not run (set-up failed, its worker died)."""
+    import platform
+
+    import bench_cli
+
+    return RunRecord(
+        run_id=spec.run_id,
+        task=spec.task,
+        task_id=spec.task_id,
+        task_options=spec.task_options,
+        optimizer=spec.optimizer,
+        hparams=spec.hparams,
+        settings=spec.settings.model_dump(),
+        seed=spec.seed,
+        role=spec.role,
+        config=spec.config,
+        unit=unit,
+        status="error",
+        error=reason,
+        target=spec.target,
+        env=Env(
+            device=spec.settings.device,
+            device_name="-",
+            torch="-",
+            bench=bench_cli.__version__,
+            python=platform.python_version(),
+            platform=platform.platform(),
+        ),
+        started_at=now(),
+        finished_at=now(),
+    )
+
+
+def execute_cell(
+    cell: Cell,
+    out: str | Path,
+    callback: RunCallback | None = None,
+    log: dict[str, Any] | None = None,
+) -> str:
+    """Run ``cell`` and write its record into ``out``; returns the record's status."""
+    from bench_cli import api
+    from bench_cli.runner import run as run_loop
+
+    folder = Folder(out)
+    spec = cell.spec
+    try:
+        api.load_plugins(list(cell.plugins))
+        prepared = _prepared(spec)
+    except Exception as exc:  # noqa: BLE001
+        prepared = exc
+    if isinstance(prepared, Exception):
+        first = f"{type(prepared).__name__}: {prepared}"
+        reason = f"the task's set-up failed: {first}\n{traceback.format_exc(limit=2)}"
+        record = failed_record(spec, reason)
+    else:
+        task, device = prepared
+        trackers = None
+        if log and log.get("kinds"):
+            from bench_cli.trackers import tracker_callback
+
+            trackers = tracker_callback(
+                log["kinds"], log.get("group", ""), Path(out), log.get("mlflow_uri")
+            )
+        record = run_loop(
+            spec, task, device, Callbacks(callback, trackers), checkpoint_dir=folder.path / CHECKPOINTS
+        )
+    try:
+        folder.write(record)
+    except OSError as exc:
+        from bench_cli.errors import BenchError
+
+        raise BenchError(
+            f"cannot write the record of {spec.run_id} to {folder.path} "
+            f"({exc.strerror or exc}); free some space and rerun the command to resume"
+        ) from None
+    (folder.path / CHECKPOINTS / f"{spec.run_id}.pt").unlink(missing_ok=True)
+    return record.status

@@ -1,0 +1,283 @@
+"""A results folder shared by many writers: records, claims, and the suite it holds.
+
+- ``<run_id>.json``: one record per finished cell, written atomically.
+- ``suite.resolved.yaml``: the suite run there (tier applied, executor settings left out).
+  It is created atomically (a hard link that fails if the file exists), so two coordinators that
+  start a different suite at the same moment cannot both claim the folder. ``bench run`` writes
+  its one-task suites under ``.runs/`` instead, so that runs of several commands can share a
+  folder.
+- ``.running/<run_id>``: a cell's claim, created with ``O_EXCL`` and holding the host, pid, the
+  process's start time and when it was claimed. Its holder touches it every ``HEARTBEAT``
+  seconds. A claim is stale, and is taken over, when its process is gone (on this host: no such
+  pid, or a pid of another process) or, from another host, when it was last touched more than
+  ``LEASE`` seconds ago.
+- ``calibration.json`` and ``selection.json``: the calibrated targets and selected configurations.
+- ``.checkpoints/<run_id>.pt``: checkpoints of long runs in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench_cli.errors import BenchError
+from bench_cli.results.record import RunRecord
+from bench_cli.results.store import (
+    atomic_write_text,
+    ensure_writable_dir,
+    read_record,
+    record_path,
+    write_record,
+)
+
+RESOLVED, ENVIRONMENT, CALIBRATION, SELECTION = (
+    "suite.resolved.yaml",
+    "environment.json",
+    "calibration.json",
+    "selection.json",
+)
+MARKERS, CHECKPOINTS, RUNS = ".running", ".checkpoints", ".runs"
+HEARTBEAT, LEASE = 30.0, 300.0
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), or None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Folder:
+    """One results folder: read and write records, claim cells, store side files."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid()),
+        }
+        self.held: set[str] = set()
+        self._beat: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- records --------------------------------------------------------------------------------
+
+    def record(self, run_id: str) -> RunRecord | None:
+        """The cell's record if it exists and reads back whole, else None (a damaged one is
+        reported by the caller through ``damaged``)."""
+        path = record_path(self.path, run_id)
+        if not path.is_file():
+            return None
+        try:
+            record = read_record(path)
+        except BenchError:
+            return None
+        return record if record.run_id == run_id else None
+
+    def damaged(self, run_id: str) -> bool:
+        path = record_path(self.path, run_id)
+        return path.exists() and self.record(run_id) is None
+
+    def write(self, record: RunRecord) -> None:
+        write_record(record, self.path)
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        path = self.path / name
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BenchError(
+                f"{path} is damaged ({type(exc).__name__}); delete it to recompute it"
+            ) from exc
+        if not isinstance(data, dict):
+            raise BenchError(f"{path} is damaged (not a JSON object); delete it to recompute it")
+        return data
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        atomic_write_text(self.path / name, json.dumps(data, indent=1, default=str))
+
+    # -- the suite it holds ---------------------------------------------------------------------
+
+    def claim_suite(self, resolved_text: str, name: str = RESOLVED) -> None:
+        """Make the folder hold this suite, or check that it already does (atomically)."""
+        from bench_cli.config import read_yaml
+
+        ensure_writable_dir(self.path)
+        path = self.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            if name == RESOLVED and self.foreign_records():
+                raise BenchError(
+                    f"{self.path} holds run records of `bench run`, not of a suite; "
+                    "choose another --out"
+                )
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(resolved_text, encoding="utf-8")
+            try:
+                os.link(tmp, path)  # fails if another coordinator got there first
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        try:
+            old_text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BenchError(
+                f"{path} is damaged ({type(exc).__name__}); choose another --out"
+            ) from exc
+        old = read_yaml(old_text, str(path))
+        new = read_yaml(resolved_text, name)
+        if old != new:
+            raise BenchError(
+                f"{self.path} holds another suite ({_difference(old, new)} differs from its "
+                f"{name}); choose another --out"
+            )
+
+    def foreign_records(self) -> bool:
+        """Whether records from ``bench run`` are here (a suite folder has none)."""
+        return (self.path / RUNS).is_dir()
+
+    def is_suite(self) -> bool:
+        return (self.path / RESOLVED).is_file()
+
+    # -- claims ---------------------------------------------------------------------------------
+
+    def _marker(self, run_id: str) -> Path:
+        return self.path / MARKERS / run_id
+
+    def claim(self, run_id: str) -> bool:
+        """Claim a cell for this process; False if a live claim of another holds it."""
+        marker = self._marker(run_id)
+        marker.parent.mkdir(exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._take_over(marker):
+                    return False
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump({**self.me, "claimed_at": now()}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.held.add(run_id)
+            return True
+        return False
+
+    def _take_over(self, marker: Path) -> bool:
+        """Remove ``marker`` if it is stale; True if it is gone now."""
+        if self.alive(marker):
+            return False
+        grave = marker.with_name(f".{marker.name}.{os.getpid()}.stale")
+        try:
+            os.rename(marker, grave)  # atomic: one coordinator wins the take-over
+        except FileNotFoundError:
+            return True
+        grave.unlink(missing_ok=True)
+        return True
+
+    def alive(self, marker: Path) -> bool:
+        """Whether the claim ``marker`` is held by a live process."""
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            age = time.time() - marker.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            info, age = None, time.time() - marker.stat().st_mtime
+        if not isinstance(info, dict):  # being written, or damaged: trust it for a heartbeat
+            return age < HEARTBEAT
+        if info.get("host") != self.me["host"]:
+            return age < LEASE
+        try:
+            pid = int(info["pid"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        if not _pid_alive(pid):
+            return False
+        start = _process_start(pid)
+        return start is None or info.get("pid_start") in (None, start)
+
+    def release(self, run_id: str) -> None:
+        self._marker(run_id).unlink(missing_ok=True)
+        self.held.discard(run_id)
+
+    def running(self, run_id: str) -> str | None:
+        """'running' or 'interrupted' when a claim exists for the cell, else None."""
+        marker = self._marker(run_id)
+        if not marker.exists():
+            return None
+        return "running" if self.alive(marker) else "interrupted"
+
+    def __enter__(self) -> Folder:
+        """Keep this process's claims fresh while it works."""
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+        self._beat.start()
+        self.clean_leftovers()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for run_id in list(self.held):
+            self.release(run_id)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            for run_id in list(self.held):
+                try:
+                    os.utime(self._marker(run_id))
+                except OSError:
+                    pass
+
+    def clean_leftovers(self) -> None:
+        """Temporary files left by a process killed mid-write (they are never read)."""
+        for folder in (self.path, self.path / MARKERS, self.path / CHECKPOINTS):
+            if not folder.is_dir():
+                continue
+            for tmp in folder.glob(".*.tmp"):
+                pid = tmp.name.rsplit(".", 2)[-2] if tmp.name.count(".") >= 3 else ""
+                if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                    continue  # another live writer's file
+                if time.time() - tmp.stat().st_mtime > HEARTBEAT:
+                    tmp.unlink(missing_ok=True)
+
+
+def _difference(old: Any, new: Any, path: tuple = ()) -> str:
+    """The key path of the first difference between two parsed YAML documents."""
+    from bench_cli.config import key_path
+
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            if old.get(key) != new.get(key):
+                return _difference(old.get(key), new.get(key), (*path, key))
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            if a != b:
+                return _difference(a, b, (*path, i))
+    return key_path(path)

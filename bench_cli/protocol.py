@@ -1,0 +1,263 @@
+"""Running a suite's phases (``bench_cli.plan`` says what they are), and a folder's status.
+
+Each phase's cells go to the executor together, and the next phase is planned from the records
+of the last: tune, calibrate (the target), select (each optimizer's configuration), score.
+Calibrated targets are stored in ``calibration.json`` and selections in ``selection.json``; both
+are recomputed from the records on every run, so a resumed suite plans exactly the same cells.
+Tuning records of a task whose target was calibrated are rescored against it from their curves
+(rewritten atomically), never rerun.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from bench_cli.config import ExecutorSettings, SuiteFile, read_yaml
+from bench_cli.errors import BenchError
+from bench_cli.executors import execute
+from bench_cli.folder import CALIBRATION, RESOLVED, RUNS, SELECTION, Folder
+from bench_cli.plan import Cell, Plan, build_plan
+from bench_cli.results.metrics import to_target
+from bench_cli.results.record import RunRecord, Target
+from bench_cli.results.selection import calibrated_value, select_from
+
+#: what ``suite status`` reports for a cell
+STATES = ("done", "diverged", "failed", "running", "interrupted", "missing")
+_STATE = {"done": "done", "diverged": "diverged", "error": "failed"}
+
+
+def resolved_text(plan: Plan) -> str:
+    """The suite as it runs: tier applied; how it is executed and logged left out, so that a
+    suite can resume on another executor."""
+    data = {
+        "tier": plan.tier,
+        **plan.suite.model_dump(
+            mode="json", exclude={"tiers", "default_tier", "executor", "log"}
+        ),
+    }
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+@dataclass
+class SuiteSummary:
+    """What a suite run did: every cell with its record, how many ran now, the decisions."""
+
+    out: Path
+    tier: str | None
+    cells: list[Cell]
+    records: list[RunRecord]
+    ran: int
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.records) - self.ran
+
+    @property
+    def scored(self) -> list[RunRecord]:
+        return [r for r in self.records if r.role == "score"]
+
+    @property
+    def failed(self) -> list[RunRecord]:
+        return [r for r in self.records if r.status == "error"]
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return frame([(c, _STATE[r.status]) for c, r in zip(self.cells, self.records)])
+
+
+def _rescore(record: RunRecord, target: Target, folder: Folder) -> RunRecord:
+    """The record measured against ``target`` from its curve, rewritten atomically if changed."""
+    if record.target == target:
+        return record
+    reached = to_target(record.curve, target) if record.status != "error" else None
+    record = record.model_copy(
+        update={
+            "target": target,
+            "tokens_to_target": reached[0] if reached else None,
+            "seconds_to_target": reached[1] if reached else None,
+            "steps_to_target": reached[2] if reached else None,
+        }
+    )
+    folder.write(record)
+    return record
+
+
+def _unreachable(tp) -> dict[str, Target]:
+    """A target no run reaches: selection then goes by the best metric."""
+    t = tp.target
+    return {tp.task_id: Target(metric=t.metric, value=-math.inf if t.direction == "min" else math.inf, direction=t.direction)}
+
+
+def calibrate(plan: Plan, records: list[RunRecord]) -> dict[str, dict[str, Any]]:
+    """The calibrated target of each calibrated task, from its calibration records."""
+    out = {}
+    for tp in plan.tasks:
+        if not tp.calibrate:
+            continue
+        mine = [r for r in records if r.task_key == tp.task_id]
+        t = tp.target
+        worst = math.inf if t.direction == "min" else -math.inf
+        best = [
+            r.best_metrics.get(t.metric, worst) if r.status == "done" else worst for r in mine
+        ]
+        try:
+            value = calibrated_value(best, t.direction, tp.entry.margin)
+        except ValueError as exc:
+            raise BenchError(
+                f"cannot calibrate a target for {tp.task_id}: {exc}; widen the baseline's sweep"
+            ) from exc
+        out[tp.task_id] = {
+            "metric": t.metric,
+            "direction": t.direction,
+            "margin": tp.entry.margin,
+            "value": value,
+            "baseline_values": best,
+            "config": mine[0].config if mine else {},
+            "seeds": [r.seed for r in mine],
+        }
+    return out
+
+
+def run_plan(
+    plan: Plan,
+    folder: Folder,
+    executor: ExecutorSettings,
+    progress: Any,
+    rerun: bool = False,
+    log: dict | None = None,
+) -> SuiteSummary:
+    """Run the phases of ``plan`` into ``folder``."""
+    cells: list[Cell] = []
+    records: list[RunRecord] = []
+    ran = 0
+
+    def phase(name: str, todo: list[Cell]) -> list[RunRecord]:
+        nonlocal ran
+        progress.phase(name, len(todo))
+        got, n = execute(todo, folder, executor, progress, rerun, log)
+        ran += n
+        cells.extend(todo)
+        records.extend(got)
+        return got
+
+    tuned = phase("tune", plan.tune_cells()) if plan.tunes else []
+    calibration: dict[str, dict[str, Any]] = {}
+    if any(tp.calibrate for tp in plan.tasks):
+        chosen = {}
+        for tp in plan.tasks:
+            if tp.calibrate:
+                picks = select_from(
+                    [r for r in tuned if r.optimizer == plan.baseline and r.task_key == tp.task_id],
+                    _unreachable(tp),
+                )
+                if (tp.task_id, plan.baseline) in picks:
+                    chosen[tp.task_id] = picks[(tp.task_id, plan.baseline)].config
+        calibration = calibrate(plan, phase("calibrate", plan.calibrate_cells(chosen)))
+        folder.write_json(CALIBRATION, calibration)
+    targets = {k: v["value"] for k, v in calibration.items()}
+    final = {}
+    for tp in plan.tasks:
+        if tp.target is not None:
+            value = targets.get(tp.task_id, tp.target.value)
+            final[tp.task_id] = tp.target.model_copy(update={"value": value})
+    tuned = [_rescore(r, final[r.task_key], folder) if r.task_key in final else r for r in tuned]
+    records[: len(tuned)] = tuned
+    picks = select_from(tuned, final) if tuned else {}
+    selection = {
+        f"{task}/{opt}": {
+            "config": s.config,
+            "trials": s.trials,
+            "tokens": s.tokens,
+            "grad_evals": s.grad_evals,
+            "flags": s.flags,
+        }
+        for (task, opt), s in picks.items()
+    }
+    if tuned:
+        folder.write_json(SELECTION, selection)
+    phase("score", plan.score_cells({k: s.config for k, s in picks.items()}, targets))
+    return SuiteSummary(folder.path, plan.tier, cells, records, ran, calibration, selection)
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+def frame(rows: list[tuple[Cell, str]]) -> pd.DataFrame:
+    columns = ["phase", "task", "optimizer", "config", "seed", "state", "run_id"]
+    return pd.DataFrame(
+        [
+            (c.spec.role, c.spec.task_id, c.spec.optimizer, c.label, c.spec.seed, state, c.run_id)
+            for c, state in rows
+        ],
+        columns=columns,
+    )
+
+
+def _suites_in(out: Path) -> list[tuple[Path, SuiteFile, str | None]]:
+    paths = [out / RESOLVED] if (out / RESOLVED).is_file() else sorted((out / RUNS).glob("*.yaml"))
+    if not paths:
+        raise BenchError(f"{out} holds no suite run (no {RESOLVED}); run a suite there first")
+    suites = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BenchError(f"{path} is damaged ({type(exc).__name__}); it cannot be read") from exc
+        data = read_yaml(text, str(path))
+        if not isinstance(data, dict):
+            raise BenchError(f"{path} is damaged (not a suite)")
+        tier = data.pop("tier", None)
+        try:
+            suites.append((path, SuiteFile.model_validate(data), tier))
+        except Exception as exc:
+            raise BenchError(f"{path} is damaged ({type(exc).__name__}); it is not a suite") from exc
+    return suites
+
+
+def planned_cells(out: Path) -> list[Cell]:
+    """Every cell the folder's suite(s) have planned so far (later phases once known)."""
+    folder = Folder(out)
+    calibration = folder.read_json(CALIBRATION)
+    selection = folder.read_json(SELECTION)
+    cells: list[Cell] = []
+    for _, suite, _ in _suites_in(Path(out)):
+        plan = build_plan(suite)
+        cells += plan.tune_cells() if plan.tunes else []
+        chosen = {k: v.get("config", {}) for k, v in calibration.items()}
+        if any(tp.calibrate for tp in plan.tasks):
+            cells += plan.calibrate_cells(chosen)
+        if plan.tunes and not selection:
+            continue
+        picks = {tuple(k.split("/", 1)): v["config"] for k, v in selection.items()}
+        cells += plan.score_cells(picks, {k: v["value"] for k, v in calibration.items()})
+    return cells
+
+
+def suite_status(out: str | Path) -> pd.DataFrame:
+    """One row per planned cell: phase, task, optimizer, config, seed, state (``STATES``)."""
+    folder = Folder(out)
+    rows = []
+    for c in planned_cells(Path(out)):
+        record = folder.record(c.run_id)
+        state = _STATE[record.status] if record else (folder.running(c.run_id) or "missing")
+        rows.append((c, state))
+    return frame(rows)
+
+
+def status_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Per phase, task and optimizer, how many cells are in each of ``STATES``."""
+    counts = (
+        table.groupby(["phase", "task", "optimizer"], sort=False)["state"]
+        .value_counts()
+        .unstack(fill_value=0)
+        .reindex(columns=list(STATES), fill_value=0)
+    )
+    return counts.rename_axis(columns=None).reset_index()

@@ -1,0 +1,44 @@
+"""Plug-in tasks for the executor tests (loaded by path, in workers too).
+
+``killer-quadratic``: the run of seed 1 kills its own process at its 5th step, as a crash or an
+out-of-memory kill would. ``counted-quadratic``: every run appends a line to the file named by
+``$BENCH_TEST_COUNT`` and takes a little time per step, so that concurrent coordinators overlap.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from bench_cli.tasks import TASKS
+from bench_cli.tasks.valleys import NoisyQuadratic
+
+
+@TASKS.register("killer-quadratic")
+class KillerQuadratic(NoisyQuadratic):
+    """The noisy quadratic; seed 1 dies at step 5."""
+
+    def batches(self, seed: int):
+        self._seed, self._steps = seed, 0
+        return super().batches(seed)
+
+    def loss(self, model, batch):
+        self._steps += 1
+        if self._seed == 1 and self._steps == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().loss(model, batch)
+
+
+@TASKS.register("counted-quadratic")
+class CountedQuadratic(NoisyQuadratic):
+    """The noisy quadratic, counting its runs."""
+
+    def build_model(self):
+        with open(os.environ["BENCH_TEST_COUNT"], "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return super().build_model()
+
+    def loss(self, model, batch):
+        time.sleep(0.01)
+        return super().loss(model, batch)

@@ -1,0 +1,247 @@
+"""Executors: one path for every run, worker pools, crashes, shared folders, Ray, SLURM.
+
+Each test runs real suites on the CPU (tiny tasks) and compares records against the records of
+another executor or an uninterrupted run, timings aside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench_cli import suite
+from bench_cli.cli import app
+from bench_cli.results.record import RunRecord
+from bench_cli.results.store import read_record
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = Path(__file__).with_name("executor_plugins.py")
+SIDE = {"environment.json", "calibration.json", "selection.json"}
+
+
+def records_in(folder: Path) -> dict[str, RunRecord]:
+    return {
+        r.run_id: r
+        for r in (read_record(p) for p in Path(folder).glob("*.json") if p.name not in SIDE)
+    }
+
+
+def comparable(r: RunRecord) -> dict:
+    """A record without what varies between identical runs: clocks, host load, threads."""
+    d = r.model_dump(exclude={"started_at", "finished_at", "train_seconds", "eval_seconds",
+                              "setup_seconds", "tokens_per_second", "seconds_to_target"})
+    d["env"] = {k: v for k, v in d["env"].items() if k in ("device", "torch", "world_size")}
+    d["curve"] = [{k: v for k, v in p.items() if k != "seconds"} for p in d["curve"]]
+    return d
+
+
+def bench(*args: str, env: dict | None = None, cwd: Path | None = None):
+    full = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bench_cli", *args], capture_output=True, text=True, env=full,
+        cwd=cwd, timeout=600,
+    )
+
+
+def write_suite(path: Path, task: str, seeds: str = "[0, 1, 2]", extra: str = "") -> Path:
+    path.write_text(
+        f"""
+name: {path.stem}
+seeds: {seeds}
+device: cpu
+plugins: [{PLUGINS}]
+tasks:
+  - name: {task}
+    options: {{preset: tiny}}
+    budget: {{steps: 30, eval_interval: 10}}
+optimizers:
+  - name: adamw
+  - name: lion
+{extra}
+"""
+    )
+    return path
+
+
+def test_jobs_2_gives_the_records_of_jobs_1_on_the_smoke_suite(tmp_path, shared_data) -> None:
+    env = {"BENCH_DATA_DIR": str(shared_data)}
+    one = bench("suite", "run", str(ROOT / "suites/ci-smoke.yaml"), "--out", str(tmp_path / "a"),
+                "--jobs", "1", "--threads", "1", "--quiet", env=env)
+    two = bench("suite", "run", str(ROOT / "suites/ci-smoke.yaml"), "--out", str(tmp_path / "b"),
+                "--jobs", "2", "--threads", "1", env=env)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    a, b = records_in(tmp_path / "a"), records_in(tmp_path / "b")
+    assert len(a) == 37 and sorted(a) == sorted(b)
+    assert all(comparable(a[k]) == comparable(b[k]) for k in a)
+    assert {r.env.threads for r in b.values()} == {1}
+    # off a terminal, progress is one plain line per finished cell
+    assert two.stderr.count("done     score") + two.stderr.count("diverged score") == 28
+
+
+def test_a_killed_worker_leaves_an_error_record_and_the_suite_goes_on(tmp_path) -> None:
+    path = write_suite(tmp_path / "kill.yaml", "killer-quadratic")
+    summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2})
+    by_seed = {(r.optimizer, r.seed): r for r in summary.records}
+    assert {k for k, r in by_seed.items() if r.status == "error"} == {("adamw", 1), ("lion", 1)}
+    assert "SIGKILL" in by_seed[("adamw", 1)].error
+    assert all(r.status == "done" for k, r in by_seed.items() if k[1] != 1)
+    assert not list((tmp_path / "out" / ".running").iterdir())
+
+
+def test_two_coordinators_on_one_folder_run_each_cell_exactly_once(tmp_path) -> None:
+    path = write_suite(tmp_path / "count.yaml", "counted-quadratic", "[0, 1, 2, 3, 4, 5]")
+    count = tmp_path / "count.txt"
+    env = {"BENCH_TEST_COUNT": str(count)}
+    args = [sys.executable, "-m", "bench_cli", "suite", "run", str(path), "--out",
+            str(tmp_path / "out"), "--quiet"]
+    procs = [subprocess.Popen(args, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert len(count.read_text().splitlines()) == 12  # 2 optimizers x 6 seeds, once each
+    assert len(records_in(tmp_path / "out")) == 12
+
+
+def test_two_different_suites_started_together_in_one_folder_are_refused(tmp_path) -> None:
+    a = write_suite(tmp_path / "a.yaml", "noisy-quadratic")
+    b = write_suite(tmp_path / "b.yaml", "noisy-quadratic", "[7]")
+    out = str(tmp_path / "out")
+    procs = [subprocess.Popen([sys.executable, "-m", "bench_cli", "suite", "run", str(p),
+                               "--out", out, "--quiet"], stderr=subprocess.PIPE, text=True)
+             for p in (a, b)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 1]
+    refused = next(err for code, err in results if code == 1)
+    assert "holds another suite" in refused and len(refused.strip().splitlines()) == 1
+
+
+def test_bench_run_reuses_its_records_and_rerun_replaces_them(tmp_path) -> None:
+    runner = CliRunner()
+    args = ["run", "--opt", "adamw,lion", "--task", "noisy-quadratic", "--set", "preset=tiny",
+            "--device", "cpu", "--out", str(tmp_path)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    before = {k: r.finished_at for k, r in records_in(tmp_path).items()}
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "reused 2 records" in again.output
+    assert {k: r.finished_at for k, r in records_in(tmp_path).items()} == before
+    time.sleep(1.1)
+    rerun = runner.invoke(app, [*args, "--rerun"])
+    assert rerun.exit_code == 0 and "reused" not in rerun.output
+    after = records_in(tmp_path)
+    assert sorted(after) == sorted(before)
+    assert all(after[k].finished_at != before[k] for k in before)
+    status = runner.invoke(app, ["suite", "status", str(tmp_path)])
+    assert status.exit_code == 0 and "2 done" in status.output
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path) -> None:
+    args = ["run", "--opt", "ademamix", "--task", "noisy-quadratic", "--set", "preset=tiny",
+            "--steps", "400", "--set", "eval_interval=10", "--set", "checkpoint_minutes=1e-9",
+            "--device", "cpu", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "bench_cli", *args, "--out", str(out)], env=env)
+    ckpt_dir = out / ".checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt_dir.is_dir() and any(ckpt_dir.glob("*.pt"))):
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert not list(out.glob("*.json")), "the run finished before it could be killed"
+    import torch
+
+    saved = torch.load(next(ckpt_dir.glob("*.pt")), weights_only=True)
+    assert 0 < saved["step"] < 400
+    resumed = bench(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    clean = bench(*args, "--out", str(tmp_path / "clean"))
+    assert clean.returncode == 0, clean.stderr
+    [a], [b] = records_in(out).values(), records_in(tmp_path / "clean").values()
+    assert comparable(a) == comparable(b)
+    assert not list(ckpt_dir.glob("*.pt"))  # removed once the record exists
+
+
+def test_ray_runs_a_small_suite_to_the_records_of_the_local_executor(tmp_path) -> None:
+    pytest.importorskip("ray")
+    path = write_suite(tmp_path / "ray.yaml", "noisy-quadratic", "[0, 1]")
+    local = suite.run_suite(path, out=tmp_path / "local", executor={"threads": 1})
+    remote = bench("suite", "run", str(path), "--out", str(tmp_path / "ray"), "--executor", "ray",
+                   "--threads", "1", env={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    a, b = records_in(tmp_path / "local"), records_in(tmp_path / "ray")
+    assert len(a) == 4 and sorted(a) == sorted(b)
+    assert all(comparable(a[k]) == comparable(b[k]) for k in a)
+    del local
+
+
+def test_slurm_local_cluster_runs_a_small_suite_end_to_end(tmp_path) -> None:
+    pytest.importorskip("submitit")
+    path = write_suite(tmp_path / "slurm.yaml", "noisy-quadratic", "[0, 1]")
+    local = suite.run_suite(path, out=tmp_path / "local", executor={"threads": 1})
+    got = suite.run_suite(
+        path, out=tmp_path / "slurm",
+        executor={"kind": "slurm", "threads": 1, "slurm": {"cluster": "local", "time_minutes": 5}},
+    )
+    assert [r.status for r in got.records] == ["done"] * 4
+    a, b = records_in(tmp_path / "local"), records_in(tmp_path / "slurm")
+    assert all(comparable(a[k]) == comparable(b[k]) for k in a)
+    assert (tmp_path / "slurm" / ".slurm").is_dir()
+    del local
+
+
+def test_slurm_job_parameters_reach_sbatch(tmp_path, monkeypatch) -> None:
+    """A stand-in ``sbatch`` keeps the script submitit writes; its #SBATCH lines are checked."""
+    pytest.importorskip("submitit")
+    from bench_cli.executors.slurm import SlurmExecutor
+    from bench_cli.folder import Folder
+    from bench_cli.plan import build_plan
+    from bench_cli.config import load_suite
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n'
+    )
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit looks for it
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    path = write_suite(tmp_path / "s.yaml", "noisy-quadratic", "[0, 1]")
+    plan = build_plan(load_suite(path))
+    settings = suite.executor_settings(plan.suite.executor, {
+        "kind": "slurm",
+        "slurm": {"cluster": "slurm", "partition": "gpu", "time_minutes": 90, "gpus_per_node": 2,
+                  "account": "optim", "extra": {"qos": "high"}},
+    })
+    folder = Folder(tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    jobs = SlurmExecutor(settings).submit(
+        plan.score_cells({}, {}), folder, lambda c: folder.claim(c.run_id)
+    )
+    assert len(jobs) == 4
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--account=optim",
+                 "--qos=high", "--array=0-3"):
+        assert f"#SBATCH {line}" in script, script
+
+
+def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    path = write_suite(tmp_path / "x.yaml", "noisy-quadratic", "[0]")
+    runner = CliRunner()
+    for kind, extra in (("ray", "ray"), ("slurm", "slurm")):
+        res = runner.invoke(app, ["suite", "run", str(path), "--out", str(tmp_path / kind),
+                                  "--executor", kind])
+        assert res.exit_code == 1
+        assert f'pip install "bench-cli[{extra}]"' in res.output
