@@ -269,6 +269,16 @@ def request_suite(req: RunRequest) -> SuiteFile:
     names = [normalize(OPTIMIZERS.get(o).registry_name) for o in req.optimizers]
     if not names:
         raise ConfigError("no optimizer given; pass --opt NAME[,NAME...]")
+    if len(set(names)) < len(names):
+        raise ConfigError(
+            f"--opt names an optimizer twice ({', '.join(names)}); to compare settings of "
+            "one optimizer, run a suite with a sweep"
+        )
+    for seed in req.seeds or [req.seed]:
+        if not 0 <= seed < 2**63:
+            raise ConfigError(f"--seed must be in [0, 2**63), got {seed}")
+    if len(set(req.seeds)) < len(req.seeds):
+        raise ConfigError(f"--seed lists a seed twice ({req.seeds}); give each once")
     accepted = {o: set(optimizer_defaults(OPTIMIZERS.get(o))) for o in names}
     over = sort_overrides(parse_sets(req.sets), accepted, set(task_cls.Options.model_fields))
     settings = {**req.settings}

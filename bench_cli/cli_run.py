@@ -31,6 +31,10 @@ RunsPerGpu = Annotated[
         rich_help_panel="Executor",
     ),
 ]
+Mps = Annotated[
+    bool,
+    typer.Option("--mps", help="CUDA: run the runs sharing a GPU under NVIDIA MPS.", rich_help_panel="Executor"),
+]
 RayAddress = Annotated[
     str | None,
     typer.Option(help="Ray: an existing cluster (default: a local Ray).", rich_help_panel="Executor"),
@@ -64,13 +68,14 @@ MlflowUri = Annotated[
 
 
 def executor_options(
-    executor=None, jobs=None, threads=None, gpus=None, runs_per_gpu=None, ray_address=None,
+    executor=None, jobs=None, threads=None, gpus=None, runs_per_gpu=None, mps=False, ray_address=None,
     slurm_cluster=None, slurm_partition=None, slurm_time=None, slurm_gpus=None,
     slurm_account=None, slurm_flag=None,
 ) -> dict:  # fmt: skip
     """The command line's executor settings (only those given)."""
     out: dict = {"kind": executor, "jobs": jobs, "threads": threads, "runs_per_gpu": runs_per_gpu}
     out["ray_address"] = ray_address
+    out["mps"] = mps or None
     if gpus is not None:
         try:
             out["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
@@ -135,7 +140,7 @@ def register(app: typer.Typer) -> None:
         plugin: Annotated[list[str] | None, typer.Option("--plugin", help="Import a module or .py file that registers optimizers/tasks (repeatable).")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
         executor: Executor = None, jobs: Jobs = None, threads: Threads = None, gpus: Gpus = None,
-        runs_per_gpu: RunsPerGpu = None, ray_address: RayAddress = None,
+        runs_per_gpu: RunsPerGpu = None, mps: Mps = False, ray_address: RayAddress = None,
         slurm_cluster: SlurmCluster = None, slurm_partition: SlurmPartition = None,
         slurm_time: SlurmTime = None, slurm_gpus: SlurmGpus = None,
         slurm_account: SlurmAccount = None, slurm_flag: SlurmFlag = None,
@@ -167,7 +172,7 @@ def register(app: typer.Typer) -> None:
             _run_distributed(req, Path(out), rerun)
             return
         ex = executor_options(
-            executor, jobs, threads, gpus, runs_per_gpu, ray_address, slurm_cluster,
+            executor, jobs, threads, gpus, runs_per_gpu, mps, ray_address, slurm_cluster,
             slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
         )  # fmt: skip
         with Progress(stderr, quiet=quiet) as progress:

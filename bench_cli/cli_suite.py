@@ -13,6 +13,7 @@ from bench_cli.cli_run import (
     Jobs,
     Log,
     MlflowUri,
+    Mps,
     RayAddress,
     RunsPerGpu,
     SlurmAccount,
@@ -79,7 +80,7 @@ def run_(
     ] = suite.MAX_CELLS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     executor: Executor = None, jobs: Jobs = None, threads: Threads = None, gpus: Gpus = None,
-    runs_per_gpu: RunsPerGpu = None, ray_address: RayAddress = None,
+    runs_per_gpu: RunsPerGpu = None, mps: Mps = False, ray_address: RayAddress = None,
     slurm_cluster: SlurmCluster = None, slurm_partition: SlurmPartition = None,
     slurm_time: SlurmTime = None, slurm_gpus: SlurmGpus = None,
     slurm_account: SlurmAccount = None, slurm_flag: SlurmFlag = None,
@@ -89,7 +90,7 @@ def run_(
     from bench_cli.progress import Progress
 
     ex = executor_options(
-        executor, jobs, threads, gpus, runs_per_gpu, ray_address, slurm_cluster,
+        executor, jobs, threads, gpus, runs_per_gpu, mps, ray_address, slurm_cluster,
         slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
     )  # fmt: skip
     with Progress(stderr, quiet=quiet) as progress:

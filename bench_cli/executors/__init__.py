@@ -34,7 +34,7 @@ def make_executor(settings: ExecutorSettings, cells: list[Cell], log: dict | Non
     gpus = settings.gpus if settings.gpus is not None else _visible_gpus(cells)
     if gpus:
         k = settings.runs_per_gpu or local.default_runs_per_gpu(gpus, _memory_need(cells))
-        return local.LocalExecutor(local.gpu_slots(gpus, k), log)
+        return local.LocalExecutor(local.gpu_slots(gpus, k), log, settings.mps)
     return local.LocalExecutor(local.cpu_slots(settings.jobs, settings.threads), log)
 
 

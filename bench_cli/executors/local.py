@@ -12,7 +12,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import signal
+import subprocess
+import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,10 +79,38 @@ class _Worker:
     cell: Cell | None = None
 
 
+@contextmanager
+def mps_daemon(folder: Path):
+    """NVIDIA's Multi-Process Service for this executor's workers: its own pipe and log folders
+    (so it never touches another user's daemon), stopped when the phase ends."""
+    pipes = Path(tempfile.mkdtemp(prefix="bench-mps-"))
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(pipes / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(pipes / "log")}
+    for d in env.values():
+        Path(d).mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(
+            ["nvidia-cuda-mps-control", "-d"], env={**os.environ, **env}, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(
+            f"cannot start the CUDA MPS daemon (nvidia-cuda-mps-control: {exc}); drop --mps"
+        ) from None
+    try:
+        with _environ(**env):
+            yield
+    finally:
+        subprocess.run(
+            ["nvidia-cuda-mps-control"], input="quit\n", text=True, env={**os.environ, **env},
+            timeout=30, check=False,
+        )
+        shutil.rmtree(pipes, ignore_errors=True)
+
+
 @dataclass
 class LocalExecutor:
     slots: list[Slot]
     log: dict | None = None
+    mps: bool = False
     ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
 
     @property
@@ -92,6 +123,12 @@ class LocalExecutor:
         """Run the cells of ``cells`` that ``claim`` grants; return the run ids it ran."""
         if self.inline:
             return self._run_inline(cells, folder, progress, claim)
+        if self.mps and any(s.gpu is not None for s in self.slots):
+            with mps_daemon(folder.path):
+                return self._run_pool(cells, folder, progress, claim)
+        return self._run_pool(cells, folder, progress, claim)
+
+    def _run_pool(self, cells, folder, progress, claim) -> list[str]:
         outbox = self.ctx.Queue()
         workers: list[_Worker] = []
         todo = list(cells)

@@ -1,0 +1,135 @@
+"""GPU measurements of the executors (figures in PERFORMANCE.md).
+
+Part ``pool``: a suite of 16 ``lm-medium`` cells of 600 steps, run with ``--runs-per-gpu 1`` and
+``--runs-per-gpu 4`` (also under MPS) on one GPU: wall clock of each, and each cell's losses
+compared between the two (same seeds, same run ids).
+Part ``multi``: the same suite on two GPUs against one (``--runs-per-gpu 4``), and ``lm-gpt2``
+(GPT-2 small) on generated token shards with DDP on two GPUs against one GPU at the same global
+batch (tokens/s from the records).
+
+    python benchmarks/executors_gpu.py pool --data tinyshakespeare.txt --out results/
+    python benchmarks/executors_gpu.py multi --data tinyshakespeare.txt --out results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SUITE = """
+name: pool16
+seeds: [{seeds}]
+device: cuda
+tasks:
+  - name: lm-medium
+    options: {{data: {data}}}
+    budget: {{steps: 600, eval_interval: 300}}
+optimizers:
+  - name: adamw
+"""
+
+
+def bench(*args: str, env: dict | None = None) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bench_cli", *args], check=True, env={**os.environ, **(env or {})})
+    return time.perf_counter() - t0
+
+
+def records(folder: Path) -> dict[str, dict]:
+    out = {}
+    for p in folder.glob("*.json"):
+        if p.name in ("environment.json", "calibration.json", "selection.json"):
+            continue
+        r = json.loads(p.read_text())
+        out[r["run_id"]] = r
+    return out
+
+
+def max_loss_difference(a: dict, b: dict) -> float:
+    worst = 0.0
+    for k in a:
+        for pa, pb in zip(a[k]["curve"], b[k]["curve"]):
+            for m in ("val_loss", "train_loss"):
+                if m in pa["metrics"]:
+                    worst = max(worst, abs(pa["metrics"][m] - pb["metrics"][m]))
+    return worst
+
+
+def pool(args) -> dict:
+    suite = args.out / "pool16.yaml"
+    suite.write_text(SUITE.format(seeds=", ".join(map(str, range(16))), data=args.data))
+    res = {}
+    for name, extra in (("rpg1", ["--runs-per-gpu", "1"]), ("rpg4", ["--runs-per-gpu", "4"]),
+                        ("rpg4_mps", ["--runs-per-gpu", "4", "--mps"])):
+        res[name] = bench("suite", "run", str(suite), "--out", str(args.out / name), "--gpus", "0",
+                          "--quiet", *extra)
+        print(name, f"{res[name]:.1f} s", flush=True)
+    one, four = records(args.out / "rpg1"), records(args.out / "rpg4")
+    res["same_run_ids"] = sorted(one) == sorted(four)
+    res["max_abs_loss_difference_rpg4"] = max_loss_difference(one, four)
+    res["max_abs_loss_difference_rpg4_mps"] = max_loss_difference(one, records(args.out / "rpg4_mps"))
+    res["speedup_rpg4"] = res["rpg1"] / res["rpg4"]
+    res["speedup_rpg4_mps"] = res["rpg1"] / res["rpg4_mps"]
+    res["train_tokens_per_second_rpg1"] = sum(r["tokens_per_second"] for r in one.values()) / 16
+    return res
+
+
+def multi(args) -> dict:
+    import numpy as np
+
+    from bench_cli.tasks.lm.tokens import write_shard
+
+    suite = args.out / "pool16.yaml"
+    suite.write_text(SUITE.format(seeds=", ".join(map(str, range(16))), data=args.data))
+    res = {}
+    for name, gpus in (("one_gpu", "0"), ("two_gpus", "0,1")):
+        res[name] = bench("suite", "run", str(suite), "--out", str(args.out / name), "--gpus", gpus,
+                          "--runs-per-gpu", "4", "--mps", "--quiet")
+        print(name, f"{res[name]:.1f} s", flush=True)
+    res["speedup_two_gpus"] = res["one_gpu"] / res["two_gpus"]
+    shards = args.out / "shards"
+    shards.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    write_shard(shards / "gen_train_000.bin", rng.integers(0, 50257, 20_000_000, dtype=np.uint16))
+    write_shard(shards / "gen_val_000.bin", rng.integers(0, 50257, 2_000_000, dtype=np.uint16))
+    common = ["run", "--opt", "adamw", "--task", "lm-gpt2", "--data", str(shards), "--steps", "60",
+              "--set", "eval_interval=60", "--set", "eval_batches=4", "--quiet"]
+    bench(*common, "--out", str(args.out / "gpt2_one"), "--gpus", "0")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
+                    "bench_cli", *common, "--out", str(args.out / "gpt2_ddp")], check=True)
+    res["ddp_wall"] = time.perf_counter() - t0
+    [one] = records(args.out / "gpt2_one").values()
+    [two] = records(args.out / "gpt2_ddp").values()
+    res["gpt2_tokens_per_second_one_gpu"] = one["tokens_per_second"]
+    res["gpt2_tokens_per_second_ddp2"] = two["tokens_per_second"]
+    res["gpt2_ddp_speedup"] = two["tokens_per_second"] / one["tokens_per_second"]
+    res["gpt2_world_size"] = two["env"]["world_size"]
+    res["gpt2_final_loss_one"] = one["final_metrics"].get("val_loss")
+    res["gpt2_final_loss_ddp"] = two["final_metrics"].get("val_loss")
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("part", choices=["pool", "multi"])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    res = pool(args) if args.part == "pool" else multi(args)
+    import torch
+
+    res["device"] = torch.cuda.get_device_name(0)
+    res["torch"] = torch.__version__
+    print(json.dumps(res, indent=1))
+    (args.out / f"executors_{args.part}.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
