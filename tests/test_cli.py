@@ -197,7 +197,7 @@ def test_offline_without_local_copy_says_how_to_supply_the_file(
     tmp_path: Path, monkeypatch
 ) -> None:
     unreachable = RemoteFile("tinyshakespeare.txt", "http://127.0.0.1:9/input.txt", "0" * 64)
-    monkeypatch.setattr("bench_cli.tasks.lm.TINY_SHAKESPEARE", unreachable)
+    monkeypatch.setattr("bench_cli.tasks.lm.tokens.TINY_SHAKESPEARE", unreachable)
     res = invoke(
         "run", "--opt", "adamw", "--task", "lm-small", "--out", str(tmp_path / "o"), "--quiet"
     )

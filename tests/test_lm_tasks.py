@@ -175,7 +175,8 @@ def test_lm_medium_defaults_are_nanogpts_shakespeare_char() -> None:
     task = cls(cls.Options())
     o, s = task.options, task.default_settings()
     assert (o.n_layer, o.n_head, o.n_embd, o.block_size, o.batch_size) == (6, 6, 384, 256, 64)
-    assert (o.dropout, o.eval_batches) == (0.2, 200)
+    # 32 validation batches (2,048 windows), not nanoGPT's 200 per split: evaluation's cost
+    assert (o.dropout, o.eval_batches) == (0.2, 32)
     assert (s["steps"], s["warmup_steps"], s["eval_interval"], s["grad_clip"]) == (
         5000,
         100,
@@ -236,7 +237,9 @@ def test_missing_or_too_short_data_is_a_clear_error(tmp_path: Path) -> None:
 # -- the forgetting probe --------------------------------------------------------------------------
 
 
-def test_probe_curve_is_recorded_after_step_k_only(shared_data: Path, tmp_path: Path) -> None:
+def test_probe_loss_is_recorded_before_and_after_its_injection(
+    shared_data: Path, tmp_path: Path
+) -> None:
     req = api.RunRequest(
         task="lm-small",
         optimizers=["adamw"],
@@ -246,13 +249,55 @@ def test_probe_curve_is_recorded_after_step_k_only(shared_data: Path, tmp_path: 
     )
     (rec,) = api.run(req, tmp_path)
     assert [p.step for p in rec.curve] == [0, 5, 10, 15, 20]
-    # the batch is injected as the 6th batch (index 5), so it is first trained on in step 6
-    assert [p.step for p in rec.probe_curve] == [10, 15, 20]
-    assert all("probe_loss" not in p.metrics for p in rec.curve[:2])
+    # from the start, so the curve shows the dip after step 6 (the batch is the 6th, index 5)
+    assert [p.step for p in rec.probe_curve] == [0, 5, 10, 15, 20]
+    # at step 0 it is the loss of the freshly initialised model on the probe batch
+    task = make("lm-small", preset="tiny", data=str(shared_data), probe_batch_step=5)
+    task.batches(0)
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    with torch.no_grad():
+        x, y = task.train.batch(task._probe)
+        logits = model(x)
+        expected = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+    assert rec.probe_curve[0].metrics["probe_loss"] == pytest.approx(float(expected), rel=1e-5)
     assert (
         "probe_loss"
         in json.loads(next(tmp_path.glob("*.json")).read_text())["probe_curve"][0]["metrics"]
     )
+
+
+def test_val_loss_standard_error_and_train_loss_from_the_steps(shared_data: Path) -> None:
+    task = make("lm-small", preset="tiny", data=str(shared_data), eval_batches=3)
+    torch.manual_seed(0)
+    model = task.build_model()
+    stream = task.batches(0)
+    losses = [task.loss(model, next(stream)).item() for _ in range(3)]  # grad on: training
+    with torch.no_grad():
+        metrics = task.evaluate(model.eval())
+        # by hand: the mean loss of each of the 3 x 4 fixed windows
+        per_window = []
+        for starts in task.eval_starts:
+            x, y = task.val.batch(starts)
+            for xi, yi in zip(x, y):
+                per_window.append(float(torch.nn.functional.cross_entropy(model(xi[None])[0], yi)))
+    n = len(per_window)
+    mean = sum(per_window) / n
+    sd = (sum((v - mean) ** 2 for v in per_window) / (n - 1)) ** 0.5
+    assert n == 12 and metrics["val_loss"] == pytest.approx(mean, rel=1e-5)
+    assert metrics["val_loss_se"] == pytest.approx(sd / n**0.5, rel=1e-4)
+    assert metrics["train_loss"] == pytest.approx(sum(losses) / 3, rel=1e-6)
+    with torch.no_grad():
+        assert "train_loss" not in task.evaluate(model)  # no step since the last evaluation
+
+
+def test_batches_from_resumes_the_stream(shared_data: Path) -> None:
+    plain = make("lm-small", preset="tiny", data=str(shared_data))
+    probed = make("lm-small", preset="tiny", data=str(shared_data), probe_batch_step=3)
+    for task in (plain, probed):
+        whole = first(task, 2, 9)
+        resumed = [x for (x, _), _ in zip(task.batches_from(2, 2), range(7))]
+        assert all(torch.equal(a, b) for a, b in zip(whole[2:], resumed))
 
 
 def test_probe_batch_replaces_step_k_and_nothing_else(shared_data: Path) -> None:
@@ -312,18 +357,18 @@ def test_batches_do_not_depend_on_the_optimizer(shared_data: Path) -> None:
     )
     task, specs = api.plan_runs(req)
     task.prepare(torch.device("cpu"))
-    make_stream = task.batches
+    make_stream = task.batches_from  # what the runner draws from
     seen: dict[str, list[torch.Tensor]] = {}
 
     for spec in specs:
         got = seen[spec.optimizer] = []
 
-        def recording(seed: int, got=got):
-            for batch in make_stream(seed):
+        def recording(seed: int, start: int, got=got):
+            for batch in make_stream(seed, start):
                 got.append(batch[0])
                 yield batch
 
-        task.batches = recording
+        task.batches_from = recording
         assert run_loop(spec, task, torch.device("cpu")).status == "done"
     assert len(seen["adamw"]) == 5
     assert all(torch.equal(x, y) for x, y in zip(seen["adamw"], seen["lion"]))

@@ -18,7 +18,7 @@ PLUGIN = textwrap.dedent(
     import torch
     from bench_cli.registry import OPTIMIZERS
     from bench_cli.tasks import TASKS
-    from bench_cli.tasks.rosenbrock import Rosenbrock
+    from bench_cli.tasks.valleys import Rosenbrock
 
     @OPTIMIZERS.register("{opt}")
     class PlainSGD(torch.optim.SGD):

@@ -97,7 +97,7 @@ def test_evaluation_time_is_not_on_the_training_clock(tmp_path, shared_data) -> 
 
 
 def test_a_failure_while_building_the_model_is_an_error_record(tmp_path, monkeypatch) -> None:
-    from bench_cli.tasks.rosenbrock import Rosenbrock
+    from bench_cli.tasks.valleys import Rosenbrock
 
     def broken(self):
         raise RuntimeError("CUDA out of memory (simulated)")
@@ -119,7 +119,7 @@ def test_task_variants_are_told_apart(tmp_path) -> None:
 
 def test_lookahead_batches_are_consumed_in_order(tmp_path, monkeypatch) -> None:
     """MARS exact trains on the same batch sequence as any other optimizer, drawn one ahead."""
-    from bench_cli.tasks.rosenbrock import Rosenbrock
+    from bench_cli.tasks.valleys import Rosenbrock
 
     seen: list[int] = []
 

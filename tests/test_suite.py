@@ -406,7 +406,7 @@ def test_cli_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_cli_run_exits_1_when_a_run_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench_cli.tasks.rosenbrock import Rosenbrock
+    from bench_cli.tasks.valleys import Rosenbrock
 
     def broken(self, model, batch):
         raise RuntimeError("boom")

@@ -55,11 +55,11 @@ def fmnist_task() -> ViTSmall:
 @pytest.fixture
 def no_system_copy(monkeypatch, tmp_path: Path) -> None:
     """Hide /usr/share/datasets/fashion-mnist and make every download fail at once."""
-    monkeypatch.setattr("bench_cli.tasks.vision.SYSTEM_FASHION_MNIST", tmp_path / "no-system")
+    monkeypatch.setattr("bench_cli.tasks.vision.task.SYSTEM_FASHION_MNIST", tmp_path / "no-system")
     unreachable = tuple(
         RemoteFile(r.name, "http://127.0.0.1:9/" + r.name, r.sha256) for r in FASHION_MNIST
     )
-    monkeypatch.setattr("bench_cli.tasks.vision.FASHION_MNIST", unreachable)
+    monkeypatch.setattr("bench_cli.tasks.vision.task.FASHION_MNIST", unreachable)
 
 
 # -- Fashion-MNIST files ------------------------------------------------------------------------
@@ -69,10 +69,12 @@ def test_real_files_have_the_published_checksums_shapes_and_labels(fmnist_task) 
     for remote in FASHION_MNIST:
         assert sha256_of(FMNIST / remote.name) == remote.sha256
     t = fmnist_task
-    assert t.train_x.shape == (60000, 1, 28, 28) and t.train_x.dtype == torch.uint8
-    assert t.val_x.shape == (10000, 1, 28, 28) and t.val_x.dtype == torch.uint8
-    assert t.train_y.shape == (60000,) and t.val_y.shape == (10000,)
-    for y in (t.train_y, t.val_y):
+    # validation: the last 6,000 training images; the official test set apart
+    assert t.train_x.shape == (54000, 1, 28, 28) and t.train_x.dtype == torch.uint8
+    assert t.val_x.shape == (6000, 1, 28, 28) and t.test_x.shape == (10000, 1, 28, 28)
+    assert t.train_y.shape == (54000,) and t.val_y.shape == (6000,) and t.test_y.shape == (10000,)
+    train = torch.cat([t.train_y, t.val_y])
+    for y in (train, t.test_y):
         assert y.dtype == torch.int64 and y.min() == 0 and y.max() == 9
         assert torch.bincount(y).tolist() == [len(y) // 10] * 10  # balanced classes
     assert 0.27 < t.train_x.float().mean() / 255 < 0.30  # the normalisation's mean, 0.286
@@ -224,6 +226,7 @@ def test_cifar10_tiny_run_with_augmentation_and_a_held_out_split(tmp_path: Path)
     task = ViTSmall(VisionOptions(preset="tiny", dataset="cifar10", data=str(root), val_split=0.25))
     task.prepare(torch.device("cpu"))
     assert len(task.train_x) == 60 and len(task.val_x) == 20 and task.pad == 4
+    assert len(task.test_x) == N_PER_BATCH  # the official test batch, apart
     res = invoke(
         "run",
         "--opt",
@@ -313,7 +316,28 @@ def test_tiny_run_through_the_cli_writes_a_record(fmnist_task, tmp_path: Path) -
     for point in rec["curve"]:
         assert 0.0 <= point["metrics"]["val_accuracy"] <= 1.0
         assert math.isfinite(point["metrics"]["val_loss"])
+        assert 0.0 <= point["metrics"]["test_accuracy"] <= 1.0
     assert rec["curve"][-1]["metrics"]["val_loss"] < rec["curve"][0]["metrics"]["val_loss"]
+
+
+def test_validation_and_test_metrics_come_from_their_own_images(fmnist_task) -> None:
+    import torch.nn.functional as F
+
+    task = fmnist_task
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    with torch.no_grad():
+        got = task.evaluate(model)
+        n = task.options.eval_batches * task.options.eval_batch_size  # the first 1,000 of each
+        for split, x, y in (("val", task.val_x, task.val_y), ("test", task.test_x, task.test_y)):
+            pixels = (x[:n].float() / 255 - 0.2860) / 0.3530
+            logits = model(pixels)
+            assert got[f"{split}_loss"] == pytest.approx(
+                float(F.cross_entropy(logits, y[:n])), rel=1e-4
+            )
+            accuracy = float((logits.argmax(1) == y[:n]).float().mean())
+            assert got[f"{split}_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert got["val_loss"] != got["test_loss"]
 
 
 def test_show_documents_defaults_target_and_unit() -> None:

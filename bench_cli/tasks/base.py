@@ -4,12 +4,18 @@ A task builds the model, yields deterministic batches for a seed, computes the l
 (returning its named metrics, one of which is the target), and says what one step consumes.
 Its options are a pydantic model; a ``preset`` option (``default`` or ``tiny``) fills sizes that
 were not set explicitly, and ``tiny`` runs on a CPU in well under a second per step.
+
+A task states its presets in one table, ``PRESETS = {name: Preset(...)}``: the option values,
+the run settings and the target of each preset in one place (``run_settings`` builds the
+settings). The table fills the task's ``SETTINGS``, ``TARGETS`` and ``Options.PRESETS``.
 """
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -40,6 +46,38 @@ class TaskOptions(BaseModel):
         return {**cls.PRESETS[preset], **data}
 
 
+def run_settings(
+    steps: int,
+    eval_interval: int,
+    *,
+    warmup_steps: int = 0,
+    schedule: str = "cosine",
+    min_lr_ratio: float = 0.1,
+    grad_clip: float | None = 1.0,
+    log_interval: int | None = None,
+) -> dict[str, Any]:
+    """The run settings of one preset; the log interval defaults to the evaluation interval."""
+    return dict(
+        steps=steps,
+        warmup_steps=warmup_steps,
+        schedule=schedule,
+        min_lr_ratio=min_lr_ratio,
+        grad_clip=grad_clip,
+        eval_interval=eval_interval,
+        log_interval=log_interval or eval_interval,
+    )
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One row of a task's preset table."""
+
+    settings: dict[str, Any]
+    target: Target | None = None
+    #: option values the preset sets (those the user sets win)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 class Task(ABC):
     """One benchmark problem. Subclasses set the class attributes and implement the methods."""
 
@@ -55,7 +93,24 @@ class Task(ABC):
     BASELINE: ClassVar[dict[str, Any]] = {}
     #: the default target, for each preset
     TARGETS: ClassVar[dict[str, Target]] = {}
+    #: the preset table (fills SETTINGS, TARGETS and Options.PRESETS when a task sets it)
+    PRESETS: ClassVar[dict[str, Preset]] = {}
     registry_name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table = cls.__dict__.get("PRESETS")
+        if not table:
+            return
+        cls.SETTINGS = {name: dict(p.settings) for name, p in table.items()}
+        cls.TARGETS = {name: p.target for name, p in table.items() if p.target is not None}
+        presets = {name: dict(p.options) for name, p in table.items()}
+        if "Options" in cls.__dict__:  # the task's own options class
+            cls.Options.PRESETS = presets
+        else:  # inherited: a subclass, so that tasks sharing a class keep their own presets
+            base = cls.Options
+            namespace = {"PRESETS": presets, "__module__": cls.__module__}
+            cls.Options = type(base.__name__, (base,), namespace)
 
     def __init__(self, options: TaskOptions):
         self.options = options
@@ -121,6 +176,16 @@ class Task(ABC):
     @abstractmethod
     def batches(self, seed: int) -> Iterator[Any]:
         """An endless, deterministic stream of training batches for ``seed``, on the device."""
+
+    def batches_from(self, seed: int, step: int) -> Iterator[Any]:
+        """The stream of ``batches(seed)`` resumed at ``step``: its batches ``step``, ``step + 1``,
+        ... (0-based). This default draws and drops the first ``step``; tasks override it where
+        they can jump ahead cheaply."""
+        return itertools.islice(self.batches(seed), step, None)
+
+    def describe_preset(self) -> list[str]:
+        """Extra lines that ``bench show`` prints under this task's preset (none by default)."""
+        return []
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""Synthetic valleys with a known optimum: chained Rosenbrock, the noisy quadratic model, a river.
+"""Valleys with a known optimum: Rosenbrock in 2-D and chained, the noisy quadratic model, a river.
 
-Each task's "model" is one float64 vector ``x`` (a single tensor, so a thousand steps take about
+``rosenbrock`` is the paper's deterministic 2-D toy, one point ``xy``. The others' "model" is one
+float64 vector ``x`` (a single tensor, so a thousand steps take about
 a second on a CPU). Gradient noise, where there is any, is drawn per step from a generator seeded
 with the run's seed and enters the loss as the linear term ``<n, x>`` with ``n`` detached, so the
 gradient is exactly ``grad f(x) + n``. Metrics: ``gap`` (f(x) - f*, noise-free; the target),
@@ -19,7 +20,7 @@ from torch import nn
 
 from bench_cli.results.record import Target
 from bench_cli.tasks import TASKS
-from bench_cli.tasks.base import Task, TaskOptions
+from bench_cli.tasks.base import Preset, Task, TaskOptions, run_settings
 
 
 class _Vector(nn.Module):
@@ -29,15 +30,77 @@ class _Vector(nn.Module):
 
 
 def _settings(steps: int, eval_interval: int, schedule: str = "cosine") -> dict:
-    return dict(
-        steps=steps,
-        warmup_steps=0,
-        schedule=schedule,
-        min_lr_ratio=0.01,
-        grad_clip=None,
-        eval_interval=eval_interval,
-        log_interval=eval_interval,
-    )
+    return run_settings(steps, eval_interval, schedule=schedule, min_lr_ratio=0.01, grad_clip=None)
+
+
+def _preset(steps: int, interval: int, gap: float, **options) -> Preset:
+    return Preset(_settings(steps, interval), Target(metric="gap", value=gap), options)
+
+
+# -- rosenbrock ------------------------------------------------------------------------------------
+
+
+class RosenbrockOptions(TaskOptions):
+    a: float = 1.0
+    b: float = 100.0
+    x0: float = -1.2
+    y0: float = 1.0
+
+
+class _Point(nn.Module):
+    def __init__(self, x0: float, y0: float):
+        super().__init__()
+        # a single 2-D point stored as shape (2,), like the paper's toy
+        self.xy = nn.Parameter(torch.tensor([x0, y0], dtype=torch.float64))
+
+
+@TASKS.register("rosenbrock")
+class Rosenbrock(Task):
+    r"""f(x, y) = (a - x)^2 + b (y - x^2)^2, from (x0, y0) = (-1.2, 1.0); minimum 0 at (a, a^2).
+
+    Metrics: ``distance`` (Euclidean distance to the optimum; the target) and ``gap`` (f - f*).
+    Deterministic: every "batch" is the same function, so seeds change nothing. Unit: steps.
+    The parameter is one tensor of shape (2,), in float64.
+    """
+
+    Options = RosenbrockOptions
+    metric_directions = {"distance": "min", "gap": "min", "loss": "min"}
+    BASELINE = dict(lr=3e-2, betas=(0.9, 0.999), weight_decay=0.0)
+    PRESETS = {
+        name: Preset(
+            run_settings(
+                steps, 50 if name == "default" else 20, schedule="constant", grad_clip=None
+            ),
+            Target(metric="distance", value=value),
+        )
+        for name, steps, value in (("default", 3000, 1e-2), ("tiny", 200, 1.0))
+    }
+    units_per_step = 1
+    seed_independent = True
+    memory_gib = 0.5
+
+    def build_model(self) -> nn.Module:
+        return _Point(self.options.x0, self.options.y0)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        # the decision variable is not a weight matrix: never decayed
+        return [{"name": "point", "params": [model.xy], "weight_decay": 0.0}]
+
+    def _value(self, xy: torch.Tensor) -> torch.Tensor:
+        a, b = self.options.a, self.options.b
+        return (a - xy[0]) ** 2 + b * (xy[1] - xy[0] ** 2) ** 2
+
+    def batches(self, seed: int) -> Iterator[None]:
+        return itertools.repeat(None)
+
+    def loss(self, model: nn.Module, batch: None) -> torch.Tensor:
+        return self._value(model.xy)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        a = self.options.a
+        x, y = (float(v) for v in model.xy.detach().cpu())
+        gap = float(self._value(model.xy.detach()))
+        return {"distance": math.hypot(x - a, y - a * a), "gap": gap, "loss": gap}
 
 
 class _Valley(Task):
@@ -45,13 +108,16 @@ class _Valley(Task):
 
     unit = "steps"
     metric_directions = {"gap": "min", "distance": "min", "loss": "min"}
+    units_per_step = 1
+    memory_gib = 0.5
 
     def prepare(self, device: torch.device) -> None:
         self.device = device
 
     @property
-    def units_per_step(self) -> int:
-        return 1
+    def seed_independent(self) -> bool:
+        """Without gradient noise nothing depends on the seed."""
+        return self.noise() is None
 
     # -- what each valley defines ---------------------------------------------------------------
 
@@ -114,8 +180,6 @@ class _Valley(Task):
 
 
 class RosenbrockNDOptions(TaskOptions):
-    PRESETS = {"default": {}, "tiny": dict(dim=10)}
-
     dim: int = Field(100, ge=2, description="N, the number of coordinates")
     a: float = 1.0
     b: float = Field(100.0, gt=0.0)
@@ -135,12 +199,8 @@ class RosenbrockND(_Valley):
     """
 
     Options = RosenbrockNDOptions
-    SETTINGS = {"default": _settings(2000, 50), "tiny": _settings(100, 20)}
     BASELINE = dict(lr=2e-1, betas=(0.9, 0.99), weight_decay=0.0)
-    TARGETS = {
-        "default": Target(metric="gap", value=1e-3),
-        "tiny": Target(metric="gap", value=20.0),
-    }
+    PRESETS = {"default": _preset(2000, 50, 1e-3), "tiny": _preset(100, 20, 20.0, dim=10)}
 
     def start(self) -> torch.Tensor:
         x0 = torch.ones(self.options.dim, dtype=torch.float64)
@@ -164,8 +224,6 @@ class RosenbrockND(_Valley):
 
 
 class NoisyQuadraticOptions(TaskOptions):
-    PRESETS = {"default": {}, "tiny": dict(dim=100)}
-
     dim: int = Field(1000, ge=1, description="d, the number of coordinates")
     power: float = Field(1.0, ge=0.0, description="p in h_i = i^-p")
     batch_size: int = Field(16, ge=1, description="B: the noise variance is h_i / B")
@@ -187,12 +245,8 @@ class NoisyQuadratic(_Valley):
     """
 
     Options = NoisyQuadraticOptions
-    SETTINGS = {"default": _settings(1000, 50), "tiny": _settings(100, 20)}
     BASELINE = dict(lr=3e-2, betas=(0.9, 0.999), weight_decay=0.0)
-    TARGETS = {
-        "default": Target(metric="gap", value=1e-1),
-        "tiny": Target(metric="gap", value=0.5),
-    }
+    PRESETS = {"default": _preset(1000, 50, 1e-1), "tiny": _preset(100, 20, 0.5, dim=100)}
 
     def __init__(self, options: NoisyQuadraticOptions):
         super().__init__(options)
@@ -220,8 +274,6 @@ class NoisyQuadratic(_Valley):
 
 
 class RiverValleyOptions(TaskOptions):
-    PRESETS = {"default": {}, "tiny": dict(rivers=4, length=2.0)}
-
     rivers: int = Field(16, ge=1, description="m, independent 2-D valleys side by side")
     steepness: float = Field(100.0, gt=0.0, description="kappa, curvature across the valley")
     slope: float = Field(1.0, gt=0.0, description="epsilon, slope along the river far upstream")
@@ -252,11 +304,10 @@ class RiverValley(_Valley):
     """
 
     Options = RiverValleyOptions
-    SETTINGS = {"default": _settings(1000, 50), "tiny": _settings(100, 20)}
     BASELINE = dict(lr=3e-1, betas=(0.9, 0.999), weight_decay=0.0)
-    TARGETS = {
-        "default": Target(metric="gap", value=1.0),
-        "tiny": Target(metric="gap", value=5.0),
+    PRESETS = {
+        "default": _preset(1000, 50, 1.0),
+        "tiny": _preset(100, 20, 5.0, rivers=4, length=2.0),
     }
 
     def __init__(self, options: RiverValleyOptions):

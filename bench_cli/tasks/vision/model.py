@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from bench_cli.tasks.vision import VisionOptions
 
 
 class Attention(nn.Module):
@@ -48,19 +43,30 @@ class ViT(nn.Module):
     """Patch embedding (a strided convolution), learned positions, a class token or mean
     pooling, pre-norm blocks, and a LayerNorm + linear head."""
 
-    def __init__(self, o: VisionOptions, channels: int, side: int, classes: int = 10):
+    def __init__(
+        self,
+        *,
+        channels: int,
+        side: int,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        pool: str = "cls",
+        classes: int = 10,
+    ):
         super().__init__()
-        tokens = (side // o.patch_size) ** 2 + (o.pool == "cls")
-        self.pool = o.pool
-        self.patch = nn.Conv2d(channels, o.dim, kernel_size=o.patch_size, stride=o.patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, o.dim)) if o.pool == "cls" else None
-        self.pos_embed = nn.Parameter(torch.empty(1, tokens, o.dim))
-        self.drop = nn.Dropout(o.dropout)
-        self.blocks = nn.ModuleList(
-            Block(o.dim, o.heads, o.mlp_ratio, o.dropout) for _ in range(o.depth)
-        )
-        self.ln_f = nn.LayerNorm(o.dim)
-        self.head = nn.Linear(o.dim, classes)
+        tokens = (side // patch_size) ** 2 + (pool == "cls")
+        self.pool = pool
+        self.patch = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
+        self.pos_embed = nn.Parameter(torch.empty(1, tokens, dim))
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):  # timm's ViT initialisation

@@ -1,0 +1,282 @@
+"""``lm-markov``: a synthetic language that never repeats, with an exact loss floor.
+
+The source is a random sparse Markov language of order ``k`` over ``V`` symbols: each of the
+``V**k`` contexts (the last ``k`` symbols) has ``support`` next symbols drawn uniformly (with
+replacement; a symbol drawn twice keeps both weights) and Dirichlet(``concentration``) weights on
+them. The table is built once with numpy from ``source_seed``, so the language is the same on
+every machine and for every run seed.
+
+Every window is a fresh chain: its first ``k`` symbols are uniform, the rest follow the source.
+Targets whose context the window cuts off (the first ``k - 1``) are not scored, so the
+Bayes-optimal loss of a window is exactly the mean of ``-log p(next | context)`` over its scored
+targets under the true conditionals: the ``floor``. Training windows are generated on the device
+in chunks of about a million tokens, each chunk from a generator seeded by (run seed, chunk
+index): the stream never repeats, and ``batches_from`` jumps to any step for the cost of one
+chunk. The stream is fixed per seed and device type (CPU and CUDA generators differ). The
+validation windows come from their own seed, generated on the CPU, and are the same for every
+run and device.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from bench_cli.errors import ConfigError
+from bench_cli.results.record import Target
+from bench_cli.tasks import TASKS
+from bench_cli.tasks.base import Preset, run_settings
+from bench_cli.tasks.lm.gpt import GPTOptions, GPTTask, nanogpt_param_groups
+
+#: the validation windows' generator seed namespace (never used for training)
+VAL_STREAM = "validation"
+TRAIN_STREAM = "training"
+#: tokens generated per chunk of the training stream (about)
+CHUNK_TOKENS = 1 << 20
+
+
+def stream_seed(stream: str, seed: int, chunk: int) -> int:
+    """A 63-bit generator seed for one chunk of one stream (a CPU generator keeps 32 bits)."""
+    digest = hashlib.sha256(f"{stream}:{seed}:{chunk}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class MarkovSource:
+    """The language: ``nexts[c]`` are context ``c``'s next symbols, ``weights[c]`` their
+    probabilities. A context is ``sum_i x_{t-k+i} V**(k-1-i)``: the newest symbol last."""
+
+    def __init__(self, vocab: int, order: int, support: int, concentration: float, seed: int):
+        self.vocab, self.order, self.support = vocab, order, support
+        self.n_contexts = vocab**order
+        rng = np.random.default_rng(seed)
+        self.nexts = rng.integers(vocab, size=(self.n_contexts, support))
+        weights = rng.gamma(concentration, size=(self.n_contexts, support)) + 1e-12
+        self.weights = weights / weights.sum(axis=1, keepdims=True)
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next symbols, cumulative weights in float32) on ``device``."""
+        if device not in self._tables:
+            cum = torch.from_numpy(np.cumsum(self.weights, axis=1)).float()
+            self._tables[device] = (torch.from_numpy(self.nexts).to(device), cum.to(device))
+        return self._tables[device]
+
+    def generate(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` fresh chains of ``length`` symbols (int64) on the generator's device."""
+        device = generator.device
+        nexts, cum = self.tables(device)
+        k, V = self.order, self.vocab
+        out = torch.empty(n, length, dtype=torch.long, device=device)
+        out[:, :k] = torch.randint(V, (n, k), generator=generator, device=device)
+        u = torch.rand(n, max(0, length - k), generator=generator, device=device)
+        ctx = torch.zeros(n, dtype=torch.long, device=device)
+        for i in range(k):
+            ctx = ctx * V + out[:, i]
+        for t in range(k, length):
+            j = (u[:, t - k, None] >= cum[ctx]).sum(dim=1).clamp_(max=self.support - 1)
+            sym = nexts[ctx, j]
+            out[:, t] = sym
+            ctx = (ctx * V + sym) % self.n_contexts
+        return out
+
+    def contexts(self, windows: torch.Tensor) -> torch.Tensor:
+        """The context of every position ``t >= k`` of each window: (n, length - k)."""
+        k, V = self.order, self.vocab
+        ctx = torch.zeros_like(windows[:, k:])
+        for i in range(k):
+            ctx = ctx * V + windows[:, i : windows.shape[1] - k + i]
+        return ctx
+
+    def nll(self, windows: torch.Tensor) -> torch.Tensor:
+        """``-log p(x_t | context)`` (float64) for every position ``t >= k`` of each window."""
+        windows = windows.cpu()
+        ctx = self.contexts(windows).numpy()
+        sym = windows[:, self.order :].numpy()
+        p = ((self.nexts[ctx] == sym[..., None]) * self.weights[ctx]).sum(axis=-1)
+        return torch.from_numpy(-np.log(p))
+
+    def log_probs(self) -> torch.Tensor:
+        """The dense table of ``log p(next | context)``: (contexts, V), float64."""
+        p = np.zeros((self.n_contexts, self.vocab))
+        np.add.at(p, (np.arange(self.n_contexts)[:, None], self.nexts), self.weights)
+        with np.errstate(divide="ignore"):
+            return torch.from_numpy(np.log(p))
+
+
+class MarkovOptions(GPTOptions):
+    vocab: int = Field(64, ge=2, le=65536, description="V, the number of symbols")
+    order: int = Field(3, ge=1, description="k, the symbols a context holds")
+    support: int = Field(16, ge=1, description="next symbols drawn per context")
+    concentration: float = Field(0.5, gt=0.0, description="Dirichlet concentration of weights")
+    source_seed: int = Field(0, ge=0, description="the seed that draws the language")
+    n_layer: int = Field(6, ge=1)
+    n_head: int = Field(6, ge=1)
+    n_embd: int = Field(384, ge=1)
+    block_size: int = Field(256, ge=2)
+    batch_size: int = Field(64, ge=1)
+    eval_batches: int = Field(16, ge=1)
+
+
+@functools.lru_cache(maxsize=4)
+def _source(vocab: int, order: int, support: int, concentration: float, seed: int):
+    return MarkovSource(vocab, order, support, concentration, seed)
+
+
+@TASKS.register("lm-markov")
+class LMMarkov(GPTTask):
+    """A GPT on a random sparse Markov language of order k: a stream that never repeats, with a
+    known optimum.
+
+    Default: V = 64 symbols, order k = 3 (262,144 contexts), 16 next symbols per context with
+    Dirichlet(0.5) weights; the GPT of lm-medium (6 layers, 6 heads, width 384, context 256,
+    batch 64, no dropout); 6,000 steps (98M tokens, every one fresh), lr 1e-3 with 200 warmup
+    steps and cosine decay to 1e-4, AdamW betas (0.9, 0.95), weight decay 0.1 on every matrix,
+    grad clip 1.0; evaluation every 250 steps on 16 fixed batches (1,024 windows).
+    ``long``: the same language and model for 60,000 steps (983M tokens). ``tiny``: V = 8,
+    k = 2, a one-layer GPT, seconds on a CPU.
+    Metrics: val_loss and its standard error, ``floor`` (the Bayes-optimal loss on the same
+    validation windows, from the true conditionals), ``gap`` = val_loss - floor (the target) and
+    its standard error ``gap_se``, train_loss. The floor, and the losses of the best unigram and
+    bigram models, are printed below for each preset. Unit: tokens. Difficulty: --set vocab=V,
+    order=K, support=S, concentration=C, source_seed=N. The forgetting probe is not needed here:
+    a fresh batch is held out by construction.
+    """
+
+    Options = MarkovOptions
+    BASELINE = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    metric_directions = {
+        **GPTTask.metric_directions,
+        "gap": "min",
+        "gap_se": "min",
+        "floor": "min",
+    }
+    PRESETS = {
+        "default": Preset(
+            run_settings(6000, 250, warmup_steps=200, log_interval=10),
+            Target(metric="gap", value=0.1),
+        ),
+        "long": Preset(
+            run_settings(60_000, 2500, warmup_steps=1000, log_interval=50),
+            Target(metric="gap", value=0.05),
+        ),
+        "tiny": Preset(
+            run_settings(100, 25, warmup_steps=10, log_interval=25),
+            Target(metric="gap", value=1.3),
+            dict(
+                vocab=8,
+                order=2,
+                support=3,
+                n_layer=1,
+                n_head=2,
+                n_embd=32,
+                block_size=32,
+                batch_size=8,
+                eval_batches=8,
+            ),
+        ),
+    }
+
+    @property
+    def source(self) -> MarkovSource:
+        o = self.options
+        return _source(o.vocab, o.order, o.support, o.concentration, o.source_seed)
+
+    @property
+    def first_scored(self) -> int:  # the first target whose whole context is in the window
+        return self.options.order - 1
+
+    @property
+    def vocab_size(self) -> int:
+        return self.options.vocab
+
+    def validation_windows(self) -> torch.Tensor:
+        """The fixed validation windows (CPU): eval_batches x batch_size of them."""
+        o = self.options
+        gen = torch.Generator().manual_seed(stream_seed(VAL_STREAM, 0, 0))
+        return self.source.generate(o.eval_batches * o.batch_size, o.block_size + 1, gen)
+
+    def prepare(self, device: torch.device) -> None:
+        o = self.options
+        if o.order >= o.block_size:
+            raise ConfigError(f"order {o.order} must be below block_size {o.block_size}")
+        self.device = device
+        val = self.validation_windows()
+        window_floor = self.source.nll(val).mean(dim=1)  # every scored target of a window
+        self._floor = window_floor.to(device)
+        self.floor = float(window_floor.mean())
+        self.val_batches = val.to(device).split(o.batch_size)
+
+    def param_groups(self, model):
+        return nanogpt_param_groups(model)
+
+    def _chunk_batches(self) -> int:
+        o = self.options
+        return max(1, min(256, CHUNK_TOKENS // (o.batch_size * (o.block_size + 1))))
+
+    def batches(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches_from(seed, 0)
+
+    def batches_from(self, seed: int, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._train_sum, self._train_count = 0.0, 0
+        return self._stream(seed, step)
+
+    def _stream(self, seed: int, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        o, per = self.options, self._chunk_batches()
+        chunk, skip = divmod(step, per)
+        gen = torch.Generator(device=self.device)
+        while True:
+            gen.manual_seed(stream_seed(TRAIN_STREAM, seed, chunk))
+            windows = self.source.generate(per * o.batch_size, o.block_size + 1, gen)
+            for b in windows.split(o.batch_size)[skip:]:
+                yield b[:, :-1], b[:, 1:]
+            chunk, skip = chunk + 1, 0
+
+    def evaluate(self, model) -> dict[str, float]:
+        losses = torch.cat(
+            [self.window_losses(model, (b[:, :-1], b[:, 1:])) for b in self.val_batches]
+        )
+        gaps = losses - self._floor
+        n = len(losses)
+        stats = torch.stack([losses.mean(), losses.std(), gaps.mean(), gaps.std()]).tolist()
+        root = math.sqrt(n) if n > 1 else math.inf
+        return {
+            "val_loss": stats[0],
+            "val_loss_se": stats[1] / root if n > 1 else 0.0,
+            "floor": self.floor,
+            "gap": stats[2],
+            "gap_se": stats[3] / root if n > 1 else 0.0,
+            **self.train_loss(),
+        }
+
+    # -- what `bench show` prints ---------------------------------------------------------------
+
+    def reference_losses(self, sample_windows: int = 4096) -> dict[str, float]:
+        """The floor, and the validation loss of the best unigram and bigram models fitted on
+        ``sample_windows`` fresh training windows (counts, add-one smoothed)."""
+        o, src = self.options, self.source
+        gen = torch.Generator().manual_seed(stream_seed(TRAIN_STREAM, 0, 0))
+        fit = src.generate(sample_windows, o.block_size + 1, gen)
+        val = self.validation_windows()
+        k, V = o.order, o.vocab
+        # the scored targets: positions t >= k, with their previous symbol
+        cur, prev = fit[:, k:].reshape(-1), fit[:, k - 1 : -1].reshape(-1)
+        uni = torch.bincount(cur, minlength=V).double() + 1
+        bi = torch.bincount(prev * V + cur, minlength=V * V).double().view(V, V) + 1
+        vcur, vprev = val[:, k:].reshape(-1), val[:, k - 1 : -1].reshape(-1)
+        uni_loss = -(uni / uni.sum()).log()[vcur].mean()
+        bi_loss = -(bi / bi.sum(dim=1, keepdim=True)).log()[vprev, vcur].mean()
+        floor = float(src.nll(val).mean())
+        return {"floor": floor, "unigram": float(uni_loss), "bigram": float(bi_loss)}
+
+    def describe_preset(self) -> list[str]:
+        ref = self.reference_losses()
+        return [
+            f"  losses on the validation windows: floor {ref['floor']:.4f} (Bayes-optimal), "
+            f"bigram {ref['bigram']:.4f}, unigram {ref['unigram']:.4f} nats"
+        ]
