@@ -35,7 +35,7 @@ MAX_NAME = 100
 MAX_RECORD_BYTES = 256 * 2**20
 _NAME = re.compile(NAME_PATTERN)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,()-]+")
-_SLUG_LEN = 120
+_SLUG_LEN = 200  # with the hash and suffix, under the usual 255-byte limit
 
 
 def name_problem(name: object) -> str | None:
