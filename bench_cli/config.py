@@ -104,9 +104,8 @@ class RunSettings(BaseModel):
 
 def parse_value(text: str, source: str = "--set") -> Any:
     """A ``--set`` value, read by the suite files' YAML loader: ``1e-3``, ``[0.9, 1e-1]``,
-    ``null``, ``true``; anything else is text. ``inf`` stays text (YAML spells it ``.inf``)."""
-    if not text:
-        return ""
+    ``null``, ``true``; anything else is text. ``inf`` stays text (YAML spells it ``.inf``), and
+    an empty value is null, as in a file."""
     return read_yaml(text, source)
 
 

@@ -316,7 +316,7 @@ def test_boolean_weight_decay_is_refused(tmp_path: Path) -> None:
 
 
 def test_set_parses_values_exactly_like_a_yaml_file(tmp_path: Path) -> None:
-    for text in ["[0.9, 1e-1]", "1e-3", "3.0e-4", "null", "true", "[1, 2]", "cosine", "0x10"]:
+    for text in ["[0.9, 1e-1]", "1e-3", "3.0e-4", "null", "true", "[1, 2]", "cosine", "0x10", ""]:
         assert parse_value(text) == read_yaml(f"v: {text}\n", "f")["v"], text
     res, out = run_rosenbrock(tmp_path, "--set", "betas=[0.9, 1e-1]")
     assert res.exit_code == 0, res.output
