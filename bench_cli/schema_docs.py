@@ -86,6 +86,7 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("ExecutorSettings", "gpus"): [0, 1],
     ("ExecutorSettings", "runs_per_gpu"): 2,
     ("ExecutorSettings", "ray_address"): "auto",
+    ("ExecutorSettings", "mps"): True,
 }
 
 

@@ -209,3 +209,17 @@ def test_report_screenshot(driver, results, tmp_path) -> None:
     # a page with text and curves: many distinct colours, not a blank or error page
     colours = {tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3)}
     assert len(colours) > 50
+
+
+def test_report_sets_a_published_reference_beside_our_adamw(tmp_path: Path) -> None:
+    from bench_cli.references import REFERENCES
+
+    [ref] = [r for r in REFERENCES if r.task == "lm-medium"]
+    runs = []
+    for seed, best in ((0, 1.47), (1, 1.49), (2, 1.48)):
+        r = make_record("lm-medium", "adamw", seed, 4000.0, best=best)
+        settings = {**r.settings, "steps": ref.steps}
+        runs.append(r.model_copy(update={"settings": settings, "task_options": ref.options}))
+    html = build_report(runs, "adamw", docstrings(), tmp_path)
+    assert "val_loss 1.4697 after 5,000 steps" in html
+    assert "best val_loss 1.4800 (median of 3 run(s), seeds 0, 1, 2; +0.0103 vs published)" in html
