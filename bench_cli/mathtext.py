@@ -281,9 +281,10 @@ def to_html(doc: str) -> str:
         for row in block.lines:
             cells = row.split("&", 1)
             if len(cells) == 2:
-                left, right = (latex_mathml(c.strip()) for c in cells)
+                left, right = (latex_mathml(c.strip(), display=True) for c in cells)
                 rows.append(f'<tr><td class="lhs">{left}</td><td>{right}</td></tr>')
             else:
-                rows.append(f'<tr><td colspan="2">{latex_mathml(cells[0].strip())}</td></tr>')
+                whole = latex_mathml(cells[0].strip(), display=True)
+                rows.append(f'<tr><td colspan="2">{whole}</td></tr>')
         parts.append(f'<table class="math">{"".join(rows)}</table>')
     return "\n".join(parts)
