@@ -7,6 +7,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from bench_cli import __version__, api, describe
+from bench_cli.cli_data import data_app
 from bench_cli.cli_results import register as register_results_commands
 from bench_cli.cli_run import register as register_run_commands
 from bench_cli.cli_suite import suite_app
@@ -105,6 +106,7 @@ app.add_typer(suite_app, name="suite")
 from bench_cli.cli_perf import perf_app  # noqa: E402
 
 app.add_typer(perf_app, name="perf")
+app.add_typer(data_app, name="data")
 
 
 def _untyped_flags(params: list) -> list:

@@ -7,6 +7,7 @@ A shard is llm.c's / modded-nanogpt's format: a header of 256 little-endian int3
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,15 @@ def shard_files(path: Path) -> tuple[list[Path], list[Path]]:
     if not train:
         raise DataError(f"{path} holds no training shards (*.bin besides *val*.bin)")
     return train, val
+
+
+def manifest_vocab(path: Path) -> int | None:
+    """The vocabulary size that ``bench data shards`` recorded beside the shards, if any."""
+    manifest = (path if path.is_dir() else path.parent) / "manifest.json"
+    try:
+        return int(json.loads(manifest.read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def is_shards(path: Path) -> bool:
@@ -164,8 +174,9 @@ def load_splits(
     vocab_size: int | None,
     val_fraction: float,
 ) -> tuple[list, list, int]:
-    """(training parts, validation parts, vocabulary size): shards, or a text file split at
-    ``val_fraction`` (Tiny Shakespeare when ``data`` is None)."""
+    """(training parts, validation parts, vocabulary size): shards (their vocabulary from
+    ``vocab_size``, else their manifest, else GPT-2's), or a text file split at ``val_fraction``
+    (Tiny Shakespeare when ``data`` is None)."""
     path = _path(data, "--data") if data else None
     val_path = _path(val_data, "--set val_data") if val_data else None
     if path is not None and is_shards(path):
@@ -178,8 +189,7 @@ def load_splits(
         val = [read_shard(f) for f in val_files]
         if not val:
             train, val = split_tail(train, int(sum(map(len, train)) * val_fraction))
-        vocab = vocab_size or GPT2_VOCAB
-        return train, val, vocab
+        return train, val, vocab_size or manifest_vocab(path) or GPT2_VOCAB
     if path is not None and path.is_dir() and not (path / TINY_SHAKESPEARE.name).is_file():
         raise DataError(f"{path} holds no .bin token shards and no {TINY_SHAKESPEARE.name}")
     text = locate(TINY_SHAKESPEARE, data)

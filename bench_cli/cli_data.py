@@ -1,0 +1,66 @@
+"""``bench data``: prepare data for the tasks (thin commands over bench_cli.shards)."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from bench_cli import shards
+from bench_cli.display import friendly, stderr, stdout
+
+data_app = typer.Typer(help="Prepare data for the tasks: token shards from any text.")
+
+
+@data_app.command("shards")
+@friendly
+def shards_command(
+    src: Annotated[list[Path], typer.Argument(help="Text files, or folders of them.")],
+    out: Annotated[Path, typer.Option("--out", help="The folder for the shards.")],
+    tokenizer: Annotated[
+        str, typer.Option(help="gpt2 (BPE through tiktoken), char or bytes.")
+    ] = "gpt2",
+    val_fraction: Annotated[
+        float, typer.Option(help="Fraction of the files held out for validation.")
+    ] = 0.01,
+    glob: Annotated[str, typer.Option(help="Which files of a folder to read.")] = "*.txt",
+    shard_tokens: Annotated[int, typer.Option(help="Tokens per shard.")] = 100_000_000,
+    name: Annotated[str, typer.Option(help="Shard file prefix.")] = "data",
+    skip_undecodable: Annotated[
+        bool, typer.Option(help="Skip files that are not UTF-8 (listed in the manifest).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Tokenize text into llm.c-format .bin shards with a manifest; rerun to resume."""
+    columns = (
+        TextColumn("shards"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr, disable=quiet, transient=True) as bar:
+        task = bar.add_task("shards", total=None)
+        manifest = shards.build_shards(
+            [str(s) for s in src],
+            out,
+            tokenizer=tokenizer,
+            val_fraction=val_fraction,
+            shard_tokens=shard_tokens,
+            glob=glob,
+            name=name,
+            skip_undecodable=skip_undecodable,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    count = {s: sum(1 for x in manifest["shards"] if x["split"] == s) for s in ("train", "val")}
+    stdout.print(
+        f"{escape(str(out))}: {count['train']} training shards ({manifest['train_tokens']:,} "
+        f"tokens), {count['val']} validation shards ({manifest['val_tokens']:,} tokens); "
+        f"vocabulary {manifest['vocab_size']:,} ({manifest['settings']['tokenizer']}); "
+        f"manifest {shards.MANIFEST}",
+        highlight=False,
+    )
+    if manifest["skipped"]:
+        stdout.print(f"skipped {len(manifest['skipped'])} files that are not UTF-8 text")
+    task_name = "lm-gpt2" if tokenizer == "gpt2" else "lm-small"
+    stdout.print(f"train on them: bench run --task {task_name} --opt adamw --data {out}")

@@ -1,0 +1,300 @@
+"""Token shards from any text: ``bench data shards SRC... --out DIR``.
+
+Text files (or folders of them, matched by a glob) are tokenized in sorted order, one document
+per file, and written as llm.c-format ``.bin`` shards (the format ``lm-gpt2`` and every LM task
+read: ``bench_cli.tasks.lm.tokens``): ``DIR/<name>_train_000000.bin``, ...,
+``DIR/<name>_val_000000.bin``, ... Tokenizers: ``gpt2`` (GPT-2's BPE through tiktoken, the
+optional extra ``gpt2``; every document starts with ``<|endoftext|>``, 50256, as llm.c's
+scripts write it), ``char`` (the sorted distinct characters of all the files) and ``bytes``.
+
+A file goes to validation when the sha256 of its path under the folder named (or of its name),
+read as a fraction, is below ``--val-fraction``: the split is fixed per file, wherever the
+sources lie and whatever else they hold. With no file in
+validation, the tasks hold out the last tenth of the training tokens instead.
+
+``DIR/manifest.json`` records the settings, the sources, the vocabulary, and every shard with its
+token count and sha256. It is rewritten after each shard, so an interrupted build resumes where
+its last full shard ended when the same command runs again; the finished shards are checked
+against their checksums first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench_cli.errors import DataError
+
+MANIFEST = "manifest.json"
+TOKENIZERS = ("gpt2", "char", "bytes")
+#: tiktoken's name for GPT-2's BPE: the same ranks, pattern and <|endoftext|> as its "gpt2"
+GPT2_ENCODING = "r50k_base"
+
+
+@dataclass
+class Tokenizer:
+    name: str
+    vocab_size: int
+    encode: Callable[[bytes, str], np.ndarray]
+    info: dict = field(default_factory=dict)
+
+
+def _text(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}); use --tokenizer "
+            "bytes, leave the file out, or pass --skip-undecodable"
+        ) from exc
+
+
+def make_tokenizer(
+    name: str, files: list[Path], chars: list[str] | None = None, skip_undecodable: bool = False
+) -> Tokenizer:
+    """The tokenizer ``name``; ``char`` reads every file once for its vocabulary (unless given),
+    leaving out files that are not UTF-8 when ``skip_undecodable``."""
+    if name == "bytes":
+        return Tokenizer("bytes", 256, lambda raw, src: np.frombuffer(raw, dtype=np.uint8))
+    if name == "gpt2":
+        try:
+            import tiktoken
+        except ImportError as exc:
+            raise DataError(
+                "--tokenizer gpt2 needs tiktoken: pip install 'bench-cli[gpt2]'"
+            ) from exc
+        try:
+            enc = tiktoken.get_encoding(GPT2_ENCODING)
+        except Exception as exc:  # tiktoken fetches the ranks once, then reads its cache
+            raise DataError(
+                f"tiktoken could not load GPT-2's BPE ({GPT2_ENCODING}: {exc}); offline, put "
+                f"{GPT2_ENCODING}.tiktoken in the folder TIKTOKEN_CACHE_DIR names"
+            ) from exc
+        eot = enc.eot_token
+
+        def encode(raw: bytes, src: str) -> np.ndarray:
+            return np.asarray([eot, *enc.encode_ordinary(_text(raw, src))], dtype=np.int64)
+
+        return Tokenizer("gpt2", enc.n_vocab, encode, {"eot": eot, "encoding": GPT2_ENCODING})
+    if name != "char":
+        raise DataError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
+    if chars is None:
+        seen: set[str] = set()
+        for f in files:
+            try:
+                seen.update(_text(f.read_bytes(), str(f)))
+            except DataError:
+                if not skip_undecodable:
+                    raise
+        chars = sorted(seen)
+    if len(chars) > 65536:
+        raise DataError(
+            f"the files hold {len(chars)} distinct characters, more than a uint16 shard can "
+            "store (65,536); use --tokenizer bytes or gpt2"
+        )
+    lookup = {ch: i for i, ch in enumerate(chars)}
+
+    def encode_chars(raw: bytes, src: str) -> np.ndarray:
+        return np.fromiter((lookup[c] for c in _text(raw, src)), dtype=np.int64)
+
+    return Tokenizer("char", len(chars), encode_chars, {"chars": "".join(chars)})
+
+
+def collect_files(sources: Iterable[str], glob: str) -> list[tuple[Path, str]]:
+    """(file, key) for files named and files under folders named that match ``glob``, sorted,
+    each once. The key (a file's path under the folder named, or its name) decides its split,
+    so that the split does not depend on where the sources lie."""
+    found: dict[Path, str] = {}
+    for text in sources:
+        path = Path(text).expanduser()
+        if path.is_file():
+            found.setdefault(path, path.name)
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob(glob) if p.is_file())
+            if not files:
+                raise DataError(f"{path} holds no files matching {glob!r}; set --glob")
+            for f in files:
+                found.setdefault(f, f.relative_to(path).as_posix())
+        else:
+            raise DataError(f"{path} does not exist; pass text files or folders of them")
+    return sorted(found.items(), key=lambda item: str(item[0]))
+
+
+def goes_to_val(key: str, fraction: float) -> bool:
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write(path: Path, tokens: np.ndarray) -> str:
+    """Write one shard through a temporary file; its sha256."""
+    from bench_cli.tasks.lm.tokens import write_shard  # the one writer of the format
+
+    tmp = path.with_name(f".{path.name}.part")
+    write_shard(tmp, tokens)
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+class _Split:
+    """One split's buffer: segments (document, offset in it, tokens) not yet in a shard."""
+
+    def __init__(self, name: str, state: dict):
+        self.name = name
+        self.next_doc, self.next_offset = state.get("next", (0, 0))
+        self.segments: list[tuple[int, int, np.ndarray]] = []
+        self.buffered = 0
+
+    def add(self, doc: int, tokens: np.ndarray) -> None:
+        offset = self.next_offset if doc == self.next_doc else 0
+        if doc < self.next_doc or offset >= len(tokens):
+            return
+        self.segments.append((doc, offset, tokens[offset:]))
+        self.buffered += len(tokens) - offset
+
+    def take(self, n: int, after_doc: int) -> np.ndarray:
+        """The first ``n`` buffered tokens; the rest stay, and ``next`` points past them."""
+        out, need = [], n
+        while need:
+            doc, offset, toks = self.segments[0]
+            part = toks[:need]
+            out.append(part)
+            need -= len(part)
+            if len(part) == len(toks):
+                self.segments.pop(0)
+            else:
+                self.segments[0] = (doc, offset + len(part), toks[len(part) :])
+        self.buffered -= n
+        if self.segments:
+            self.next_doc, self.next_offset = self.segments[0][:2]
+        else:
+            self.next_doc, self.next_offset = after_doc + 1, 0
+        return np.concatenate(out)
+
+
+def build_shards(
+    sources: list[str],
+    out: Path,
+    tokenizer: str = "gpt2",
+    val_fraction: float = 0.01,
+    shard_tokens: int = 100_000_000,
+    glob: str = "*.txt",
+    name: str = "data",
+    skip_undecodable: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Build (or resume) the shards; returns the manifest. ``progress(done, total)`` is called
+    with source bytes after each file."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if shard_tokens < 1:
+        raise DataError(f"--shard-tokens must be positive, got {shard_tokens}")
+    found = collect_files(sources, glob)
+    files = [f for f, _ in found]
+    settings = {
+        "tokenizer": tokenizer,
+        "val_fraction": val_fraction,
+        "shard_tokens": shard_tokens,
+        "glob": glob,
+        "name": name,
+        "files": [[str(f), f.stat().st_size] for f in files],
+    }
+    manifest_path = out / MANIFEST
+    manifest = _resume(out, manifest_path, settings)
+    if manifest.get("complete"):
+        return manifest
+    chars = manifest.get("vocabulary", {}).get("chars")
+    tok = make_tokenizer(
+        tokenizer, files, list(chars) if chars is not None else None, skip_undecodable
+    )
+    manifest.update(
+        format="llm.c .bin (magic 20240520, version 1, uint16 tokens)",
+        settings=settings,
+        vocabulary={"size": tok.vocab_size, **tok.info},
+        vocab_size=tok.vocab_size,
+        complete=False,
+    )
+    manifest.setdefault("shards", [])
+    manifest.setdefault("skipped", [])
+    state = manifest.setdefault("state", {})
+    splits = {s: _Split(s, state.get(s, {})) for s in ("train", "val")}
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        for s, sp in splits.items():
+            state[s] = {"next": [sp.next_doc, sp.next_offset]}
+        tmp = out / f".{MANIFEST}.part"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, manifest_path)
+
+    def emit(sp: _Split, tokens: np.ndarray) -> None:
+        index = sum(1 for s in manifest["shards"] if s["split"] == sp.name)
+        path = out / f"{name}_{sp.name}_{index:06d}.bin"
+        entry = {"file": path.name, "split": sp.name, "tokens": int(len(tokens))}
+        manifest["shards"].append({**entry, "sha256": _write(path, tokens)})
+        save()
+
+    total = sum(size for _, size in settings["files"])
+    done = 0
+    for i, f in enumerate(files):
+        sp = splits["val" if goes_to_val(found[i][1], val_fraction) else "train"]
+        done += settings["files"][i][1]
+        if i >= sp.next_doc and str(f) not in manifest["skipped"]:
+            try:
+                tokens = tok.encode(f.read_bytes(), str(f))
+            except DataError:
+                if not skip_undecodable:
+                    raise
+                manifest["skipped"].append(str(f))
+                tokens = np.zeros(0, dtype=np.int64)
+            sp.add(i, tokens)
+            while sp.buffered >= shard_tokens:
+                emit(sp, sp.take(shard_tokens, i))
+        if progress:
+            progress(done, total)
+    for sp in splits.values():
+        if sp.buffered:
+            emit(sp, sp.take(sp.buffered, len(files) - 1))
+    for s in ("train", "val"):
+        manifest[f"{s}_tokens"] = sum(x["tokens"] for x in manifest["shards"] if x["split"] == s)
+    if not manifest["train_tokens"]:
+        raise DataError("no training tokens: every file went to validation; lower --val-fraction")
+    manifest["complete"] = True
+    save()
+    return manifest
+
+
+def _resume(out: Path, manifest_path: Path, settings: dict) -> dict:
+    """The manifest to continue from: empty for a fresh build, else checked against ``settings``
+    and its shards against their checksums."""
+    if not manifest_path.is_file():
+        if out.exists() and any(out.glob("*.bin")):
+            raise DataError(f"{out} holds .bin files but no {MANIFEST}; choose an empty --out")
+        return {}
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{manifest_path} is not valid JSON ({exc}); remove {out}") from exc
+    if manifest.get("settings") != settings:
+        raise DataError(
+            f"{out} holds shards made with other settings or sources; choose another --out or "
+            "remove it"
+        )
+    for shard in manifest.get("shards", []):
+        path = out / shard["file"]
+        if not path.is_file() or sha256_file(path) != shard["sha256"]:
+            raise DataError(f"{path} is missing or does not match its sha256; remove {out}")
+    return manifest

@@ -1,0 +1,241 @@
+"""`bench data shards`: llm.c shards from text, a manifest with checksums, resume, and training."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bench_cli import shards
+from bench_cli.cli import app
+from bench_cli.errors import DataError
+
+TEXTS = {
+    "a.txt": "First file: to be, or not to be.\n",
+    "b.txt": "Second file, with ümlauts and more text than the first one has.\n",
+    "sub/c.txt": "A third, in a sub-folder.\n",
+    "sub/d.txt": "And the fourth: the last of them.\n",
+    "notes.md": "not matched by the glob\n",
+}
+
+
+def read_bin(path: Path) -> np.ndarray:
+    """The llm.c format read independently: 256 int32 header (magic, version, count), uint16."""
+    header = np.frombuffer(path.read_bytes()[:1024], dtype="<i4")
+    assert header[0] == 20240520 and header[1] == 1
+    tokens = np.frombuffer(path.read_bytes()[1024:], dtype="<u2")
+    assert len(tokens) == header[2]
+    return tokens
+
+
+def in_val(key: str, fraction: float) -> bool:
+    """By the sha256 of the file's path under the folder given."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) / 2**64 < fraction
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "corpus"
+    for name, text in TEXTS.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def split_tokens(out: Path, manifest: dict, split: str) -> np.ndarray:
+    files = [s["file"] for s in manifest["shards"] if s["split"] == split]
+    return np.concatenate([read_bin(out / f) for f in files]) if files else np.zeros(0, int)
+
+
+def test_char_shards_hold_the_files_in_order_split_by_path(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    m = shards.build_shards([str(corpus)], out, tokenizer="char", val_fraction=0.5, shard_tokens=40)
+    files = sorted((corpus / n for n in TEXTS if n.endswith(".txt")), key=str)
+    chars = sorted(set("".join(TEXTS[n] for n in TEXTS if n.endswith(".txt"))))
+    assert m["vocabulary"]["chars"] == "".join(chars) and m["vocab_size"] == len(chars)
+    for split in ("train", "val"):
+        want = "".join(
+            f.read_text()
+            for f in files
+            if in_val(f.relative_to(corpus).as_posix(), 0.5) == (split == "val")
+        )
+        got = "".join(chars[t] for t in split_tokens(out, m, split))
+        assert got == want and m[f"{split}_tokens"] == len(want)
+    assert m["train_tokens"] and m["val_tokens"]  # these names put files in both
+    for shard in m["shards"]:
+        path = out / shard["file"]
+        assert shard["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert shard["tokens"] == len(read_bin(path))
+    train = [s["tokens"] for s in m["shards"] if s["split"] == "train"]
+    assert all(n == 40 for n in train[:-1]) and 0 < train[-1] <= 40
+    assert m["complete"] and sorted(p.name for p in out.iterdir())[-1] == "manifest.json"
+
+
+def test_bytes_shards_take_any_file(tmp_path: Path) -> None:
+    (tmp_path / "raw.bin.txt").write_bytes(bytes([0, 255, 10, 200]) * 5)
+    out = tmp_path / "out"
+    m = shards.build_shards(
+        [str(tmp_path / "raw.bin.txt")], out, tokenizer="bytes", val_fraction=0.0, shard_tokens=7
+    )
+    assert m["vocab_size"] == 256 and m["val_tokens"] == 0
+    assert (
+        split_tokens(out, m, "train").tobytes()
+        == np.frombuffer(bytes([0, 255, 10, 200]) * 5, dtype=np.uint8).astype("<u2").tobytes()
+    )
+
+
+def test_an_interrupted_build_resumes_to_the_same_shards(
+    corpus: Path, tmp_path: Path, monkeypatch
+) -> None:
+    args = dict(tokenizer="char", val_fraction=0.3, shard_tokens=16)
+    whole = shards.build_shards([str(corpus)], tmp_path / "whole", **args)
+    write, calls = shards._write, []
+
+    def failing(path, tokens):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(path.name)
+        return write(path, tokens)
+
+    monkeypatch.setattr(shards, "_write", failing)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        shards.build_shards([str(corpus)], out, **args)
+    first = {n: (out / n).stat().st_mtime_ns for n in calls}
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    calls.clear()
+    monkeypatch.setattr(
+        shards, "_write", lambda path, tokens: (calls.append(path.name), write(path, tokens))[1]
+    )
+    again = shards.build_shards([str(corpus)], out, **args)
+    assert not set(calls) & set(first)  # the finished shards were not written again
+    assert all((out / n).stat().st_mtime_ns == t for n, t in first.items())
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in whole["shards"]]
+    assert sorted(s["file"] for s in again["shards"]) == sorted(s["file"] for s in whole["shards"])
+
+
+def test_gpt2_tokens_are_gpt2s(tmp_path: Path) -> None:
+    tiktoken = pytest.importorskip("tiktoken")
+    try:
+        tiktoken.get_encoding(shards.GPT2_ENCODING)
+    except Exception:
+        pytest.skip("GPT-2's BPE ranks are not available offline here")
+    (tmp_path / "hello.txt").write_text("hello world")
+    out = tmp_path / "out"
+    m = shards.build_shards([str(tmp_path / "hello.txt")], out, tokenizer="gpt2", val_fraction=0.0)
+    # GPT-2: <|endoftext|> 50256, "hello" 31373, " world" 995
+    assert split_tokens(out, m, "train").tolist() == [50256, 31373, 995]
+    assert m["vocab_size"] == 50257
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_builds_shards_that_an_lm_task_trains_on(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    res = invoke(
+        "data",
+        "shards",
+        str(corpus),
+        "--out",
+        str(out),
+        "--tokenizer",
+        "char",
+        "--val-fraction",
+        "0.5",
+        "--shard-tokens",
+        "64",
+        "--quiet",
+    )
+    assert res.exit_code == 0, res.output
+    assert "training shards" in res.output and "bench run --task lm-small" in res.output
+    again = invoke(
+        "data",
+        "shards",
+        str(corpus),
+        "--out",
+        str(out),
+        "--tokenizer",
+        "char",
+        "--val-fraction",
+        "0.5",
+        "--shard-tokens",
+        "64",
+        "--quiet",
+    )
+    assert again.exit_code == 0 and again.output == res.output  # complete: nothing to do
+    run = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--opt",
+            "adamw",
+            "--task",
+            "lm-small",
+            "--set",
+            "preset=tiny",
+            "--set",
+            "block_size=8",
+            "--steps",
+            "3",
+            "--data",
+            str(out),
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ],
+    )
+    assert run.exit_code == 0, run.output
+    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("*.json")]
+    assert rec["status"] == "done"
+    vocab = json.loads((out / "manifest.json").read_text())["vocab_size"]
+    # the tied embedding has the manifest's vocabulary, not GPT-2's
+    assert any(g["numel"] >= vocab * 32 for g in rec["param_groups"])
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("", ["missing"], "does not exist"),
+        ("", ["corpus", "--glob", "*.rst"], "no files matching"),
+        ("latin", ["corpus/latin.txt", "--tokenizer", "char"], "latin.txt is not UTF-8"),
+        ("stray", ["corpus"], "no manifest.json"),
+        ("", ["corpus", "--val-fraction", "1.5"], "--val-fraction"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_writes_nothing(
+    corpus: Path, tmp_path: Path, setup: str, args: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    if setup == "latin":
+        (corpus / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    if setup == "stray":
+        out.mkdir()
+        (out / "other.bin").write_bytes(b"x")
+    full = [str(tmp_path / a) if i == 0 else a for i, a in enumerate(args)]
+    res = invoke("data", "shards", *full, "--out", str(out), "--tokenizer", "char", "--quiet")
+    assert res.exit_code == 1 and message in res.output, res.output
+    assert not (out / "manifest.json").exists()
+
+
+def test_skip_undecodable_and_changed_settings(corpus: Path, tmp_path: Path) -> None:
+    (corpus / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    out = tmp_path / "out"
+    m = shards.build_shards([str(corpus)], out, tokenizer="bytes", val_fraction=0.0)
+    assert m["skipped"] == [] and m["train_tokens"] == sum(
+        len(p.read_bytes()) for p in corpus.rglob("*.txt")
+    )
+    with pytest.raises(DataError, match="other settings"):
+        shards.build_shards([str(corpus)], out, tokenizer="bytes", val_fraction=0.2)
+    with pytest.raises(DataError, match="latin.txt is not UTF-8"):
+        shards.build_shards([str(corpus)], tmp_path / "c1", tokenizer="char", val_fraction=0.0)
+    m = shards.build_shards(
+        [str(corpus)], tmp_path / "c2", tokenizer="char", val_fraction=0.0, skip_undecodable=True
+    )
+    assert m["skipped"] == [str(corpus / "latin.txt")] and "é" not in m["vocabulary"]["chars"]
+    assert m["train_tokens"] == sum(len(TEXTS[n]) for n in TEXTS if n.endswith(".txt"))
