@@ -157,3 +157,16 @@ def test_show_states_floor_unigram_and_bigram() -> None:
     ref = task.reference_losses()
     # a bigram model can only do better than a unigram one, and neither beats the floor
     assert ref["floor"] < ref["bigram"] < ref["unigram"] <= math.log(task.options.vocab) + 0.01
+
+
+def test_probe_batch_replaces_step_k_and_is_tracked_from_the_start() -> None:
+    plain, probed = make(), make(probe_batch_step=3)
+    a, b = take(plain.batches(0), 6), take(probed.batches(0), 6)
+    assert [i for i in range(6) if not torch.equal(a[i], b[i])] == [3]
+    assert torch.equal(b[3], probed._probe)
+    assert torch.equal(take(probed.batches_from(0, 3), 1)[0], probed._probe)  # resumed at K
+    with torch.no_grad():
+        metrics = probed.evaluate(Oracle(probed.source))
+    x = probed._probe
+    expected = probed.source.nll(x).mean()  # the oracle's loss on the probe batch is its floor
+    assert metrics["probe_loss"] == pytest.approx(float(expected), abs=1e-5)

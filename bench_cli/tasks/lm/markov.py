@@ -37,6 +37,7 @@ from bench_cli.tasks.lm.gpt import GPTOptions, GPTTask, nanogpt_param_groups
 #: the validation windows' generator seed namespace (never used for training)
 VAL_STREAM = "validation"
 TRAIN_STREAM = "training"
+PROBE_STREAM = "probe"
 #: tokens generated per chunk of the training stream (about)
 CHUNK_TOKENS = 1 << 20
 
@@ -121,6 +122,9 @@ class MarkovOptions(GPTOptions):
     block_size: int = Field(256, ge=2)
     batch_size: int = Field(64, ge=1)
     eval_batches: int = Field(16, ge=1)
+    probe_batch_step: int | None = Field(
+        None, ge=0, description="inject a fresh batch at this step and track its loss"
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -144,14 +148,16 @@ class LMMarkov(GPTTask):
     validation windows, from the true conditionals), ``gap`` = val_loss - floor (the target) and
     its standard error ``gap_se``, train_loss. The floor, and the losses of the best unigram and
     bigram models, are printed below for each preset. Unit: tokens. Difficulty: --set vocab=V,
-    order=K, support=S, concentration=C, source_seed=N. The forgetting probe is not needed here:
-    a fresh batch is held out by construction.
+    order=K, support=S, concentration=C, source_seed=N. The forgetting probe (--set
+    probe_batch_step=K): a batch of its own stream (fresh, like every batch here) replaces the
+    K-th batch (0-based); its loss is ``probe_loss`` at every evaluation, before the injection too.
     """
 
     Options = MarkovOptions
     BASELINE = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     metric_directions = {
         **GPTTask.metric_directions,
+        "probe_loss": "min",
         "gap": "min",
         "gap_se": "min",
         "floor": "min",
@@ -223,7 +229,13 @@ class LMMarkov(GPTTask):
         return self.batches_from(seed, 0)
 
     def batches_from(self, seed: int, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        o = self.options
         self._train_sum, self._train_count = 0.0, 0
+        self._probe = None
+        if o.probe_batch_step is not None:  # from its own stream: never trained on otherwise
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(stream_seed(PROBE_STREAM, seed, 0))
+            self._probe = self.source.generate(o.batch_size, o.block_size + 1, gen)
         return self._stream(seed, step)
 
     def _stream(self, seed: int, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -233,7 +245,9 @@ class LMMarkov(GPTTask):
         while True:
             gen.manual_seed(stream_seed(TRAIN_STREAM, seed, chunk))
             windows = self.source.generate(per * o.batch_size, o.block_size + 1, gen)
-            for b in windows.split(o.batch_size)[skip:]:
+            for i, b in enumerate(windows.split(o.batch_size)[skip:], start=chunk * per + skip):
+                if i == o.probe_batch_step:
+                    b = self._probe
                 yield b[:, :-1], b[:, 1:]
             chunk, skip = chunk + 1, 0
 
@@ -245,7 +259,7 @@ class LMMarkov(GPTTask):
         n = len(losses)
         stats = torch.stack([losses.mean(), losses.std(), gaps.mean(), gaps.std()]).tolist()
         root = math.sqrt(n) if n > 1 else math.inf
-        return {
+        out = {
             "val_loss": stats[0],
             "val_loss_se": stats[1] / root if n > 1 else 0.0,
             "floor": self.floor,
@@ -253,6 +267,10 @@ class LMMarkov(GPTTask):
             "gap_se": stats[3] / root if n > 1 else 0.0,
             **self.train_loss(),
         }
+        if getattr(self, "_probe", None) is not None:
+            b = self._probe
+            out["probe_loss"] = float(self.window_losses(model, (b[:, :-1], b[:, 1:])).mean())
+        return out
 
     # -- what `bench show` prints ---------------------------------------------------------------
 
