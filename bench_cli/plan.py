@@ -279,9 +279,9 @@ def build_plan(suite: SuiteFile, tier: str | None = None) -> Plan:
         ids[spec.task_id] = i
         tasks.append(TaskPlan(i, t, spec.task_id, req, spec.target, task.seed_independent))
     plan = Plan(suite, tier, names, baseline, tasks, seeds)
-    # every configuration on every task must resolve now, not after hours of tuning
-    for tp in tasks:
-        for j in range(len(names)):
-            for config in plan.grid(j):
-                plan.cell(tp, j, config, seeds["score"][0], "score", None)
+    # every configuration on every task must resolve now, and be unique, not after hours of tuning
+    _unique([
+        plan.cell(tp, j, config, seeds["score"][0], "score", None)
+        for tp in tasks for j in range(len(names)) for config in plan.grid(j)
+    ])  # fmt: skip
     return plan
