@@ -107,6 +107,7 @@ optimizers:
     sweep: {lr: [0.03, 0.1]}
   - name: lion
     sweep: {lr: [0.003, 0.01]}
+executor: {threads: 1}  # one thread per run: fast on a loaded machine
 """
 
 
@@ -167,6 +168,7 @@ optimizers:
     sweep: {lr: [0.3, 0.5]}
   - name: lion
     sweep: {lr: [0.03, 0.3]}
+executor: {threads: 1}  # one thread per run: fast on a loaded machine
 """
 
 
@@ -212,6 +214,7 @@ optimizers:
     sweep: {lr: [0.03, 0.1]}
   - name: lion
     sweep: {lr: [0.003, 0.01]}
+executor: {threads: 1}  # one thread per run: fast on a loaded machine
 """
 
 
@@ -276,6 +279,7 @@ optimizers:
     sweep: {lr: [0.1, 0.3]}
   - name: lion
     sweep: {lr: [0.03, 0.1]}
+executor: {threads: 1}  # one thread per run: fast on a loaded machine
 """
     plan = build_plan(parse_suite(text))
     assert plan.seeds == {"score": [0, 1, 2], "tune": [3], "calibrate": [4, 5, 6]}

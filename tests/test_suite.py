@@ -1,10 +1,13 @@
 """YAML suites: schema errors with key paths, grids, tiers, resume (also after SIGKILL), the
-calibration rule, status and the `bench suite` commands. Rosenbrock runs of a few dozen steps."""
+folder's status per phase, folders of another suite, and the `bench suite` and `bench plan`
+commands. The protocol's rules themselves are in test_protocol.py. Runs are tiny presets of the
+noisy quadratic and Rosenbrock for a few dozen steps."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,71 +19,78 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bench_cli import suite
+from bench_cli import api, suite
 from bench_cli.cli_suite import suite_app
+from bench_cli.config import expand_grid, load_suite, parse_suite
 from bench_cli.errors import BenchError, ConfigError
-from bench_cli.results.metrics import to_target
-from bench_cli.results.record import Env, RunRecord, Target
+from bench_cli.plan import build_plan
+from bench_cli.progress import Progress
+from bench_cli.results.record import RunRecord
 from bench_cli.results.store import read_record, record_path, write_record
-from bench_cli.runner import RunCallback
 
 ROOT = Path(__file__).resolve().parents[1]
+NQ = "noisy-quadratic(preset=tiny)"
 
-ROSEN = """
-name: rosen
+#: two optimizers with two configurations each: 4 tune cells (seed 2), then 2 x 2 scored cells;
+#: with ``target: calibrate`` also 2 calibration cells (seeds 3, 4). One thread per run: on a
+#: loaded machine, two threads make these tiny runs many times slower
+SUITE = """
+name: nq
 seeds: [0, 1]
 tasks:
-  - name: rosenbrock
+  - name: noisy-quadratic
     options: {preset: tiny}
-    budget: {steps: STEPS, eval_interval: 10}
+    budget: {steps: STEPS, eval_interval: INTERVAL}
     TARGET
 optimizers:
   - name: adamw
-    sweep: {lr: [1.0e-2, 3.0e-2]}
+    sweep: {lr: [0.1, 0.03]}
   - name: lion
-  - name: ademamix
+    sweep: {lr: [0.01, 0.003]}
+executor: {threads: 1}
 """
+CALIBRATE = "target: calibrate\n    margin: 0.5"
 
 
-def write_suite(tmp_path: Path, steps: int = 30, target: str = "", name: str = "s.yaml") -> Path:
+def write_suite(
+    tmp_path: Path, steps: int = 20, target: str = "", name: str = "s.yaml", interval: int = 10
+) -> Path:
     path = tmp_path / name
-    path.write_text(ROSEN.replace("STEPS", str(steps)).replace("TARGET", target))
+    text = SUITE.replace("STEPS", str(steps)).replace("INTERVAL", str(interval))
+    path.write_text(text.replace("TARGET", target))
     return path
 
 
 def invalid(text: str) -> str:
     with pytest.raises(ConfigError) as info:
-        suite.plan_suite(suite.parse_suite(text, "f.yaml"))
+        build_plan(parse_suite(text, "f.yaml"))
     return str(info.value)
 
 
-class Count(RunCallback):
-    def __init__(self) -> None:
-        self.started = 0
-
-    def on_start(self, spec, unit) -> None:
-        self.started += 1
-
-
 def records_in(out: Path) -> dict[str, RunRecord]:
-    return {p.stem: read_record(p) for p in out.glob("rosenbrock__*.json")}
+    return {p.stem: read_record(p) for p in out.glob("noisy-quadratic__*.json")}
 
 
 def without_timings(record: RunRecord) -> dict:
     data = record.model_dump()
-    timings = (
-        "started_at",
-        "finished_at",
-        "train_seconds",
-        "eval_seconds",
-        "setup_seconds",
-        "tokens_per_second",
-    )
-    data["env"].pop("load_average", None)
-    for key in (*timings, "seconds_to_target"):
+    timings = ("started_at", "finished_at", "train_seconds", "eval_seconds", "setup_seconds")
+    for key in (*timings, "tokens_per_second", "seconds_to_target"):
         data.pop(key)
+    data["env"].pop("load_average")
     data["curve"] = [{k: v for k, v in p.items() if k != "seconds"} for p in data["curve"]]
     return data
+
+
+class Count(Progress):
+    """Counts the cells the executor starts and the ones it reuses."""
+
+    def __init__(self) -> None:
+        super().__init__(quiet=True)
+        self.starts = 0
+
+    def started(self, cell) -> None:
+        self.starts += 1
+        super().started(cell)
 
 
 # -- schema -------------------------------------------------------------------------------------
@@ -103,6 +113,19 @@ def test_unknown_keys_are_refused_with_their_path() -> None:
     assert "tasks[0].target: expected a finite number or 'calibrate'" in msg
     msg = invalid("tasks: [{name: rosenbrock, target: .nan}]\noptimizers: [{name: adamw}]")
     assert "tasks[0].target: expected a finite number" in msg
+    msg = invalid("tasks: [{name: rosenbrock, margin: 0.1}]\noptimizers: [{name: adamw}]")
+    assert msg == "f.yaml: tasks[0].margin: only applies with target: calibrate"
+    head = "tasks: [{name: rosenbrock}]\noptimizers: [{name: adamw}]\n"
+    assert "tuning.budget: Input should be 'equal' or 'unequal'" in invalid(
+        head + "tuning: {budget: fair}"
+    )
+    assert "tuning.seeds: List should have at least 1 item" in invalid(head + "tuning: {seeds: []}")
+    assert invalid(head + "tuning: {sedes: [3]}") == "f.yaml: tuning.sedes: unknown key"
+
+
+def test_margin_defaults_to_one_percent() -> None:
+    s = parse_suite("tasks: [{name: rosenbrock, target: calibrate}]\noptimizers: [{name: adamw}]")
+    assert s.tasks[0].margin == 0.01 and s.tuning.budget == "equal"
 
 
 def test_hyperparameters_are_checked_against_the_optimizer_with_their_path() -> None:
@@ -114,12 +137,16 @@ def test_hyperparameters_are_checked_against_the_optimizer_with_their_path() -> 
     assert "optimizers[1].hparams.lr: a list in hparams is one value" in msg and "sweep" in msg
     msg = invalid(head + "  - {name: lion, sweep: {betas: [0.9, 0.99]}}")
     assert "optimizers[1].sweep.betas: " in msg and "list of lists" in msg
-    msg = invalid(head + "  - {name: lion, sweep: {lr: [1.0e-3, -1]}}")
-    assert msg.startswith("optimizers[1] (lion lr=-1) on tasks[0] (rosenbrock)") and "lr" in msg
+    # every configuration is resolved before anything runs
+    sweeps = "tasks: [{name: rosenbrock}]\noptimizers:\n  - {name: adamw, sweep: {lr: [1, 2]}}\n"
+    msg = invalid(sweeps + "  - {name: lion, sweep: {lr: [1.0e-3, -1]}}")
+    assert (
+        msg.startswith("optimizers[1] (lion {'lr': -1}) on tasks[0] (rosenbrock)") and "lr" in msg
+    )
     assert "optimizers[1].name: unknown optimizer 'adamx'" in invalid(head + "  - {name: adamx}")
-    assert "the same run as optimizers[0]" in invalid(head + "  - {name: adamw}")
+    assert "is the same run as optimizers[0]; remove one" in invalid(head + "  - {name: adamw}")
     msg = invalid("tasks: [{name: rosenbrock, target: calibrate}]\noptimizers: [{name: lion}]")
-    assert msg.startswith("baseline: 'adamw' is not among the optimizers")
+    assert msg == "baseline: 'adamw' is not among the optimizers; calibrate needs it"
 
 
 def test_malformed_yaml_names_line_and_column() -> None:
@@ -127,12 +154,12 @@ def test_malformed_yaml_names_line_and_column() -> None:
         ConfigError,
         match=r"f.yaml: invalid YAML at line 3, column 11: .* flow mapping at line 2, column 5",
     ):
-        suite.parse_suite("tasks:\n  - {name: rosenbrock\noptimizers: [{name: adamw}]\n", "f.yaml")
+        parse_suite("tasks:\n  - {name: rosenbrock\noptimizers: [{name: adamw}]\n", "f.yaml")
     with pytest.raises(ConfigError, match="line 2, column 1: key 'tasks' appears twice"):
-        suite.parse_suite("tasks: []\ntasks: []\n", "f.yaml")
+        parse_suite("tasks: []\ntasks: []\n", "f.yaml")
     with pytest.raises(ConfigError, match="a suite is a mapping"):
-        suite.parse_suite("- rosenbrock\n", "f.yaml")
-    s = suite.parse_suite(
+        parse_suite("- rosenbrock\n", "f.yaml")
+    s = parse_suite(
         "tasks: [{name: rosenbrock}]\noptimizers: [{name: adamw, sweep: {lr: [1e-3, 2E-2]}}]"
     )
     assert s.optimizers[0].sweep["lr"] == [1e-3, 2e-2]  # YAML 1.1 would read strings
@@ -142,52 +169,63 @@ def test_example_suites_are_valid_files() -> None:
     paths = sorted((ROOT / "suites").glob("*.yaml"))
     assert {"ci-smoke", "valleys", "lm", "vit"} <= {p.stem for p in paths}
     for path in paths:
-        s = suite.load_suite(path)
+        s = load_suite(path)
         assert s.tasks and s.optimizers
-    smoke = suite.load_suite(ROOT / "suites" / "ci-smoke.yaml")
+    smoke = load_suite(ROOT / "suites" / "ci-smoke.yaml")
     assert smoke.default_tier == "smoke"
-    names = {
-        "adamw",
-        "ademamix",
-        "simplified-ademamix",
-        "aggmo-adam",
-        "lion",
-        "schedule-free",
-        "mars",
-    }
-    assert {o.name for o in smoke.optimizers} == names
+    names = {"adamw", "ademamix", "simplified-ademamix", "aggmo-adam", "lion", "schedule-free"}
+    assert {o.name for o in smoke.optimizers} == names | {"mars"}
+    # 4 tasks, of which rosenbrock is calibrated: adamw's 2 configurations tune on each task
+    # (rosenbrock: seed-independent, one seed), then 7 optimizers x 4 tasks are scored on seed 0
+    sizes = suite.validate_suite(ROOT / "suites" / "ci-smoke.yaml")
+    assert sizes["smoke"] == {"tune": 8, "calibrate": 1, "score": 28}
 
 
 # -- grids and tiers ----------------------------------------------------------------------------
 
 
 def test_grid_is_the_cartesian_product_and_a_list_in_hparams_is_one_value() -> None:
-    grid = suite.expand_grid(
+    grid = expand_grid(
         {"betas": [0.9, 0.99], "eps": 1e-8},
         {"lr": [1e-3, 3e-3, 1e-2], "weight_decay": [0.0, 0.1]},
     )
     assert len(grid) == 6 and all(p["betas"] == [0.9, 0.99] for p in grid)
     assert grid[1] == {"betas": [0.9, 0.99], "eps": 1e-8, "lr": 1e-3, "weight_decay": 0.1}
-    betas = suite.expand_grid({}, {"betas": [[0.9, 0.99], [0.95, 0.98]]})
+    betas = expand_grid({}, {"betas": [[0.9, 0.99], [0.95, 0.98]]})
     assert betas == [{"betas": [0.9, 0.99]}, {"betas": [0.95, 0.98]}]
-    assert suite.expand_grid({"lr": 1.0}, {}) == [{"lr": 1.0}]
-    text = ROSEN.replace("STEPS", "30").replace("TARGET", "")
-    text = text.replace("  - name: lion\n", "  - name: lion\n    hparams: {betas: [0.9, 0.99]}\n")
-    text += "    sweep: {betas: [[0.9, 0.999, 0.999], [0.9, 0.999, 0.9999]], alpha: [2.0, 5.0]}\n"
-    cells = suite.plan_suite(suite.parse_suite(text))
-    # (2 adamw + 1 lion + 4 ademamix configurations) x 2 seeds
-    assert len(cells) == 14 and len({c.spec.run_id for c in cells}) == 14
-    lion = [c for c in cells if c.optimizer == "lion"]
-    assert all(c.spec.hparams["betas"] == [0.9, 0.99] for c in lion)
-    assert {c.label for c in cells if c.optimizer == "ademamix"} >= {
-        "betas=[0.9, 0.999, 0.9999], alpha=5.0"
-    }
+    assert expand_grid({"lr": 1.0}, {}) == [{"lr": 1.0}]
+    text = SUITE.replace("STEPS", "30").replace("INTERVAL", "10").replace("TARGET", "")
+    text = text.replace("    sweep: {lr: [0.01, 0.003]}\n", "    hparams: {betas: [0.9, 0.99]}\n")
+    ademamix = (
+        "  - name: ademamix\n    sweep: {betas: [[0.9, 0.999, 0.999], [0.9, 0.999, 0.9999]], "
+    )
+    ademamix += "alpha: [2.0, 5.0]}\ntuning: {budget: unequal}\n"
+    text = text.replace("executor: {threads: 1}\n", ademamix)
+    plan = build_plan(parse_suite(text))
+    tune = plan.tune_cells()
+    # 2 adamw + 4 ademamix configurations tune on seed 2; lion has one and does not tune
+    assert [c.spec.optimizer for c in tune] == ["adamw"] * 2 + ["ademamix"] * 4
+    assert {c.spec.seed for c in tune} == {2} and len({c.run_id for c in tune}) == 6
+    assert [c.label for c in tune if c.spec.optimizer == "ademamix"] == [
+        "betas=[0.9, 0.999, 0.999], alpha=2.0",
+        "betas=[0.9, 0.999, 0.999], alpha=5.0",
+        "betas=[0.9, 0.999, 0.9999], alpha=2.0",
+        "betas=[0.9, 0.999, 0.9999], alpha=5.0",
+    ]
+    assert all(c.spec.config == {"lr": c.spec.hparams["lr"]} for c in tune[:2])
+    score = plan.score_cells({}, {})  # before selection: each optimizer's first configuration
+    assert [(c.spec.optimizer, c.spec.seed) for c in score] == [
+        (o, s) for o in ("adamw", "lion", "ademamix") for s in (0, 1)
+    ]
+    lion = [c for c in score if c.spec.optimizer == "lion"]
+    assert all(c.spec.hparams["betas"] == [0.9, 0.99] and c.spec.config == {} for c in lion)
+    assert plan.phase_sizes() == {"tune": 6, "calibrate": 0, "score": 6}
 
 
 def test_tier_overrides_seeds_and_budgets_per_task() -> None:
     text = """
 tasks:
-  - {name: rosenbrock, options: {preset: tiny}, budget: {steps: 100, eval_interval: 10}}
+  - {name: noisy-quadratic, options: {preset: tiny}, budget: {steps: 100, eval_interval: 10}}
   - {name: lm-small, options: {preset: tiny}, budget: {steps: 50}}
 optimizers: [{name: adamw}]
 seeds: [0, 1, 2]
@@ -195,38 +233,47 @@ tiers:
   smoke: {seeds: [7], budget: {steps: 20, max_seconds: 5}, tasks: {lm-small: {steps: 4}}}
 default_tier: smoke
 """
-    s = suite.parse_suite(text)
-    cells = suite.plan_suite(s)  # the default tier
-    steps = {c.task_id: c.spec.settings.steps for c in cells}
-    assert steps == {"rosenbrock": 20, "lm-small": 4} and {c.seed for c in cells} == {7}
+    s = parse_suite(text)
+    plan = build_plan(s)  # the default tier
+    assert plan.tier == "smoke" and plan.seeds == {"score": [7], "tune": [8], "calibrate": [9]}
+    cells = plan.score_cells({}, {})
+    steps = {c.spec.task_id: c.spec.settings.steps for c in cells}
+    assert steps == {NQ: 20, "lm-small(preset=tiny)": 4} and {c.spec.seed for c in cells} == {7}
     assert all(c.spec.settings.max_seconds == 5 for c in cells)
     assert cells[0].spec.settings.eval_interval == 10  # kept: the tier does not set it
-    plain = suite.parse_suite(text.replace("default_tier: smoke", ""))
-    assert (
-        len(suite.plan_suite(plain)) == 6 and suite.plan_suite(plain)[0].spec.settings.steps == 100
-    )
+    plain = build_plan(parse_suite(text.replace("default_tier: smoke", "")))
+    assert plain.tier is None and plain.phase_sizes() == {"tune": 0, "calibrate": 0, "score": 6}
+    assert plain.score_cells({}, {})[0].spec.settings.steps == 100
     with pytest.raises(ConfigError, match="no tier named 'full' in this suite; tiers: smoke"):
-        suite.plan_suite(s, "full")
+        build_plan(s, "full")
     with pytest.raises(ConfigError, match=r"tiers.smoke.tasks.lm: no task with that id"):
-        suite.parse_suite(text.replace("tasks: {lm-small:", "tasks: {lm:"))
+        parse_suite(text.replace("tasks: {lm-small:", "tasks: {lm:"))
+    # a tier's seeds must stay apart from the tuning seeds too
+    clash = text.replace("default_tier: smoke", "tuning: {seeds: [7]}")
+    with pytest.raises(ConfigError, match=r"^tuning: tuning.seeds and seeds share seed 7"):
+        build_plan(parse_suite(clash), "smoke")
+    assert build_plan(parse_suite(clash)).seeds["tune"] == [7]  # fine as written
 
 
-# -- running, resuming, calibrating ------------------------------------------------------------
+# -- running and resuming -----------------------------------------------------------------------
 
 
-def test_rerun_skips_finished_runs(tmp_path: Path) -> None:
+def test_rerun_reuses_every_record(tmp_path: Path) -> None:
     path, out = write_suite(tmp_path), tmp_path / "out"
-    first = suite.run_suite(path, out=out, callback=Count())
-    assert first.ran == 8 and first.skipped == 0 and len(records_in(out)) == 8
-    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
     count = Count()
-    again = suite.run_suite(path, out=out, callback=count)
-    assert count.started == 0 and again.ran == 0 and again.skipped == 8
-    assert {p.name: p.stat().st_mtime_ns for p in out.glob("rosenbrock*.json")} == {
-        k: v for k, v in before.items() if k.startswith("rosenbrock")
-    }
-    assert (out / "suite.resolved.yaml").is_file() and (out / "environment.json").is_file()
-    with pytest.raises(BenchError, match="already holds 8 records; resume"):
+    first = suite.run_suite(path, out=out, progress=count)
+    assert first.ran == 8 and first.skipped == 0 and count.starts == 8
+    assert len(records_in(out)) == 8
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("noisy-quadratic__*.json")}
+    count = Count()
+    again = suite.run_suite(path, out=out, progress=count)
+    assert again.ran == 0 and again.skipped == 8 and count.starts == 0 and count.reused_n == 8
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("noisy-quadratic__*.json")} == before
+    assert [r.run_id for r in again.records] == [r.run_id for r in first.records]
+    assert again.selection == first.selection
+    for name in ("suite.resolved.yaml", "environment.json", "selection.json"):
+        assert (out / name).is_file()
+    with pytest.raises(BenchError, match="already holds records; resume"):
         suite.run_suite(path, out=out, resume=False)
     assert not list((out / ".running").iterdir())
 
@@ -234,7 +281,7 @@ def test_rerun_skips_finished_runs(tmp_path: Path) -> None:
 def test_sigkill_mid_suite_then_rerun_gives_the_records_of_an_uninterrupted_run(
     tmp_path: Path,
 ) -> None:
-    path = write_suite(tmp_path, steps=400, target="target: calibrate\n    margin: 0.5")
+    path = write_suite(tmp_path, steps=600, target=CALIBRATE, interval=100)
     out = tmp_path / "killed"
     script = (
         "import sys; from bench_cli.suite import run_suite; run_suite(sys.argv[1], out=sys.argv[2])"
@@ -248,128 +295,194 @@ def test_sigkill_mid_suite_then_rerun_gives_the_records_of_an_uninterrupted_run(
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the suite finished before it could be killed"
     kept = records_in(out)
-    assert 0 < len(kept) < 8
+    assert 0 < len(kept) < 10  # 4 tune, 2 calibrate, 4 score cells
     states = suite.suite_status(out)["state"].value_counts().to_dict()
-    assert states.get("done") == len(kept) and "running" not in states
+    # the killed process's claim, if it held one, is stale: interrupted, never running
+    assert states["done"] == len(kept) and "running" not in states
+    assert set(states) <= {"done", "interrupted", "missing"} and states.get("interrupted", 0) <= 1
 
     resumed = suite.run_suite(path, out=out)
-    assert resumed.skipped == len(kept) and resumed.ran + resumed.skipped == 8
+    assert resumed.skipped == len(kept) and resumed.ran + resumed.skipped == 10
     clean = suite.run_suite(path, out=tmp_path / "clean")
     got, want = records_in(out), records_in(tmp_path / "clean")
-    assert sorted(got) == sorted(want) and len(got) == 8
+    assert sorted(got) == sorted(want) and len(got) == 10
     assert all(without_timings(got[k]) == without_timings(want[k]) for k in want)
     assert json.loads((out / "calibration.json").read_text()) == clean.calibration
+    assert json.loads((out / "selection.json").read_text()) == clean.selection
     assert set(suite.suite_status(out)["state"]) == {"done"}
+    assert not list((out / ".running").iterdir())
 
 
-def _fake(best: float | None, status: str = "done", metric: str = "loss") -> RunRecord:
-    env = Env(device="cpu", device_name="cpu", torch="-", bench="-", python="-", platform="-")
-    return RunRecord(
-        run_id="r", task="t", task_options={}, optimizer="adamw", hparams={}, settings={}, seed=0,
-        unit="steps", status=status, best_metrics={} if best is None else {metric: best},
-        env=env, started_at="", finished_at="",
-    )  # fmt: skip
+# -- status -------------------------------------------------------------------------------------
 
 
-def test_calibration_rule_is_the_median_over_seeds_of_the_best_configuration() -> None:
-    loss = Target(metric="loss", value=9.0, direction="min")
-    runs = {
-        "a": [_fake(3.0), _fake(1.0), _fake(2.0)],  # median 2.0
-        "b": [_fake(1.5), _fake(2.5), _fake(0.1, "diverged")],  # median of 1.5, 2.5, worst
-    }
-    cal = suite.calibrated_target(loss, runs, margin=0.1)
-    assert cal["best_config"] == "a" and cal["baseline_value"] == 2.0
-    assert cal["value"] == pytest.approx(2.2) and cal["scores"] == {"a": 2.0, "b": 2.5}
-    acc = Target(metric="acc", value=0.0, direction="max")
-    runs = {
-        "a": [_fake(0.8, metric="acc"), _fake(0.9, metric="acc")],  # median 0.85
-        "b": [_fake(0.95, metric="acc"), _fake(None, "error", "acc")],  # 0.95 and worst
-    }
-    cal = suite.calibrated_target(acc, runs, margin=0.1)
-    assert cal["best_config"] == "a" and cal["value"] == pytest.approx(0.85 * 0.9)
-    with pytest.raises(BenchError, match="cannot calibrate"):
-        suite.calibrated_target(loss, {"a": [_fake(1.0, "diverged")]})
+def claim(out: Path, run_id: str, age: float = 0.0, **info) -> None:
+    marker = out / ".running" / run_id
+    marker.write_text(json.dumps(info))
+    if age:
+        os.utime(marker, (time.time() - age, time.time() - age))
 
 
-def test_calibrated_target_is_stored_and_used_by_every_cell(tmp_path: Path) -> None:
-    path = write_suite(tmp_path, steps=40, target="target: calibrate\n    margin: 0.5")
-    out = tmp_path / "out"
+def start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat (proc(5)): the process's start time in clock ticks."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()[22 - 3]
+
+
+def test_status_per_phase_done_diverged_failed_running_interrupted_missing(tmp_path: Path) -> None:
+    path, out = write_suite(tmp_path, target=CALIBRATE), tmp_path / "out"
     summary = suite.run_suite(path, out=out)
-    records = list(records_in(out).values())
-    base = [r for r in records if r.optimizer == "adamw"]
-    by_lr: dict[float, list[float]] = {}
-    for r in base:
-        by_lr.setdefault(r.hparams["lr"], []).append(r.best_metrics["distance"])
-    assert sorted(len(v) for v in by_lr.values()) == [2, 2]  # two configurations, two seeds
-    value = min(sum(v) / 2 for v in by_lr.values()) * 1.5  # median of two: their mean
-    stored = json.loads((out / "calibration.json").read_text())["rosenbrock"]
-    assert stored["value"] == pytest.approx(value) and summary.calibration["rosenbrock"] == stored
-    assert stored["metric"] == "distance" and stored["margin"] == 0.5
-    target = Target(metric="distance", value=stored["value"], direction="min")
-    for r in records:
-        assert r.target == target
-        reached = to_target(r.curve, target)
-        assert r.tokens_to_target == (reached[0] if reached else None)
-        assert r.settings["target"] == (None if r.optimizer == "adamw" else stored["value"])
-
-
-def test_status_counts_done_diverged_failed_running_interrupted_missing(tmp_path: Path) -> None:
-    path = write_suite(tmp_path, steps=20)
-    path.write_text(path.read_text() + "  - {name: aggmo, hparams: {lr: 0.1}}\n")  # diverges
-    out = tmp_path / "out"
-    cells = suite.run_suite(path, out=out).cells
-    ids = [c.spec.run_id for c in cells if c.optimizer == "lion"] + [
-        c.spec.run_id for c in cells if c.optimizer == "ademamix"
-    ]
-    failed = read_record(record_path(out, ids[0]))
-    write_record(failed.model_copy(update={"status": "error", "error": "boom"}), out)
+    cells = {(c.spec.role, c.spec.optimizer, c.label, c.spec.seed): c.run_id for c in summary.cells}
+    assert len(cells) == 10
+    lion_pick = summary.selection[f"{NQ}/lion"]["config"]["lr"]
+    lion_other = 0.003 if lion_pick == 0.01 else 0.01
+    adamw_lrs = sorted(k[2] for k in cells if k[:2] == ("tune", "adamw"))
+    cal_lr = summary.calibration[NQ]["config"]["lr"]
+    adamw_pick = summary.selection[f"{NQ}/adamw"]["config"]["lr"]
+    me, host = os.getpid(), socket.gethostname()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    for run_id, pid in ((ids[1], os.getpid()), (ids[2], dead.pid), (ids[3], None)):
+
+    def edit(key, status=None, **holder) -> None:
+        run_id = cells[key]
+        if status is not None:
+            rec = read_record(record_path(out, run_id))
+            write_record(rec.model_copy(update={"status": status, "error": "boom"}), out)
+            return
         record_path(out, run_id).unlink()
-        if pid is not None:
-            info = {"pid": pid, "host": socket.gethostname()}
-            (out / ".running" / run_id).write_text(json.dumps(info))
+        if holder:
+            claim(out, run_id, **holder)
+
+    # tune: one done, one failed (lion's configuration that was not selected), one held by a
+    # fresh claim of another host (running), one whose claim on another host ran out (interrupted)
+    edit(("tune", "lion", f"lr={lion_other}", 2), "error")
+    edit(("tune", "lion", f"lr={lion_pick}", 2), host="elsewhere", pid=1)
+    edit(("tune", "adamw", adamw_lrs[0], 2), host="elsewhere", pid=1, age=400)
+    # calibrate: one done, one missing (no record, no claim)
+    edit(("calibrate", "adamw", f"lr={cal_lr}", 4))
+    # score: diverged; held by this live process (running); held by a dead process and by a
+    # live pid whose start time differs (the pid was reused): interrupted
+    edit(("score", "adamw", f"lr={adamw_pick}", 0), "diverged")
+    edit(("score", "adamw", f"lr={adamw_pick}", 1), host=host, pid=me, pid_start=start_time(me))
+    edit(("score", "lion", f"lr={lion_pick}", 0), host=host, pid=dead.pid, pid_start="1")
+    edit(("score", "lion", f"lr={lion_pick}", 1), host=host, pid=me, pid_start="1")
+
     table = suite.suite_status(out)
-    assert len(table) == 10 and list(table.columns[:5]) == [
+    assert list(table.columns) == [
+        "phase",
         "task",
         "optimizer",
         "config",
         "seed",
         "state",
+        "run_id",
     ]
+    assert (
+        len(table) == 10
+        and list(table["phase"]) == ["tune"] * 4 + ["calibrate"] * 2 + ["score"] * 4
+    )
     counts = table["state"].value_counts().to_dict()
     assert counts == {
-        "done": 4,
-        "diverged": 2,
-        "failed": 1,
-        "running": 1,
-        "interrupted": 1,
-        "missing": 1,
+        "done": 2, "diverged": 1, "failed": 1, "running": 2, "interrupted": 3, "missing": 1,
+    }  # fmt: skip
+    per = suite.status_counts(table)
+    assert list(per.columns) == ["phase", "task", "optimizer", *suite.STATES]
+    got = {
+        (row.phase, row.optimizer): {s: getattr(row, s) for s in suite.STATES if getattr(row, s)}
+        for row in per.itertuples()
     }
-    per = suite.status_counts(table).set_index("optimizer")
-    assert per.loc["aggmo", "diverged"] == 2 and per.loc["adamw", "done"] == 4
-    assert list(per.columns[1:]) == list(suite.STATES)
-    # a diverged or failed run is a result: a rerun runs only the three without a record
-    assert suite.run_suite(path, out=out).ran == 3
+    assert got == {
+        ("tune", "adamw"): {"done": 1, "interrupted": 1},
+        ("tune", "lion"): {"failed": 1, "running": 1},
+        ("calibrate", "adamw"): {"done": 1, "missing": 1},
+        ("score", "adamw"): {"diverged": 1, "running": 1},
+        ("score", "lion"): {"interrupted": 2},
+    }
+    # a diverged or failed run is a result: once the live claims are gone, a rerun runs the six
+    # cells without a record, and the stale claims are taken over
+    for key in (("tune", "lion", f"lr={lion_pick}", 2), ("score", "adamw", f"lr={adamw_pick}", 1)):
+        (out / ".running" / cells[key]).unlink()
+    again = suite.run_suite(path, out=out)
+    assert again.ran == 6 and again.selection == summary.selection
+    assert again.calibration == summary.calibration
+    assert suite.suite_status(out)["state"].value_counts().to_dict() == {
+        "done": 8, "diverged": 1, "failed": 1,
+    }  # fmt: skip
 
 
-def test_a_directory_of_another_suite_is_refused(tmp_path: Path) -> None:
+def test_status_lists_no_score_cells_before_selection_and_refuses_a_plain_folder(
+    tmp_path: Path,
+) -> None:
+    path, out = write_suite(tmp_path), tmp_path / "out"
+    suite.run_suite(path, out=out)
+    (out / "selection.json").unlink()  # as after a kill in the tuning phase
+    table = suite.suite_status(out)
+    assert list(table["phase"]) == ["tune"] * 4 and set(table["state"]) == {"done"}
+    with pytest.raises(BenchError, match="holds no suite run .*; run a suite there first"):
+        suite.suite_status(tmp_path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="protocol.planned_cells takes the calibration config from calibration.json, which is "
+    "written only once the calibrate phase ends; before that it lists the baseline's first grid "
+    "point instead of the configuration chosen from the tuning records",
+)
+def test_status_during_calibration_shows_the_calibration_cells_that_run(tmp_path: Path) -> None:
+    text = write_suite(tmp_path, target=CALIBRATE).read_text()
+    path = tmp_path / "s.yaml"
+    path.write_text(text.replace("[0.1, 0.03]", "[0.03, 0.1]"))  # lr 0.1 is chosen, not 0.03
+    out = tmp_path / "out"
+    summary = suite.run_suite(path, out=out)
+    assert summary.calibration[NQ]["config"] == {"lr": 0.1}
+    # the folder as a kill at the end of the calibrate phase leaves it
+    for name in ("calibration.json", "selection.json"):
+        (out / name).unlink()
+    for r in summary.scored:
+        record_path(out, r.run_id).unlink()
+    table = suite.suite_status(out)
+    cal = table[table["phase"] == "calibrate"]
+    assert list(cal["config"]) == ["lr=0.1", "lr=0.1"] and set(cal["state"]) == {"done"}
+
+
+# -- folders ------------------------------------------------------------------------------------
+
+
+def test_a_folder_of_another_suite_or_of_bench_run_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "out"
     suite.run_suite(write_suite(tmp_path, steps=10), out=out)
     suite.run_suite(write_suite(tmp_path, steps=10, name="copy.yaml"), out=out)  # identical: fine
     with pytest.raises(BenchError, match=r"tasks\[0\].budget.steps differs .* another --out"):
         suite.run_suite(write_suite(tmp_path, steps=11), out=out)
-    with pytest.raises(BenchError, match="tier differs"):
-        text = write_suite(tmp_path, steps=10).read_text() + "tiers: {t: {}}\n"
-        (tmp_path / "t.yaml").write_text(text)
+    text = write_suite(tmp_path, steps=10).read_text() + "tiers: {t: {}}\n"
+    (tmp_path / "t.yaml").write_text(text)
+    with pytest.raises(BenchError, match="holds another suite \\(tier differs"):
         suite.run_suite(tmp_path / "t.yaml", tier="t", out=out)
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    write_record(next(iter(records_in(out).values())), plain)
-    with pytest.raises(BenchError, match="not from a suite"):
-        suite.run_suite(write_suite(tmp_path, steps=10), out=plain)
-    assert not (plain / "suite.resolved.yaml").exists()
+    # the executor settings are not part of the suite: another executor may resume it
+    (tmp_path / "e.yaml").write_text(text.replace("{threads: 1}", "{threads: 1, jobs: 1}"))
+    assert suite.run_suite(tmp_path / "e.yaml", out=out).ran == 0
+    # `bench run` folders and suite folders do not mix
+    runs = tmp_path / "runs"
+    req = api.RunRequest(
+        task="rosenbrock", optimizers=["adamw"], task_options={"preset": "tiny"}, steps=10
+    )
+    assert len(api.run(req, runs)) == 1
+    with pytest.raises(BenchError, match="holds run records of `bench run`, not of a suite"):
+        suite.run_suite(write_suite(tmp_path, steps=10), out=runs)
+    assert not (runs / "suite.resolved.yaml").exists()
+    with pytest.raises(BenchError, match="holds a suite run; choose another --out for `bench run`"):
+        api.run(req, out)
+
+
+def test_a_suite_of_more_cells_than_max_cells_is_refused_before_writing(tmp_path: Path) -> None:
+    path, out = write_suite(tmp_path, target=CALIBRATE), tmp_path / "out"
+    with pytest.raises(ConfigError) as info:
+        suite.run_suite(path, out=out, max_cells=9)
+    assert str(info.value) == (
+        f"{path}: 10 cells (4 tune, 2 calibrate, 4 score) is more than --max-cells 9; "
+        "raise --max-cells to confirm"
+    )
+    assert not out.exists()
 
 
 # -- the commands -------------------------------------------------------------------------------
@@ -381,37 +494,127 @@ def invoke(*args: str):
     return CliRunner().invoke(app, ["suite", *args], catch_exceptions=False)
 
 
-def test_cli_validate_run_and_status(tmp_path: Path) -> None:
-    path, out = write_suite(tmp_path, steps=10), tmp_path / "out"
+def bench(*args: str):
+    from bench_cli.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def one_error_line(res, message: str) -> None:
+    assert res.exit_code == 1, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.output
+
+
+def test_cli_validate_prints_the_cells_of_each_phase_per_tier(tmp_path: Path) -> None:
+    path = write_suite(tmp_path, target=CALIBRATE)
+    path.write_text(path.read_text() + "tiers: {one: {seeds: [7]}}\n")
     res = invoke("validate", str(path))
-    assert res.exit_code == 0 and "8 runs" in res.output and "is valid" in res.output
+    assert res.exit_code == 0, res.output
+    # as written: seeds 0, 1 -> 4 tune (seed 2), 2 calibrate (3, 4), 2 x 2 score;
+    # tier one: seed 7 -> 4 tune (seed 8), 1 calibrate (9), 2 x 1 score
+    assert res.output.splitlines() == [
+        "  tier (as written): 10 runs (4 tune, 2 calibrate, 4 score)",
+        "  tier one: 7 runs (4 tune, 1 calibrate, 2 score)",
+        f"{path} is valid",
+    ]
+    plain = write_suite(tmp_path, name="plain.yaml")
+    res = invoke("validate", str(plain))
+    assert res.output.splitlines()[0] == "  tier (as written): 8 runs (4 tune, 4 score)"
+
+
+def test_cli_plan_prints_the_phases_and_their_cells(tmp_path: Path) -> None:
+    path = write_suite(tmp_path, target=CALIBRATE)
+    res = bench("plan", str(path))
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    heads = [line for line in lines if not line.startswith("  ")]
+    none = "no earlier records to estimate from"
+    assert heads == [
+        f"phase tune: 4 cells; {none}",
+        f"phase calibrate: 2 cells (the baseline's configuration chosen in tuning); {none}",
+        f"phase score: 4 cells (each optimizer's configuration selected in tuning); {none}",
+        "10 cells in all (4 tune, 2 calibrate, 4 score)",
+    ]
+    cells = [line.split() for line in lines if line.startswith("  ")]
+    assert [(c[1], c[3]) for c in cells] == [
+        ("adamw", "2"), ("adamw", "2"), ("lion", "2"), ("lion", "2"), ("adamw", "3"),
+        ("adamw", "4"), ("adamw", "0"), ("adamw", "1"), ("lion", "0"), ("lion", "1"),
+    ]  # fmt: skip
+    assert all(c[0] == NQ and c[5] == "20" for c in cells)
+    assert "lr=0.03," in lines[2] and "lr=0.003," in lines[4]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="results/store.py SIDE_FILES lacks selection.json, so a tuned suite folder does not "
+    "read back as records (bench leaderboard reports it damaged; bench plan --history finds none)",
+)
+def test_a_tuned_suite_folder_reads_back_as_its_records_and_plan_estimates_from_it(
+    tmp_path: Path,
+) -> None:
+    from bench_cli.results.store import load_records
+
+    path, out = write_suite(tmp_path, target=CALIBRATE), tmp_path / "out"
+    summary = suite.run_suite(path, out=out)
+    assert (out / "selection.json").is_file() and (out / "calibration.json").is_file()
+    assert sorted(r.run_id for r in load_records(out)) == sorted(r.run_id for r in summary.records)
+    res = bench("plan", str(path), "--history", str(out))
+    assert res.exit_code == 0 and "no earlier records" not in res.output
+    assert re.search(r"^phase tune: 4 cells; about \d+ s of run time$", res.output, re.M)
+    assert re.search(r"10 cells in all \(.*\); about \d+ s of run time, before", res.output)
+
+
+def test_cli_run_and_status(tmp_path: Path) -> None:
+    path, out = write_suite(tmp_path, target=CALIBRATE), tmp_path / "out"
     res = invoke("run", str(path), "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
-    assert "8 runs now, 0 already done" in res.output and "adamw" in res.output
+    assert "10 runs now, 0 already done" in res.output and "adamw" in res.output
+    value = json.loads((out / "calibration.json").read_text())[NQ]["value"]
+    assert f"calibrated target of {NQ}: gap <= {value:.6g}" in res.output
     res = invoke("run", str(path), "--out", str(out), "--quiet")
-    assert res.exit_code == 0 and "0 runs now, 8 already done" in res.output
+    assert res.exit_code == 0 and "0 runs now, 10 already done" in res.output
     res = invoke("status", str(out))
-    assert res.exit_code == 0 and "8 done, 0 diverged, 0 failed" in res.output
+    assert res.exit_code == 0
+    assert "10 done, 0 diverged, 0 failed, 0 running, 0 interrupted, 0 missing (of 10 runs)" in (
+        res.output
+    )
+    assert f"calibrated target of {NQ}" in res.output
 
 
 def test_cli_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("tasks: [{name: rosenbrock}]\noptimizers: [{name: adamw, hparams: {lrr: 1}}]\n")
-    res = invoke("validate", str(bad))
-    assert res.exit_code == 1 and "optimizers[0].hparams.lrr" in res.output
-    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) <= 2
-    res = invoke("status", str(tmp_path))
-    assert res.exit_code == 1 and "not a suite directory" in res.output
-    assert invoke("run", str(tmp_path / "missing.yaml")).exit_code == 1
+    one_error_line(invoke("validate", str(bad)), "optimizers[0].hparams.lrr")
+    one_error_line(invoke("status", str(tmp_path)), "holds no suite run")
+    one_error_line(invoke("run", str(tmp_path / "missing.yaml")), "cannot read suite file")
+    clash = write_suite(tmp_path, name="clash.yaml")
+    clash.write_text(clash.read_text() + "tuning: {seeds: [1]}\n")
+    out = tmp_path / "out"
+    res = invoke("run", str(clash), "--out", str(out))
+    one_error_line(res, "tuning: tuning.seeds and seeds share seed 1: scoring seeds must be fresh")
+    unequal = write_suite(tmp_path, name="unequal.yaml")
+    unequal.write_text(unequal.read_text().replace("[0.01, 0.003]", "[0.01]"))
+    res = invoke("run", str(unequal), "--out", str(out))
+    one_error_line(res, "optimizers have different numbers of configurations (adamw 2, lion 1)")
+    res = invoke("run", str(write_suite(tmp_path)), "--out", str(out), "--max-cells", "7")
+    one_error_line(res, "8 cells (4 tune, 0 calibrate, 4 score) is more than --max-cells 7")
+    assert not out.exists()
 
 
 def test_cli_run_exits_1_when_a_run_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench_cli.tasks.valleys import Rosenbrock
+    from bench_cli.tasks import TASKS
 
     def broken(self, model, batch):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(Rosenbrock, "loss", broken)
-    res = invoke("run", str(write_suite(tmp_path, steps=10)), "--out", str(tmp_path / "o"), "-q")
+    monkeypatch.setattr(TASKS.get("noisy-quadratic"), "loss", broken)
+    path = write_suite(tmp_path, steps=10)
+    path.write_text(path.read_text().replace("sweep: {lr: [0.1, 0.03]}", "hparams: {lr: 0.1}"))
+    path.write_text(path.read_text().replace("sweep: {lr: [0.01, 0.003]}", "hparams: {lr: 0.01}"))
+    res = invoke("run", str(path), "--out", str(tmp_path / "o"), "-q")
     assert res.exit_code == 1 and "failed" in res.output and "boom" in res.output
-    assert len(records_in(tmp_path / "o")) == 8  # a failed run is a record, the suite went on
+    records = records_in(tmp_path / "o")  # a failed run is a record, the suite went on
+    assert len(records) == 4 and {r.status for r in records.values()} == {"error"}
+    res = invoke("status", str(tmp_path / "o"))
+    assert res.exit_code == 0 and "0 done, 0 diverged, 4 failed" in res.output
