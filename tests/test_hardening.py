@@ -352,6 +352,11 @@ def test_data_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
         "val_data=/dev/zero", "--out", tmp_path / "o", "--quiet",
     )  # fmt: skip
     one_line_error(res, "is not a regular file", "val_data")
+    for task in ("vit-small", "vit-small --set dataset=cifar10"):
+        name, *more = task.split()
+        res = bench("run", "--opt", "adamw", "--task", name, *more, "--steps", "2", "--data",
+                    "/dev/zero", "--out", tmp_path / "o", "--quiet")  # fmt: skip
+        one_line_error(res, "is not a regular file")
 
 
 @pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="reads Linux's MemAvailable")

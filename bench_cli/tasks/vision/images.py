@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench_cli.errors import DataError
-from bench_cli.tasks.data import RemoteFile, cache_dir, download, sha256_of
+from bench_cli.tasks.data import RemoteFile, cache_dir, check_data_path, download, sha256_of
 
 _FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _FMNIST_SHA256 = {  # file name without "-ubyte.gz" -> sha256, in the order train x, y, test x, y
@@ -64,6 +64,8 @@ def locate_fashion_mnist(
     names = [r.name for r in files]
     if data:
         folder = Path(data).expanduser()
+        if folder.exists():  # a device or FIFO is refused unread
+            check_data_path(folder, "--data", folder_ok=True)
         if folder.is_file():  # one of the four files: use its folder
             folder = folder.parent
         if (folder / "fashion-mnist").is_dir() and not (folder / names[0]).exists():
@@ -228,6 +230,8 @@ def cifar10_source(data: str | None) -> Path:
     """``data`` (tarball, extracted folder, or a folder holding either), else the same in
     ``$BENCH_DATA_DIR``, else the cache, else a download. A tarball's md5 is always checked."""
     roots = [Path(data).expanduser()] if data else []
+    if roots and roots[0].exists():  # a device or FIFO is refused unread
+        check_data_path(roots[0], "--data", folder_ok=True)
     if not data and os.environ.get("BENCH_DATA_DIR"):
         roots.append(Path(os.environ["BENCH_DATA_DIR"]).expanduser())
     for root in roots:
