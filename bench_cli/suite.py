@@ -17,7 +17,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from bench_cli.config import ExecutorSettings, apply_tier, load_suite
+from pydantic import ValidationError
+
+from bench_cli.config import ExecutorSettings, apply_tier, load_suite, validation_message
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.folder import CALIBRATION, ENVIRONMENT, Folder, now
 from bench_cli.plan import build_plan
@@ -71,8 +73,8 @@ def executor_settings(base: ExecutorSettings, overrides: dict[str, Any]) -> Exec
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return ExecutorSettings(**data, slurm=slurm)
-    except Exception as exc:
-        raise ConfigError(f"executor settings: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "executor setting")) from exc
 
 
 def run_suite(
@@ -103,9 +105,9 @@ def run_suite(
             f"{out} already holds records; resume (the default) to finish the suite there, or "
             "choose another --out"
         )
+    settings = executor_settings(suite.executor, dict(executor or {}))
     folder.claim_suite(resolved_text(plan))
     write_environment(folder, str(path), tier_name, suite.device or "auto")
-    settings = executor_settings(suite.executor, dict(executor or {}))
     log = {"kinds": suite.log, "group": suite.name or Path(path).stem, **(log or {})}
     with folder, progress or Progress(quiet=True) as bar:
         return run_plan(plan, folder, settings, bar, log=log)

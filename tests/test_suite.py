@@ -602,6 +602,20 @@ def test_cli_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_bad_executor_settings_are_one_line_and_write_nothing(tmp_path: Path) -> None:
+    path, out = write_suite(tmp_path), tmp_path / "out"
+    with pytest.raises(ConfigError) as info:
+        suite.run_suite(path, out=out, executor={"jobs": 0})
+    assert (
+        str(info.value)
+        == "executor setting jobs: Input should be greater than or equal to 1 (got 0)"
+    )
+    assert not out.exists()
+    res = invoke("run", str(path), "--out", str(out), "--jobs", "0")
+    one_error_line(res, "executor setting jobs: Input should be greater than or equal to 1")
+    assert not out.exists()
+
+
 def test_cli_run_exits_1_when_a_run_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bench_cli.tasks import TASKS
 
