@@ -207,6 +207,12 @@ class GPTTask(Task):
             self._train_count += 1
         return loss
 
+    def eval_chunk(self) -> int:
+        """Windows per evaluation forward pass: a training batch, or more where that holds
+        fewer than 32,768 tokens (larger passes cost less per window)."""
+        o = self.options
+        return max(o.batch_size, 32768 // o.block_size)
+
     def mean_and_se(self, model: nn.Module, batches: Any) -> tuple[float, float]:
         """The mean window loss over ``batches`` and its standard error, with one host sync."""
         losses = torch.cat([self.window_losses(model, b) for b in batches])

@@ -216,7 +216,7 @@ class LMMarkov(GPTTask):
         window_floor = self.source.nll(val).mean(dim=1)  # every scored target of a window
         self._floor = window_floor.to(device)
         self.floor = float(window_floor.mean())
-        self.val_batches = val.to(device).split(o.batch_size)
+        self.val_batches = val.to(device).split(self.eval_chunk())
 
     def param_groups(self, model):
         return nanogpt_param_groups(model)

@@ -49,7 +49,7 @@ class LMOptions(GPTOptions):
         None, ge=2, description="default: the text's, or 50,304 (GPT-2's, padded) for shards"
     )
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    eval_batches: int = Field(48, ge=1, description="validation batches per evaluation")
+    eval_batches: int = Field(200, ge=1, description="validation batches per evaluation")
     probe_batch_step: int | None = Field(
         None, ge=0, description="inject a held-out batch at this step and track its loss"
     )
@@ -143,7 +143,8 @@ class CharLM(GPTTask):
         raise DataError("the training data is too small to hold a probe batch out of it")
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        val_loss, se = self.mean_and_se(model, (self.val.batch(s) for s in self.eval_starts))
+        starts = self.eval_starts.reshape(-1).split(self.eval_chunk())
+        val_loss, se = self.mean_and_se(model, (self.val.batch(s) for s in starts))
         out = {"val_loss": val_loss, "val_loss_se": se, **self.train_loss()}
         if self._probe is not None:
             out["probe_loss"] = float(
@@ -162,7 +163,8 @@ class LMSmall(CharLM):
 
     4 layers, 4 heads, width 128, context 64, batch 12, no dropout; 2,000 steps, lr 1e-3 with 100
     warmup steps and cosine decay to 1e-4, AdamW betas (0.9, 0.99), weight decay 0.1 on matrices;
-    90/10 train/validation split; evaluation every 250 steps on 48 fixed batches (576 windows).
+    90/10 train/validation split; evaluation every 500 steps on 200 fixed batches (2,400
+    windows).
     Target: validation loss 2.0. Unit: tokens (768 per step).
     Data: --data PATH, else $BENCH_DATA_DIR/tinyshakespeare.txt, else the cache, else a download.
     Any LM task also reads your own data: --data a UTF-8 text file (--set tokenizer=bytes for
@@ -172,7 +174,7 @@ class LMSmall(CharLM):
 
     PRESETS = {
         "default": Preset(
-            run_settings(2000, 250, warmup_steps=100, log_interval=10),
+            run_settings(2000, 500, warmup_steps=100, log_interval=10),
             Target(metric="val_loss", value=2.0),
         ),
         "tiny": Preset(_TINY_RUN, Target(metric="val_loss", value=3.5), _TINY),
