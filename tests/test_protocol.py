@@ -197,6 +197,30 @@ def test_selection_takes_the_configuration_fastest_to_the_target_not_the_best_fi
     assert crossing(lion[0.3], 1.0) < crossing(lion[0.03], 1.0)
     # adamw: lr 0.3 never reaches distance 1.0 in 100 steps, so lr 0.5 is the only finisher
     assert crossing(tune[0], 1.0) is None and selection[f"{ROSEN}/adamw"]["config"] == {"lr": 0.5}
+    # both picks are the largest lr of their grid, and flagged so; tuning cost 2 runs of 100 steps
+    for opt in ("adamw", "lion"):
+        assert selection[f"{ROSEN}/{opt}"]["flags"] == ["lr at the top of its grid"]
+        assert selection[f"{ROSEN}/{opt}"]["trials"] == 2
+        assert (
+            selection[f"{ROSEN}/{opt}"]["tokens"] == 200
+            and selection[f"{ROSEN}/{opt}"]["grad_evals"] == 200
+        )
+
+
+def test_equal_times_to_target_go_to_the_best_metric(tmp_path: Path) -> None:
+    # every run starts at distance 2.2 <= 3.0: all reach the target at step 0, a tie
+    text = RACE.replace("budget: {steps: 100", "target: 3.0\n    budget: {steps: 100")
+    out = tmp_path / "out"
+    summary = suite.run_suite(write(tmp_path, text), out=out)
+    tune = by_role(summary.records, "tune")
+    assert all(r.target.value == 3.0 and r.steps_to_target == 0 for r in tune)
+    for opt in ("adamw", "lion"):
+        mine = [r for r in tune if r.optimizer == opt]
+        best = min(mine, key=lambda r: r.best_metrics["distance"]).config
+        assert summary.selection[f"{ROSEN}/{opt}"]["config"] == best
+    # the best metric picks the other lion configuration than the race to distance 1.0 did
+    lion = summary.selection[f"{ROSEN}/lion"]
+    assert lion["config"] == {"lr": 0.03} and lion["flags"] == ["lr at the bottom of its grid"]
 
 
 # -- calibration --------------------------------------------------------------------------------
