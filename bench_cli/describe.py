@@ -146,6 +146,7 @@ def describe_task(name: str, records: Sequence[RunRecord] = ()) -> str:
         if target:
             sign = "<=" if target.direction == "min" else ">="
             lines.append(f"  target: {target.metric} {sign} {target.value:g}")
+        lines += task.describe_preset()
     if cls.BASELINE:
         lines.append(
             "AdamW baseline (each optimizer's recipe starts from it): "

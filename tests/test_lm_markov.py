@@ -157,6 +157,8 @@ def test_show_states_floor_unigram_and_bigram() -> None:
     ref = task.reference_losses()
     # a bigram model can only do better than a unigram one, and neither beats the floor
     assert ref["floor"] < ref["bigram"] < ref["unigram"] <= math.log(task.options.vocab) + 0.01
+    shown = CliRunner().invoke(app, ["show", "lm-markov"])
+    assert shown.exit_code == 0 and line in shown.output.splitlines()
 
 
 def test_probe_batch_replaces_step_k_and_is_tracked_from_the_start() -> None:
