@@ -139,7 +139,9 @@ def run(
         train_model = model
         if ddp.active():
             ids = [device.index] if device.type == "cuda" else None
-            train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, gradient_as_bucket_view=True
+            )
         train_model = torch.compile(train_model) if s.compile else train_model
         base_lrs = [g["lr"] for g in opt.param_groups]
         modes = getattr(opt, "has_train_eval_modes", False)

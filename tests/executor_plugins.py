@@ -42,3 +42,22 @@ class CountedQuadratic(NoisyQuadratic):
     def loss(self, model, batch):
         time.sleep(0.01)
         return super().loss(model, batch)
+
+
+from bench_cli.registry import OPTIMIZERS  # noqa: E402
+from bench_cli.registry.adamw import AdamW  # noqa: E402
+
+
+@OPTIMIZERS.register("saving-adamw")
+class SavingAdamW(AdamW):
+    """AdamW that saves its parameters after every step to ``$BENCH_TEST_PARAMS/rank<R>.pt``
+    (so a test can compare the final parameters of every DDP rank)."""
+
+    def step(self, closure=None):
+        import torch
+
+        out = super().step(closure)
+        params = [p.detach().clone() for g in self.param_groups for p in g["params"]]
+        rank = os.environ.get("RANK", "0")
+        torch.save(params, os.path.join(os.environ["BENCH_TEST_PARAMS"], f"rank{rank}.pt"))
+        return out

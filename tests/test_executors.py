@@ -245,3 +245,33 @@ def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch) -> None:
                                   "--executor", kind])
         assert res.exit_code == 1
         assert f'pip install "bench-cli[{extra}]"' in res.output
+
+
+def test_ddp_on_two_gloo_processes_matches_one_process_with_the_same_global_batch(
+    tmp_path, shared_data
+) -> None:
+    import torch
+
+    args = ["--plugin", str(PLUGINS), "--opt", "saving-adamw", "--task", "lm-small", "--set",
+            "preset=tiny", "--set", "dropout=0", "--steps", "4", "--set", "eval_interval=2",
+            "--device", "cpu", "--data", str(shared_data / "tinyshakespeare.txt"), "--quiet"]
+    ddp, one = tmp_path / "ddp", tmp_path / "one"
+    ddp.mkdir()
+    one.mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "bench_cli", "run", *args, "--out", str(tmp_path / "out_ddp")],
+        capture_output=True, text=True, env={**os.environ, "BENCH_TEST_PARAMS": str(ddp)},
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    single = bench("run", *args, "--out", str(tmp_path / "out_one"),
+                   env={"BENCH_TEST_PARAMS": str(one)})
+    assert single.returncode == 0, single.stderr
+    r0, r1 = (torch.load(ddp / f"rank{r}.pt") for r in (0, 1))
+    ref = torch.load(one / "rank0.pt")
+    assert all(torch.equal(a, b) for a, b in zip(r0, r1))  # the ranks never drift apart
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(r0, ref))
+    [rec] = records_in(tmp_path / "out_ddp").values()
+    [rec1] = records_in(tmp_path / "out_one").values()
+    assert rec.env.world_size == 2 and rec.tokens_done == rec1.tokens_done

@@ -4,7 +4,8 @@ On CUDA, ``runs_per_gpu`` workers per visible GPU (each sees one GPU through
 ``CUDA_VISIBLE_DEVICES``); on a CPU, ``jobs`` workers, each with ``cores // jobs`` threads. A worker
 lives for the whole phase and keeps each task's prepared data between cells. A worker that dies
 (killed, crashed, out of host memory) leaves an ``error`` record for its cell naming the reason,
-and a new worker takes its place. With one worker on a CPU the cells run in this process.
+and a new worker takes its place. With one worker, or one cell, the cells run in this process
+(no start-up of a second process).
 """
 
 from __future__ import annotations
@@ -113,15 +114,11 @@ class LocalExecutor:
     mps: bool = False
     ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
 
-    @property
-    def inline(self) -> bool:
-        return len(self.slots) == 1 and self.slots[0].gpu is None
-
     def run(
         self, cells: list[Cell], folder: Folder, progress, claim: Callable[[Cell], bool]
     ) -> list[str]:
         """Run the cells of ``cells`` that ``claim`` grants; return the run ids it ran."""
-        if self.inline:
+        if len(self.slots) == 1 or len(cells) == 1:  # no second process to start: run here
             return self._run_inline(cells, folder, progress, claim)
         if self.mps and any(s.gpu is not None for s in self.slots):
             with mps_daemon(folder.path):
@@ -203,7 +200,12 @@ class LocalExecutor:
         progress.finished(cell, "error")
 
     def _run_inline(self, cells, folder, progress, claim) -> list[str]:
-        worker.set_threads(self.slots[0].threads)
+        slot = self.slots[0]
+        worker.set_threads(slot.threads)
+        if slot.gpu is not None:
+            import torch
+
+            torch.cuda.set_device(slot.gpu)
         ran = []
         for cell in cells:
             if not claim(cell):
