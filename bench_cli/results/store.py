@@ -6,8 +6,8 @@ Names that become part of a file name (registry names, suite task ids, tier name
 run ids) go through ``safe_filename``.
 
 Reading a folder never skips a file silently: every ``*.json`` file (hidden ones and the suite's
-``calibration.json`` and ``environment.json`` aside) is a record, and one that cannot be read is
-reported with its reason. Only regular files are opened.
+``SIDE_FILES`` aside) is a record, and one that cannot be read is reported with its reason. Only
+regular files are opened.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from bench_cli.errors import BenchError, DamagedRecordsError, clip
 from bench_cli.results.record import RunRecord
 
 RECORD_SUFFIX = ".json"
-#: JSON files of a suite folder that are not run records
-SIDE_FILES = frozenset({"calibration.json", "environment.json"})
+#: JSON files of a suite folder that are not run records (``bench_cli.folder`` writes them)
+SIDE_FILES = frozenset({"calibration.json", "environment.json", "selection.json"})
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+=,()-]*"
 MAX_NAME = 100
 MAX_RECORD_BYTES = 256 * 2**20
