@@ -214,6 +214,8 @@ class LMMarkov(GPTTask):
         o = self.options
         if o.order >= o.block_size:
             raise ConfigError(f"order {o.order} must be below block_size {o.block_size}")
+        if device.type == "cuda" and device.index is None:  # generators need the index
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         val = self.validation_windows()
         window_floor = self.source.nll(val).mean(dim=1)  # every scored target of a window
