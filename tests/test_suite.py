@@ -492,6 +492,10 @@ def test_a_folder_of_another_suite_or_of_bench_run_is_refused(tmp_path: Path) ->
         task="rosenbrock", optimizers=["adamw"], task_options={"preset": "tiny"}, steps=10
     )
     assert len(api.run(req, runs)) == 1
+    table = suite.suite_status(runs)  # its one-task suite is under .runs/
+    assert [(r.phase, r.optimizer, r.seed, r.state) for r in table.itertuples()] == [
+        ("score", "adamw", 0, "done")
+    ]
     with pytest.raises(BenchError, match="holds run records of `bench run`, not of a suite"):
         suite.run_suite(write_suite(tmp_path, steps=10), out=runs)
     assert not (runs / "suite.resolved.yaml").exists()
