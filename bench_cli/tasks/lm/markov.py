@@ -1,9 +1,12 @@
 """``lm-markov``: a synthetic language that never repeats, with an exact loss floor.
 
-The source is a random sparse Markov language of order ``k`` over ``V`` symbols: each of the
-``V**k`` contexts (the last ``k`` symbols) has ``support`` next symbols drawn uniformly (with
+The source is a random sparse Markov language of order ``k`` over ``V`` symbols. For each order
+j = 1..k, each context of the last j symbols has ``support`` next symbols drawn uniformly (with
 replacement; a symbol drawn twice keeps both weights) and Dirichlet(``concentration``) weights on
-them. The table is built once with numpy from ``source_seed``, so the language is the same on
+them; a context's next-symbol distribution mixes its k components with weights proportional to
+``backoff**(k - j)``, so every order carries information a model can learn in turn (a pure
+order-k source gives a model of lower order none, and training sits on a plateau at the unigram
+loss). The table is built once with numpy from ``source_seed``, so the language is the same on
 every machine and for every run seed.
 
 Every window is a fresh chain: its first ``k`` symbols are uniform, the rest follow the source.
@@ -50,15 +53,40 @@ def stream_seed(stream: str, seed: int, chunk: int) -> int:
 
 class MarkovSource:
     """The language: ``nexts[c]`` are context ``c``'s next symbols, ``weights[c]`` their
-    probabilities. A context is ``sum_i x_{t-k+i} V**(k-1-i)``: the newest symbol last."""
+    probabilities. A context is ``sum_i x_{t-k+i} V**(k-1-i)``: the newest symbol last.
 
-    def __init__(self, vocab: int, order: int, support: int, concentration: float, seed: int):
-        self.vocab, self.order, self.support = vocab, order, support
+    The conditionals back off: for each order j = 1..k, every context of the last j symbols has
+    its own ``support`` next symbols with Dirichlet weights, and a context's distribution is the
+    mixture of its k components with weights proportional to ``backoff**(k - j)``. So each
+    order adds information (a pure order-k source, ``backoff`` 0, gives none to a model of
+    lower order: it sits on a plateau at the unigram loss)."""
+
+    def __init__(
+        self,
+        vocab: int,
+        order: int,
+        support: int,
+        concentration: float,
+        seed: int,
+        backoff: float = 1.0,
+    ):
+        self.vocab, self.order = vocab, order
         self.n_contexts = vocab**order
         rng = np.random.default_rng(seed)
-        self.nexts = rng.integers(vocab, size=(self.n_contexts, support))
-        weights = rng.gamma(concentration, size=(self.n_contexts, support)) + 1e-12
-        self.weights = weights / weights.sum(axis=1, keepdims=True)
+        mix = np.array([backoff ** (order - j) for j in range(1, order + 1)])
+        mix /= mix.sum()
+        contexts = np.arange(self.n_contexts)
+        nexts, weights = [], []
+        for j, share in zip(range(1, order + 1), mix):
+            n = vocab**j
+            sym = rng.integers(vocab, size=(n, support))
+            w = rng.gamma(concentration, size=(n, support)) + 1e-12
+            if share > 0:
+                nexts.append(sym[contexts % n])
+                weights.append(share * (w / w.sum(axis=1, keepdims=True))[contexts % n])
+        self.nexts = np.concatenate(nexts, axis=1)
+        self.weights = np.concatenate(weights, axis=1)
+        self.support = self.nexts.shape[1]
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +143,9 @@ class MarkovOptions(GPTOptions):
     order: int = Field(3, ge=1, description="k, the symbols a context holds")
     support: int = Field(16, ge=1, description="next symbols drawn per context")
     concentration: float = Field(0.5, gt=0.0, description="Dirichlet concentration of weights")
+    backoff: float = Field(
+        1.0, ge=0.0, le=1.0, description="weight of order j-1 relative to order j in the mixture"
+    )
     source_seed: int = Field(0, ge=0, description="the seed that draws the language")
     n_layer: int = Field(6, ge=1)
     n_head: int = Field(6, ge=1)
@@ -131,8 +162,8 @@ _REFERENCES: dict[tuple, dict[str, float]] = {}
 
 
 @functools.lru_cache(maxsize=4)
-def _source(vocab: int, order: int, support: int, concentration: float, seed: int):
-    return MarkovSource(vocab, order, support, concentration, seed)
+def _source(vocab: int, order: int, support: int, concentration: float, seed: int, backoff: float):
+    return MarkovSource(vocab, order, support, concentration, seed, backoff)
 
 
 @TASKS.register("lm-markov")
@@ -140,8 +171,8 @@ class LMMarkov(GPTTask):
     """A GPT on a random sparse Markov language of order k: a stream that never repeats, with a
     known optimum.
 
-    Default: V = 64 symbols, order k = 3 (262,144 contexts), 16 next symbols per context with
-    Dirichlet(0.5) weights; the GPT of lm-medium (6 layers, 6 heads, width 384, context 256,
+    Default: V = 64 symbols, order k = 3 (262,144 contexts); for each order 1, 2, 3, 16 next
+    symbols per context with Dirichlet(0.5) weights, mixed in equal parts (backoff 1); the GPT of lm-medium (6 layers, 6 heads, width 384, context 256,
     batch 64, no dropout); 6,000 steps (98M tokens, every one fresh), lr 1e-3 with 200 warmup
     steps and cosine decay to 1e-4, AdamW betas (0.9, 0.95), weight decay 0.1 on every matrix,
     grad clip 1.0; evaluation every 250 steps on 16 fixed batches (1,024 windows).
@@ -194,7 +225,7 @@ class LMMarkov(GPTTask):
     @property
     def source(self) -> MarkovSource:
         o = self.options
-        return _source(o.vocab, o.order, o.support, o.concentration, o.source_seed)
+        return _source(o.vocab, o.order, o.support, o.concentration, o.source_seed, o.backoff)
 
     @property
     def first_scored(self) -> int:  # the first target whose whole context is in the window
@@ -299,7 +330,7 @@ class LMMarkov(GPTTask):
 
     def describe_preset(self) -> list[str]:
         o = self.options
-        key = (o.vocab, o.order, o.support, o.concentration, o.source_seed)
+        key = (o.vocab, o.order, o.support, o.concentration, o.source_seed, o.backoff)
         key += (o.eval_batches, o.batch_size, o.block_size)
         if key not in _REFERENCES:  # presets that share the language and windows share these
             _REFERENCES[key] = self.reference_losses()
