@@ -25,7 +25,8 @@ def test_no_help_page_shows_a_value_type_after_a_flag() -> None:
         res = runner.invoke(app, [*path, "--help"], terminal_width=120)
         assert res.exit_code == 0, path
         assert "<bool>" not in res.output, path
-        assert "Show this message and exit." in res.output
+        flat = " ".join(res.output.replace("│", " ").split())  # help text wraps in its box
+        assert "Show this message and exit." in flat, path
 
 
 def test_flags_still_work_as_flags() -> None:

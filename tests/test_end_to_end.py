@@ -128,5 +128,6 @@ def test_probe_curve_is_aligned_for_an_optimizer_that_draws_ahead(tmp_path, shar
         data=str(shared_data),
         sets=["preset=tiny", "probe_batch_step=5", "eval_interval=5", "mars.is_approx=false"],
     )
-    first = {r.optimizer: r.probe_curve[0].step for r in api.run(req, tmp_path)}
-    assert first == {"adamw": 10, "mars": 10}  # the probe batch is trained at step 6
+    steps = {r.optimizer: [p.step for p in r.probe_curve] for r in api.run(req, tmp_path)}
+    # recorded before the injection (steps 0 and 5) and after it: the batch is trained at step 6
+    assert steps == {"adamw": [0, 5, 10], "mars": [0, 5, 10]}
