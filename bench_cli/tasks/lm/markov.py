@@ -176,7 +176,10 @@ class LMMarkov(GPTTask):
     batch 64, no dropout); 6,000 steps (98M tokens, every one fresh), lr 1e-3 with 200 warmup
     steps and cosine decay to 1e-4, AdamW betas (0.9, 0.95), weight decay 0.1 on every matrix,
     grad clip 1.0; evaluation every 250 steps on 16 fixed batches (1,024 windows).
-    ``long``: the same language and model for 60,000 steps (983M tokens). ``tiny``: V = 8,
+    Target: gap <= 0.5 (AdamW, seed 0, crosses it at step 4,250 on an H200, after 58 s of
+    training at 1.2M tokens/s; floor 2.93, bigram 3.83, unigram 4.15 nats; PERFORMANCE.md).
+    ``long``: the same language and model for 60,000 steps (983M tokens); target gap <= 0.4,
+    provisional (not yet measured). ``tiny``: V = 8,
     k = 2, a one-layer GPT, seconds on a CPU.
     Metrics: val_loss and its standard error, ``floor`` (the Bayes-optimal loss on the same
     validation windows, from the true conditionals), ``gap`` = val_loss - floor (the target) and
@@ -199,11 +202,11 @@ class LMMarkov(GPTTask):
     PRESETS = {
         "default": Preset(
             run_settings(6000, 250, warmup_steps=200, log_interval=10),
-            Target(metric="gap", value=0.1),
+            Target(metric="gap", value=0.5),
         ),
         "long": Preset(
             run_settings(60_000, 2500, warmup_steps=1000, log_interval=50),
-            Target(metric="gap", value=0.05),
+            Target(metric="gap", value=0.4),
         ),
         "tiny": Preset(
             run_settings(100, 25, warmup_steps=10, log_interval=25),
