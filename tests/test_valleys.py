@@ -140,3 +140,36 @@ def test_show_states_formula_defaults_target_and_unit() -> None:
     res = CliRunner().invoke(app, ["show", "river-valley"])
     assert res.exit_code == 0
     assert "unit: steps" in res.output and "gap <= 1" in res.output and "kappa" in res.output
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "independent"),
+    [
+        ("rosenbrock", {}, True),
+        ("rosenbrock-nd", {}, True),
+        ("rosenbrock-nd", {"noise": 0.1}, False),
+        ("noisy-quadratic", {}, False),
+        ("noisy-quadratic", {"noise": 0.0}, True),
+        ("river-valley", {}, False),
+        ("lm-markov", {"preset": "tiny"}, False),
+    ],
+)
+def test_seed_independence_is_stated_where_nothing_depends_on_the_seed(
+    name: str, options: dict, independent: bool
+) -> None:
+    cls = TASKS.get(name)
+    task = cls(cls.Options(**options))
+    assert task.seed_independent is independent
+    if independent:  # the stream of every seed is the same
+        task.prepare(torch.device("cpu"))
+        a, b = next(iter(task.batches(0))), next(iter(task.batches(1)))
+        assert a is None and b is None
+
+
+def test_a_task_resumes_its_stream_at_any_step() -> None:
+    cls = TASKS.get("noisy-quadratic")
+    task = cls(cls.Options(preset="tiny"))
+    task.prepare(torch.device("cpu"))
+    whole = [b for b, _ in zip(task.batches(4), range(7))]
+    resumed = [b for b, _ in zip(task.batches_from(4, 5), range(2))]
+    assert all(torch.equal(x, y) for x, y in zip(whole[5:], resumed))
