@@ -187,6 +187,9 @@ def register(app: typer.Typer) -> None:
                 f"reused {reused} records already in {out}/ (--rerun replaces them)",
                 highlight=False,
             )
+        for r in records:  # the values each optimizer ran with: defaults, recipe and --set
+            values = ", ".join(f"{k}={v}" for k, v in r.hparams.items())
+            stderr.print(f"{r.optimizer}: {values}", highlight=False, markup=False)
         stderr.print(f"records written to {out}/", highlight=False)
         failed = [r for r in records if r.status == "error"]
         for r in failed:

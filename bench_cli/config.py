@@ -538,7 +538,29 @@ def read_text_file(path: str | Path, what: str, limit: int = 2**20) -> str:
 
 
 def load_suite(path: str | Path) -> SuiteFile:
-    return parse_suite(read_text_file(path, "suite file"), str(path))
+    """Read and validate a suite file. Relative paths in it (plug-in files, task ``data`` and
+    ``val_data``) are relative to the suite file's folder, not to the current directory."""
+    suite = parse_suite(read_text_file(path, "suite file"), str(path))
+    here = Path(path).resolve().parent
+
+    def local(value: Any) -> Any:
+        if not isinstance(value, str) or Path(value).expanduser().is_absolute():
+            return value
+        candidate = here / value
+        return str(candidate) if candidate.exists() else value
+
+    plugins = [local(p) if p.endswith(".py") or "/" in p else p for p in suite.plugins]
+    tasks = [
+        t.model_copy(
+            update={
+                "options": {
+                    k: local(v) if k in ("data", "val_data") else v for k, v in t.options.items()
+                }
+            }
+        )
+        for t in suite.tasks
+    ]
+    return suite.model_copy(update={"plugins": plugins, "tasks": tasks})
 
 
 # -- YAML suites: sweeps and tiers --------------------------------------------------------------

@@ -150,8 +150,8 @@ class Folder:
             raise BenchError(
                 f"{path} is damaged ({type(exc).__name__}); choose another --out"
             ) from exc
-        old = read_yaml(old_text, str(path))
-        new = read_yaml(resolved_text, name)
+        old = _by_content(read_yaml(old_text, str(path)))
+        new = _by_content(read_yaml(resolved_text, name))
         if old != new:
             raise BenchError(
                 f"{self.path} holds another suite ({_difference(old, new)} differs from its "
@@ -266,6 +266,18 @@ class Folder:
                     continue  # another live writer's file
                 if time.time() - tmp.stat().st_mtime > HEARTBEAT:
                     tmp.unlink(missing_ok=True)
+
+
+def _by_content(doc: Any) -> Any:
+    """A resolved suite with its tasks' data paths replaced by what they hold."""
+    from bench_cli.datafiles import with_identities
+
+    if isinstance(doc, dict) and isinstance(doc.get("tasks"), list):
+        doc = {**doc, "tasks": [
+            {**t, "options": with_identities(t.get("options") or {})} if isinstance(t, dict) else t
+            for t in doc["tasks"]
+        ]}  # fmt: skip
+    return doc
 
 
 def _difference(old: Any, new: Any, path: tuple = ()) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bench_cli import api
+from bench_cli.datafiles import DATA_OPTIONS, missing
 from bench_cli.config import OptimizerEntry, SuiteFile, TaskEntry, apply_tier, expand_grid
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.plugins import normalize
@@ -265,6 +266,10 @@ def build_plan(suite: SuiteFile, tier: str | None = None) -> Plan:
     seeds = _at("tuning", phase_seeds, suite)
     tasks, ids = [], {}
     for i, t in enumerate(suite.tasks):
+        for key in DATA_OPTIONS:
+            problem = missing(t.options.get(key))
+            if problem:
+                raise ConfigError(f"tasks[{i}].options.{key}: {problem}; fix the path")
         req = _task_request(suite, t)
         task, [spec] = _at(
             f"tasks[{i}] ({t.name})", api.plan_runs, replace(req, optimizers=[names[0]])

@@ -227,6 +227,13 @@ def planned_cells(out: Path) -> list[Cell]:
     folder = Folder(out)
     calibration = folder.read_json(CALIBRATION)
     selection = folder.read_json(SELECTION)
+    for key, cal in calibration.items():
+        value = cal.get("value") if isinstance(cal, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BenchError(
+                f"{Path(out) / CALIBRATION} is damaged (the target of {key} is {value!r}, not a "
+                "number); delete it and rerun the suite to recompute it"
+            )
     cells: list[Cell] = []
     for _, suite, _ in _suites_in(Path(out)):
         plan = build_plan(suite)

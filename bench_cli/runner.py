@@ -3,7 +3,9 @@
 nanoGPT's order: set the lr; evaluate at the interval (model and optimizer in eval mode, clock
 stopped); forward; backward; clip; step; ``zero_grad(set_to_none=True)``. ``loss.item()`` is read
 only at log points (it is a host sync). A non-finite loss or metric ends the run as ``diverged``;
-any other exception inside the loop ends it as ``error``; both are records, not crashes.
+any other exception inside the loop ends it as ``error``; both are records, not crashes. So does
+a target metric (to minimise) that rises above ``task.divergence_factor`` (default 10) times its
+value at step 0: the run is ``diverged``, its record holds the bound and the reason.
 
 The clock: ``train_seconds`` counts training steps only. Building the model and optimizer, and the
 first training step (where ``torch.compile`` compiles and allocators warm up), are one-time costs
@@ -103,6 +105,9 @@ def run(
     model = opt = None
     modes = False
     grad_evals_per_step = 1
+    watch = spec.target or task.default_target()
+    factor = getattr(task, "divergence_factor", None)
+    bound: float | None = None
     ckpt = Checkpointer(checkpoint_dir, spec.run_id, checkpoint_minutes(s, device))
 
     def sync() -> None:
@@ -110,8 +115,9 @@ def run(
             torch.cuda.synchronize(device)
 
     def evaluate() -> bool:
-        """Append an eval point (rank 0 evaluates); False if a metric is not finite."""
-        nonlocal eval_seconds
+        """Append an eval point (rank 0 evaluates); False if a metric is not finite or the
+        watched metric crossed the divergence bound."""
+        nonlocal eval_seconds, bound, error
         t0 = time.perf_counter()
         metrics = None
         if ddp.rank() == 0:
@@ -129,7 +135,18 @@ def run(
         point = EvalPoint(step=step, tokens=step * per_step, seconds=train_seconds, metrics=metrics)
         curve.append(point)
         cb.on_eval(point)
-        return all(math.isfinite(v) for v in metrics.values())
+        if not all(math.isfinite(v) for v in metrics.values()):
+            return False
+        value = metrics.get(watch.metric) if watch and watch.direction == "min" else None
+        if value is not None and factor and bound is None and step == 0:
+            bound = factor * max(abs(value), 1e-12)
+        if value is not None and bound is not None and value > bound:
+            error = (
+                f"diverged: {watch.metric} {value:.4g} is above {factor:g} x its value at step 0 "
+                f"(the divergence bound {bound:.4g})"
+            )
+            return False
+        return True
 
     try:  # set-up failures (out of memory, a plug-in's bug) are recorded like any other
         torch.manual_seed(spec.seed)  # model init and dropout depend on the seed only
@@ -158,6 +175,7 @@ def run(
             curve = [EvalPoint(**p) for p in saved["curve"]]
             train_curve = [TrainPoint(**p) for p in saved["train_curve"]]
             train_seconds, eval_seconds = saved["train_seconds"], saved["eval_seconds"]
+            bound = saved.get("bound")
             setup_seconds = saved["setup_seconds"]
             set_rng_state(saved["rng"], device)
         pending = None  # MARS exact: the batch drawn ahead, trained on at the next step
@@ -245,6 +263,7 @@ def run(
                                 "train_seconds": train_seconds,
                                 "eval_seconds": eval_seconds,
                                 "setup_seconds": setup_seconds,
+                                "bound": bound,
                                 "rng": rng_state(device),
                             }
                         )
@@ -260,6 +279,7 @@ def run(
             tokens_done=step * per_step,
             grad_evals=step * grad_evals_per_step,
             grad_evals_per_step=grad_evals_per_step,
+            divergence_bound=bound,
             train_seconds=train_seconds,
             eval_seconds=eval_seconds,
             setup_seconds=setup_seconds,

@@ -114,6 +114,11 @@ class RunRecord(_Frozen):
     steps_done: int = 0
     tokens_done: int = 0
     grad_evals: int = Field(0, description="gradient evaluations (forward+backward passes)")
+    divergence_bound: float | None = Field(
+        None,
+        description="the value of the target metric above which the run counted as diverged "
+        "(the task's divergence factor times its value at step 0)",
+    )
     grad_evals_per_step: int = 1
     setup_seconds: float = Field(
         0.0, description="one-time costs left out of the clock: data, model, compile, warm-up"

@@ -131,6 +131,10 @@ class Task(ABC):
     def units_per_step(self) -> int:
         """Tokens (or images, or 1 step) consumed by one optimizer step."""
 
+    #: a run whose target metric (one to minimise) rises above this many times its value at
+    #: step 0 is ``diverged``, like a non-finite loss (None: only non-finite values count)
+    divergence_factor: ClassVar[float | None] = 10.0
+
     @property
     def seed_independent(self) -> bool:
         """True when the outcome does not depend on the seed (no noise, no dropout, no data

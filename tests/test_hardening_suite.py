@@ -1,0 +1,201 @@
+"""Hardening of suite folders and runs, each case through the CLI as a user meets it: damaged
+side files and claims, leftovers of a kill, a full disk, a task whose set-up fails, data paths,
+plug-in paths and defaults, the divergence bound, and conflicting or huge requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from bench_cli.cli import app
+
+runner = CliRunner()
+SIDE = {"environment.json", "calibration.json", "selection.json"}
+
+SUITE = """
+name: h
+seeds: [0]
+device: cpu
+plugins: [{plugin}]
+tasks:
+  - name: {task}
+    options: {{preset: tiny{options}}}
+    budget: {{steps: 20, eval_interval: 10}}
+    {target}
+optimizers:
+  - name: adamw
+  - name: lion
+"""
+
+
+def suite_file(folder: Path, task: str = "noisy-quadratic", plugin: str = "", options: str = "",
+               target: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "s.yaml"
+    path.write_text(SUITE.format(plugin=plugin, task=task, options=options, target=target))
+    return path
+
+
+def records(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in folder.glob("*.json") if p.name not in SIDE]
+
+
+def one_line_error(res, *words: str) -> None:
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    for w in words:
+        assert w in lines[0], res.output
+
+
+def test_a_full_disk_is_one_line_no_marker_and_the_cell_runs_on_resume(tmp_path) -> None:
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "bench_cli", "run", "--opt", "adamw", "--task", "rosenbrock",
+            "--steps", "50", "--out", str(out), "--quiet"]
+
+    def small_files() -> None:  # like `ulimit -f 2`: no file over 2 KiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    full = subprocess.run(args, capture_output=True, text=True, preexec_fn=small_files)
+    assert full.returncode == 1
+    assert full.stderr.strip().startswith("error:") and len(full.stderr.strip().splitlines()) == 1
+    assert "free some space" in full.stderr
+    assert not records(out) and not list((out / ".running").iterdir())
+    assert not list(out.glob(".*.tmp"))
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert len(records(out)) == 1 and "reused" not in again.stderr
+
+
+def test_a_task_whose_prepare_raises_gives_error_records_and_the_suite_goes_on(tmp_path) -> None:
+    plugin = tmp_path / "broken.py"
+    plugin.write_text(
+        "from bench_cli.tasks import TASKS\n"
+        "from bench_cli.tasks.valleys import NoisyQuadratic\n"
+        "@TASKS.register('broken-quadratic')\n"
+        "class Broken(NoisyQuadratic):\n"
+        "    def prepare(self, device):\n"
+        "        raise RuntimeError('the data server is down')\n"
+    )
+    path = suite_file(tmp_path, "broken-quadratic", plugin=str(plugin))
+    with path.open("a") as fh:
+        fh.write("  - name: noisy-quadratic\n    options: {preset: tiny}\n"
+                 "    budget: {steps: 20, eval_interval: 10}\n")
+    text = path.read_text().replace("optimizers:\n  - name: adamw\n  - name: lion\n", "")
+    path.write_text(text + "optimizers:\n  - name: adamw\n  - name: lion\n")
+    res = runner.invoke(app, ["suite", "run", str(path), "--out", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 1  # failed cells fail the command, after the suite has finished
+    got = {(r["task"], r["optimizer"]): r for r in records(tmp_path / "out")}
+    assert len(got) == 4
+    assert all(got[("broken-quadratic", o)]["status"] == "error" for o in ("adamw", "lion"))
+    assert "the data server is down" in got[("broken-quadratic", "adamw")]["error"]
+    assert all(got[("noisy-quadratic", o)]["status"] == "done" for o in ("adamw", "lion"))
+
+
+def test_damaged_side_files_are_one_line_errors(tmp_path) -> None:
+    path = suite_file(tmp_path)
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["suite", "run", str(path), "--out", str(out), "-q"]).exit_code == 0
+    good = (out / "suite.resolved.yaml").read_bytes()
+    (out / "suite.resolved.yaml").write_bytes(b"\xff\xfe\x00binary")
+    one_line_error(runner.invoke(app, ["suite", "status", str(out)]), "suite.resolved.yaml")
+    one_line_error(runner.invoke(app, ["suite", "run", str(path), "--out", str(out)]), "damaged")
+    (out / "suite.resolved.yaml").write_bytes(good)
+    for bad in (b"\x00\xff binary", b"[1, 2]", b'{"noisy-quadratic(preset=tiny)": {"value": "abc"}}'):
+        (out / "calibration.json").write_bytes(bad)
+        one_line_error(runner.invoke(app, ["suite", "status", str(out)]), "calibration.json")
+    (out / "calibration.json").unlink()
+    assert runner.invoke(app, ["suite", "status", str(out)]).exit_code == 0
+
+
+def test_claims_that_are_damaged_or_name_an_unrelated_live_pid_are_not_running(tmp_path) -> None:
+    path = suite_file(tmp_path)
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["suite", "run", str(path), "--out", str(out), "-q"]).exit_code == 0
+    run_ids = [r["run_id"] for r in records(out)]
+    for p in out.glob("*.json"):
+        if p.name not in SIDE:
+            p.unlink()
+    markers = out / ".running"
+    (markers / run_ids[0]).write_text("[1,2,3]")
+    unrelated = {"host": os.uname().nodename, "pid": 1, "pid_start": "0", "claimed_at": "x"}
+    (markers / run_ids[1]).write_text(json.dumps(unrelated))  # pid 1 lives, but it is not ours
+    old = time.time() - 3600
+    os.utime(markers / run_ids[0], (old, old))
+    res = runner.invoke(app, ["suite", "status", str(out)])
+    assert res.exit_code == 0 and "2 interrupted" in res.output, res.output
+    (out / ".h.tmp").write_text("partial")  # what a kill mid-write leaves
+    os.utime(out / ".h.tmp", (old, old))
+    again = runner.invoke(app, ["suite", "run", str(path), "--out", str(out), "-q"])
+    assert again.exit_code == 0
+    assert len(records(out)) == 2 and not list(markers.iterdir())
+    assert not (out / ".h.tmp").exists()
+
+
+def test_suite_paths_resolve_from_the_suite_folder_and_are_checked_up_front(
+    tmp_path, monkeypatch, shared_data
+) -> None:
+    folder = tmp_path / "suites"
+    folder.mkdir()
+    (folder / "text.txt").write_bytes((shared_data / "tinyshakespeare.txt").read_bytes())
+    plugin = folder / "myopt.py"
+    plugin.write_text(
+        "import torch\nfrom bench_cli.registry import OPTIMIZERS\n"
+        "@OPTIMIZERS.register('mysgd')\n"
+        "class MySGD(torch.optim.SGD):\n"
+        "    def __init__(self, params, lr=0.01, weight_decay=0.0):\n"
+        "        super().__init__(params, lr=lr, weight_decay=weight_decay)\n"
+    )
+    path = suite_file(folder, "lm-small", plugin="myopt.py", options=", data: text.txt")
+    path.write_text(path.read_text().replace("  - name: lion", "  - name: mysgd"))
+    monkeypatch.chdir(tmp_path)  # not the suite's folder
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["suite", "run", "suites/s.yaml", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    mine = next(r for r in records(out) if r["optimizer"] == "mysgd")
+    assert mine["hparams"]["lr"] == 0.01  # the plug-in's own default, not the task's AdamW lr
+    # the same text at another path is the same data: the folder is the same suite, reused
+    moved = tmp_path / "elsewhere.txt"
+    moved.write_bytes((folder / "text.txt").read_bytes())
+    path.write_text(path.read_text().replace("data: text.txt", f"data: {moved}"))
+    again = runner.invoke(app, ["suite", "run", "suites/s.yaml", "--out", str(out), "-q"])
+    assert again.exit_code == 0 and "0 runs now" in again.output, again.output
+    path.write_text(path.read_text().replace(str(moved), "missing.txt"))
+    res = runner.invoke(app, ["suite", "validate", "suites/s.yaml"])
+    one_line_error(res, "tasks[0].options.data", "does not exist")
+
+
+def test_a_loss_far_above_its_start_is_diverged_with_the_bound_recorded(tmp_path) -> None:
+    res = runner.invoke(app, ["run", "--opt", "adamw,lion,mars", "--task", "rosenbrock", "--set",
+                              "lr=1e3", "--steps", "200", "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    got = records(tmp_path)
+    assert {r["status"] for r in got} == {"diverged"}
+    start = got[0]["curve"][0]["metrics"]["distance"]
+    assert all(r["divergence_bound"] == 10 * start for r in got)
+    assert all("divergence bound" in r["error"] for r in got)
+    ok = runner.invoke(app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--steps", "200",
+                             "--out", str(tmp_path / "ok"), "--quiet"])
+    assert ok.exit_code == 0 and records(tmp_path / "ok")[0]["status"] == "done"
+
+
+def test_conflicting_and_oversized_requests_are_refused_before_anything_is_written(
+    tmp_path,
+) -> None:
+    out = tmp_path / "out"
+    one_line_error(runner.invoke(app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--steps",
+                                       "50", "--set", "steps=60", "--out", str(out)]), "disagree")
+    one_line_error(runner.invoke(app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--device",
+                                       "cpu", "--set", "device=cuda", "--out", str(out)]), "disagree")
+    path = suite_file(tmp_path)
+    path.write_text(path.read_text().replace("seeds: [0]", f"seeds: {list(range(30))}"))
+    one_line_error(runner.invoke(app, ["suite", "run", str(path), "--out", str(out),
+                                       "--max-cells", "50"]), "--max-cells")
+    assert not out.exists()
