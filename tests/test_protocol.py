@@ -207,6 +207,29 @@ def test_selection_takes_the_configuration_fastest_to_the_target_not_the_best_fi
         )
 
 
+def test_with_several_tuning_seeds_the_censored_median_time_decides(tmp_path: Path) -> None:
+    text = NQ_SUITE.replace("[0, 1]", "[0, 1]\ntuning: {seeds: [5, 6, 7]}")
+    text = text.replace("budget: {steps: 20", "budget: {steps: 30")
+    summary = suite.run_suite(write(tmp_path, text), out=tmp_path / "out")
+    tune = by_role(summary.records, "tune")
+    assert len(tune) == 12 and sorted({r.seed for r in tune}) == [5, 6, 7]
+    for opt in ("adamw", "lion"):
+        times, bests = {}, {}
+        for lr in {r.config["lr"] for r in tune if r.optimizer == opt}:
+            mine = [r for r in tune if r.optimizer == opt and r.config["lr"] == lr]
+            assert len(mine) == 3
+            # a seed that never reaches the target counts as "later than any that did"
+            reached = sorted(crossing(r, r.target.value) or math.inf for r in mine)
+            times[lr], bests[lr] = (
+                reached[1],
+                statistics.median(r.best_metrics["gap"] for r in mine),
+            )
+        pick = min(times, key=lambda lr: (times[lr], bests[lr]))
+        chosen = summary.selection[f"{NQ}/{opt}"]
+        assert chosen["config"] == {"lr": pick} and chosen["trials"] == 6
+        assert [r.config for r in summary.scored if r.optimizer == opt] == [{"lr": pick}] * 2
+
+
 def test_equal_times_to_target_go_to_the_best_metric(tmp_path: Path) -> None:
     # every run starts at distance 2.2 <= 3.0: all reach the target at step 0, a tie
     text = RACE.replace("budget: {steps: 100", "target: 3.0\n    budget: {steps: 100")
