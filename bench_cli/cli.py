@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from bench_cli import __version__, api, describe
+from bench_cli import __version__
 from bench_cli.cli_data import data_app
 from bench_cli.cli_results import register as register_results_commands
 from bench_cli.cli_run import register as register_run_commands
@@ -53,6 +53,8 @@ register_run_commands(app)  # `run` and `plan` first in the help
 @friendly
 def list_(plugin: PluginOpt = None) -> None:
     """List the registered optimizers and tasks, one line each (details: bench show NAME)."""
+    from bench_cli import api, describe
+
     api.load_plugins(plugin or [])
     for kind, rows in describe.catalog().items():
         stdout.print(f"[bold]{kind}[/bold]")
@@ -75,6 +77,8 @@ def show(
     plugin: PluginOpt = None,
 ) -> None:
     """Show an optimizer's update rule and defaults, or a task's options, presets and target."""
+    from bench_cli import api, describe
+
     api.load_plugins(plugin or [])
     text = describe.describe(name, task, describe.stored_records(results))
     stdout.print(text, highlight=False, markup=False, soft_wrap=True)
@@ -95,6 +99,8 @@ def report(
 ) -> None:
     """Write one self-contained HTML page: tables, figures, update rules, suite, environment."""
     from bench_cli.results.report import write_report
+
+    from bench_cli import describe
 
     docs = describe.docstrings()
     path = write_report(directory, out or Path(directory) / "report.html", baseline, docs)

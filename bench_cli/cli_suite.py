@@ -6,7 +6,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from bench_cli import suite
 from bench_cli.cli_run import (
     Executor,
     Gpus,
@@ -51,6 +50,8 @@ def _print_targets(calibration: dict[str, dict]) -> None:
 @friendly
 def validate(file: FileArg) -> None:
     """Check a suite file under each of its tiers and say how many runs each phase would make."""
+    from bench_cli import suite
+
     counts = suite.validate_suite(file)
     for tier, sizes in counts.items():
         phases = ", ".join(f"{n} {phase}" for phase, n in sizes.items() if n)
@@ -77,7 +78,7 @@ def run_(
     ] = True,
     max_cells: Annotated[
         int, typer.Option(help="Refuse a suite of more cells unless raised.")
-    ] = suite.MAX_CELLS,
+    ] = 10_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     executor: Executor = None, jobs: Jobs = None, threads: Threads = None, gpus: Gpus = None,
     runs_per_gpu: RunsPerGpu = None, mps: Mps = False, ray_address: RayAddress = None,
@@ -87,6 +88,8 @@ def run_(
     log: Log = None, mlflow_uri: MlflowUri = None,
 ) -> None:  # fmt: skip
     """Run a suite's phases (tune, calibrate, score) into one directory; rerun to resume."""
+    from bench_cli import suite
+
     from bench_cli.progress import Progress
 
     ex = executor_options(
@@ -111,6 +114,8 @@ def run_(
 @friendly
 def status(directory: Annotated[Path, typer.Argument(help="A suite directory.")]) -> None:
     """Show which runs are done, diverged, failed, running, interrupted or missing."""
+    from bench_cli import suite
+
     table = suite.suite_status(directory)
     stdout.print(frame_table(suite.status_counts(table), title=str(directory)))
     counts = table["state"].value_counts()

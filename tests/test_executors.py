@@ -275,3 +275,24 @@ def test_ddp_on_two_gloo_processes_matches_one_process_with_the_same_global_batc
     [rec] = records_in(tmp_path / "out_ddp").values()
     [rec1] = records_in(tmp_path / "out_one").values()
     assert rec.env.world_size == 2 and rec.tokens_done == rec1.tokens_done
+
+
+def test_result_commands_do_not_import_torch(tmp_path) -> None:
+    """leaderboard, export, plot and check work on records alone (and start fast)."""
+    base = str(ROOT / "suites" / "baselines" / "ci-smoke")
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from bench_cli.cli import app\n"
+        "r = CliRunner()\n"
+        f"cmds = [['leaderboard', {base!r}], ['export', {base!r}, '--format', 'csv', '--out', "
+        f"{str(tmp_path / 't.csv')!r}], ['plot', {base!r}, '--out', {str(tmp_path / 'p')!r}], "
+        f"['check', {base!r}, '--against', {base!r}]]\n"
+        "for c in cmds:\n"
+        "    res = r.invoke(app, c)\n"
+        "    assert res.exit_code == 0, (c, res.output)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "False"
