@@ -296,3 +296,22 @@ def test_result_commands_do_not_import_torch(tmp_path) -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "False"
+
+
+def test_log_flag_sends_each_cell_to_tensorboard_from_the_workers(tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path = write_suite(tmp_path / "tb.yaml", "noisy-quadratic", "[0, 1]")
+    res = bench("suite", "run", str(path), "--out", str(tmp_path / "out"), "--jobs", "2",
+                "--log", "tensorboard", "--quiet")
+    assert res.returncode == 0, res.stderr
+    runs = sorted(p for p in (tmp_path / "out" / "tensorboard" / "tb").iterdir() if p.is_dir())
+    assert len(runs) == 4  # one tracker run per cell, grouped under the suite's name
+    for run in runs:
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        losses = [e.value for e in acc.Scalars(next(t for t in acc.Tags()["scalars"] if "loss" in t))]
+        assert losses and all(v == v for v in losses)
+    bad = bench("suite", "run", str(path), "--out", str(tmp_path / "x"), "--log", "neptune")
+    assert bad.returncode == 1 and "--log 'neptune'" in bad.stderr
