@@ -98,9 +98,8 @@ def report(
     ] = "adamw",
 ) -> None:
     """Write one self-contained HTML page: tables, figures, update rules, suite, environment."""
-    from bench_cli.results.report import write_report
-
     from bench_cli import describe
+    from bench_cli.results.report import write_report
 
     docs = describe.docstrings()
     path = write_report(directory, out or Path(directory) / "report.html", baseline, docs)

@@ -1,6 +1,5 @@
 """``bench run`` and ``bench plan``, and the executor options they share with ``bench suite run``."""
 
-
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +21,9 @@ Threads = Annotated[
 ]
 Gpus = Annotated[
     str | None,
-    typer.Option(help="CUDA: the GPUs to use, e.g. 0,2 (default: all).", rich_help_panel="Executor"),
+    typer.Option(
+        help="CUDA: the GPUs to use, e.g. 0,2 (default: all).", rich_help_panel="Executor"
+    ),
 ]
 RunsPerGpu = Annotated[
     int | None,
@@ -33,11 +34,17 @@ RunsPerGpu = Annotated[
 ]
 Mps = Annotated[
     bool,
-    typer.Option("--mps", help="CUDA: run the runs sharing a GPU under NVIDIA MPS.", rich_help_panel="Executor"),
+    typer.Option(
+        "--mps",
+        help="CUDA: run the runs sharing a GPU under NVIDIA MPS.",
+        rich_help_panel="Executor",
+    ),
 ]
 RayAddress = Annotated[
     str | None,
-    typer.Option(help="Ray: an existing cluster (default: a local Ray).", rich_help_panel="Executor"),
+    typer.Option(
+        help="Ray: an existing cluster (default: a local Ray).", rich_help_panel="Executor"
+    ),
 ]
 SlurmCluster = Annotated[
     str | None,
@@ -53,17 +60,24 @@ SlurmGpus = Annotated[
 SlurmAccount = Annotated[str | None, typer.Option(rich_help_panel="Executor")]
 SlurmFlag = Annotated[
     list[str] | None,
-    typer.Option(help="SLURM: another sbatch flag, KEY=VALUE (repeatable).", rich_help_panel="Executor"),
+    typer.Option(
+        help="SLURM: another sbatch flag, KEY=VALUE (repeatable).", rich_help_panel="Executor"
+    ),
 ]
 Log = Annotated[
     list[str] | None,
     typer.Option(
-        "--log", help="Log to tensorboard, mlflow or wandb (repeatable).", rich_help_panel="Trackers"
+        "--log",
+        help="Log to tensorboard, mlflow or wandb (repeatable).",
+        rich_help_panel="Trackers",
     ),
 ]
 MlflowUri = Annotated[
     str | None,
-    typer.Option(help="MLflow tracking URI (default: a file store in the folder).", rich_help_panel="Trackers"),
+    typer.Option(
+        help="MLflow tracking URI (default: a file store in the folder).",
+        rich_help_panel="Trackers",
+    ),
 ]
 
 
@@ -176,7 +190,9 @@ def register(app: typer.Typer) -> None:
             slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
         )  # fmt: skip
         with Progress(stderr, quiet=quiet) as progress:
-            summary = api.run_summary(req, Path(out), progress, ex, rerun, log_options(log, mlflow_uri))
+            summary = api.run_summary(
+                req, Path(out), progress, ex, rerun, log_options(log, mlflow_uri)
+            )
         records = summary.scored
         df = api.summary(records)
         title = f"{records[0].task_id} (seed {seed})" if records else task

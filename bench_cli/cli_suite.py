@@ -89,7 +89,6 @@ def run_(
 ) -> None:  # fmt: skip
     """Run a suite's phases (tune, calibrate, score) into one directory; rerun to resume."""
     from bench_cli import suite
-
     from bench_cli.progress import Progress
 
     ex = executor_options(

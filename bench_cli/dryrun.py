@@ -63,12 +63,18 @@ def describe_plan(suite: SuiteFile, tier: str | None, history: Path | None) -> l
         for c in cells:
             s = c.spec
             hp = ", ".join(f"{k}={v}" for k, v in s.hparams.items())
-            lines.append(f"  {s.task_id}  {s.optimizer}  seed {s.seed}  steps {s.settings.steps}  {hp}")
+            lines.append(
+                f"  {s.task_id}  {s.optimizer}  seed {s.seed}  steps {s.settings.steps}  {hp}"
+            )
 
     if plan.tunes:
         show("tune", plan.tune_cells())
     if any(tp.calibrate for tp in plan.tasks):
-        show("calibrate", plan.calibrate_cells({}), " (the baseline's configuration chosen in tuning)")
+        show(
+            "calibrate",
+            plan.calibrate_cells({}),
+            " (the baseline's configuration chosen in tuning)",
+        )
     note = " (each optimizer's configuration selected in tuning)" if plan.tunes else ""
     targets = {tp.task_id: tp.target.value for tp in plan.tasks if tp.calibrate}
     show("score", plan.score_cells({}, targets), note)

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bench_cli import api
-from bench_cli.datafiles import DATA_OPTIONS, missing
 from bench_cli.config import OptimizerEntry, SuiteFile, TaskEntry, apply_tier, expand_grid
+from bench_cli.datafiles import DATA_OPTIONS, missing
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.plugins import normalize
 from bench_cli.registry import OPTIMIZERS, optimizer_defaults

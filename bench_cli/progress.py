@@ -30,7 +30,9 @@ def _name(cell: Any) -> str:
 class Progress:
     """Receives the executor's events; ``quiet`` prints nothing but warnings."""
 
-    def __init__(self, console: Console | None = None, quiet: bool = False, live: bool | None = None):
+    def __init__(
+        self, console: Console | None = None, quiet: bool = False, live: bool | None = None
+    ):
         self.console = console or Console(stderr=True)
         self.quiet = quiet
         self.live_mode = (sys.stderr.isatty() if live is None else live) and not quiet

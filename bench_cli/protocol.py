@@ -37,9 +37,7 @@ def resolved_text(plan: Plan) -> str:
     suite can resume on another executor."""
     data = {
         "tier": plan.tier,
-        **plan.suite.model_dump(
-            mode="json", exclude={"tiers", "default_tier", "executor", "log"}
-        ),
+        **plan.suite.model_dump(mode="json", exclude={"tiers", "default_tier", "executor", "log"}),
     }
     return yaml.safe_dump(data, sort_keys=False)
 
@@ -93,7 +91,13 @@ def _rescore(record: RunRecord, target: Target, folder: Folder) -> RunRecord:
 def _unreachable(tp) -> dict[str, Target]:
     """A target no run reaches: selection then goes by the best metric."""
     t = tp.target
-    return {tp.task_id: Target(metric=t.metric, value=-math.inf if t.direction == "min" else math.inf, direction=t.direction)}
+    return {
+        tp.task_id: Target(
+            metric=t.metric,
+            value=-math.inf if t.direction == "min" else math.inf,
+            direction=t.direction,
+        )
+    }
 
 
 def calibrate(plan: Plan, records: list[RunRecord]) -> dict[str, dict[str, Any]]:
@@ -105,9 +109,7 @@ def calibrate(plan: Plan, records: list[RunRecord]) -> dict[str, dict[str, Any]]
         mine = [r for r in records if r.task_key == tp.task_id]
         t = tp.target
         worst = math.inf if t.direction == "min" else -math.inf
-        best = [
-            r.best_metrics.get(t.metric, worst) if r.status == "done" else worst for r in mine
-        ]
+        best = [r.best_metrics.get(t.metric, worst) if r.status == "done" else worst for r in mine]
         try:
             value = calibrated_value(best, t.direction, tp.entry.margin)
         except ValueError as exc:
@@ -210,7 +212,9 @@ def _suites_in(out: Path) -> list[tuple[Path, SuiteFile, str | None]]:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise BenchError(f"{path} is damaged ({type(exc).__name__}); it cannot be read") from exc
+            raise BenchError(
+                f"{path} is damaged ({type(exc).__name__}); it cannot be read"
+            ) from exc
         data = read_yaml(text, str(path))
         if not isinstance(data, dict):
             raise BenchError(f"{path} is damaged (not a suite)")
@@ -218,7 +222,9 @@ def _suites_in(out: Path) -> list[tuple[Path, SuiteFile, str | None]]:
         try:
             suites.append((path, SuiteFile.model_validate(data), tier))
         except Exception as exc:
-            raise BenchError(f"{path} is damaged ({type(exc).__name__}); it is not a suite") from exc
+            raise BenchError(
+                f"{path} is damaged ({type(exc).__name__}); it is not a suite"
+            ) from exc
     return suites
 
 

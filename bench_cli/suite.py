@@ -125,5 +125,3 @@ def selection_of(out: str | Path) -> dict[str, Any]:
     from bench_cli.folder import SELECTION
 
     return Folder(out).read_json(SELECTION) if (Path(out) / SELECTION).exists() else {}
-
-

@@ -6,7 +6,6 @@ another executor or an uninterrupted run, timings aside.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -35,8 +34,17 @@ def records_in(folder: Path) -> dict[str, RunRecord]:
 
 def comparable(r: RunRecord) -> dict:
     """A record without what varies between identical runs: clocks, host load, threads."""
-    d = r.model_dump(exclude={"started_at", "finished_at", "train_seconds", "eval_seconds",
-                              "setup_seconds", "tokens_per_second", "seconds_to_target"})
+    d = r.model_dump(
+        exclude={
+            "started_at",
+            "finished_at",
+            "train_seconds",
+            "eval_seconds",
+            "setup_seconds",
+            "tokens_per_second",
+            "seconds_to_target",
+        }
+    )
     d["env"] = {k: v for k, v in d["env"].items() if k in ("device", "torch", "world_size")}
     d["curve"] = [{k: v for k, v in p.items() if k != "seconds"} for p in d["curve"]]
     return d
@@ -45,8 +53,12 @@ def comparable(r: RunRecord) -> dict:
 def bench(*args: str, env: dict | None = None, cwd: Path | None = None):
     full = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "bench_cli", *args], capture_output=True, text=True, env=full,
-        cwd=cwd, timeout=600,
+        [sys.executable, "-m", "bench_cli", *args],
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -72,10 +84,31 @@ optimizers:
 
 def test_jobs_2_gives_the_records_of_jobs_1_on_the_smoke_suite(tmp_path, shared_data) -> None:
     env = {"BENCH_DATA_DIR": str(shared_data)}
-    one = bench("suite", "run", str(ROOT / "suites/ci-smoke.yaml"), "--out", str(tmp_path / "a"),
-                "--jobs", "1", "--threads", "1", "--quiet", env=env)
-    two = bench("suite", "run", str(ROOT / "suites/ci-smoke.yaml"), "--out", str(tmp_path / "b"),
-                "--jobs", "2", "--threads", "1", env=env)
+    one = bench(
+        "suite",
+        "run",
+        str(ROOT / "suites/ci-smoke.yaml"),
+        "--out",
+        str(tmp_path / "a"),
+        "--jobs",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        env=env,
+    )
+    two = bench(
+        "suite",
+        "run",
+        str(ROOT / "suites/ci-smoke.yaml"),
+        "--out",
+        str(tmp_path / "b"),
+        "--jobs",
+        "2",
+        "--threads",
+        "1",
+        env=env,
+    )
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     a, b = records_in(tmp_path / "a"), records_in(tmp_path / "b")
@@ -100,10 +133,21 @@ def test_two_coordinators_on_one_folder_run_each_cell_exactly_once(tmp_path) -> 
     path = write_suite(tmp_path / "count.yaml", "counted-quadratic", "[0, 1, 2, 3, 4, 5]")
     count = tmp_path / "count.txt"
     env = {"BENCH_TEST_COUNT": str(count)}
-    args = [sys.executable, "-m", "bench_cli", "suite", "run", str(path), "--out",
-            str(tmp_path / "out"), "--quiet"]
-    procs = [subprocess.Popen(args, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    args = [
+        sys.executable,
+        "-m",
+        "bench_cli",
+        "suite",
+        "run",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
+    procs = [
+        subprocess.Popen(args, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     assert len(count.read_text().splitlines()) == 12  # 2 optimizers x 6 seeds, once each
@@ -114,9 +158,14 @@ def test_two_different_suites_started_together_in_one_folder_are_refused(tmp_pat
     a = write_suite(tmp_path / "a.yaml", "noisy-quadratic")
     b = write_suite(tmp_path / "b.yaml", "noisy-quadratic", "[7]")
     out = str(tmp_path / "out")
-    procs = [subprocess.Popen([sys.executable, "-m", "bench_cli", "suite", "run", str(p),
-                               "--out", out, "--quiet"], stderr=subprocess.PIPE, text=True)
-             for p in (a, b)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench_cli", "suite", "run", str(p), "--out", out, "--quiet"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in (a, b)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     assert sorted(code for code, _ in results) == [0, 1]
     refused = next(err for code, err in results if code == 1)
@@ -125,8 +174,19 @@ def test_two_different_suites_started_together_in_one_folder_are_refused(tmp_pat
 
 def test_bench_run_reuses_its_records_and_rerun_replaces_them(tmp_path) -> None:
     runner = CliRunner()
-    args = ["run", "--opt", "adamw,lion", "--task", "noisy-quadratic", "--set", "preset=tiny",
-            "--device", "cpu", "--out", str(tmp_path)]
+    args = [
+        "run",
+        "--opt",
+        "adamw,lion",
+        "--task",
+        "noisy-quadratic",
+        "--set",
+        "preset=tiny",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     before = {k: r.finished_at for k, r in records_in(tmp_path).items()}
@@ -144,9 +204,24 @@ def test_bench_run_reuses_its_records_and_rerun_replaces_them(tmp_path) -> None:
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path) -> None:
-    args = ["run", "--opt", "ademamix", "--task", "noisy-quadratic", "--set", "preset=tiny",
-            "--steps", "400", "--set", "eval_interval=10", "--set", "checkpoint_minutes=1e-9",
-            "--device", "cpu", "--quiet"]
+    args = [
+        "run",
+        "--opt",
+        "ademamix",
+        "--task",
+        "noisy-quadratic",
+        "--set",
+        "preset=tiny",
+        "--steps",
+        "400",
+        "--set",
+        "eval_interval=10",
+        "--set",
+        "checkpoint_minutes=1e-9",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "bench_cli", *args, "--out", str(out)], env=env)
@@ -175,8 +250,18 @@ def test_ray_runs_a_small_suite_to_the_records_of_the_local_executor(tmp_path) -
     pytest.importorskip("ray")
     path = write_suite(tmp_path / "ray.yaml", "noisy-quadratic", "[0, 1]")
     local = suite.run_suite(path, out=tmp_path / "local", executor={"threads": 1})
-    remote = bench("suite", "run", str(path), "--out", str(tmp_path / "ray"), "--executor", "ray",
-                   "--threads", "1", env={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+    remote = bench(
+        "suite",
+        "run",
+        str(path),
+        "--out",
+        str(tmp_path / "ray"),
+        "--executor",
+        "ray",
+        "--threads",
+        "1",
+        env={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"},
+    )
     assert remote.returncode == 0, remote.stderr[-2000:]
     a, b = records_in(tmp_path / "local"), records_in(tmp_path / "ray")
     assert len(a) == 4 and sorted(a) == sorted(b)
@@ -189,7 +274,8 @@ def test_slurm_local_cluster_runs_a_small_suite_end_to_end(tmp_path) -> None:
     path = write_suite(tmp_path / "slurm.yaml", "noisy-quadratic", "[0, 1]")
     local = suite.run_suite(path, out=tmp_path / "local", executor={"threads": 1})
     got = suite.run_suite(
-        path, out=tmp_path / "slurm",
+        path,
+        out=tmp_path / "slurm",
         executor={"kind": "slurm", "threads": 1, "slurm": {"cluster": "local", "time_minutes": 5}},
     )
     assert [r.status for r in got.records] == ["done"] * 4
@@ -202,10 +288,10 @@ def test_slurm_local_cluster_runs_a_small_suite_end_to_end(tmp_path) -> None:
 def test_slurm_job_parameters_reach_sbatch(tmp_path, monkeypatch) -> None:
     """A stand-in ``sbatch`` keeps the script submitit writes; its #SBATCH lines are checked."""
     pytest.importorskip("submitit")
+    from bench_cli.config import load_suite
     from bench_cli.executors.slurm import SlurmExecutor
     from bench_cli.folder import Folder
     from bench_cli.plan import build_plan
-    from bench_cli.config import load_suite
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -218,11 +304,20 @@ def test_slurm_job_parameters_reach_sbatch(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     path = write_suite(tmp_path / "s.yaml", "noisy-quadratic", "[0, 1]")
     plan = build_plan(load_suite(path))
-    settings = suite.executor_settings(plan.suite.executor, {
-        "kind": "slurm",
-        "slurm": {"cluster": "slurm", "partition": "gpu", "time_minutes": 90, "gpus_per_node": 2,
-                  "account": "optim", "extra": {"qos": "high"}},
-    })
+    settings = suite.executor_settings(
+        plan.suite.executor,
+        {
+            "kind": "slurm",
+            "slurm": {
+                "cluster": "slurm",
+                "partition": "gpu",
+                "time_minutes": 90,
+                "gpus_per_node": 2,
+                "account": "optim",
+                "extra": {"qos": "high"},
+            },
+        },
+    )
     folder = Folder(tmp_path / "out")
     (tmp_path / "out").mkdir()
     jobs = SlurmExecutor(settings).submit(
@@ -230,8 +325,14 @@ def test_slurm_job_parameters_reach_sbatch(tmp_path, monkeypatch) -> None:
     )
     assert len(jobs) == 4
     script = (tmp_path / "submitted.sh").read_text()
-    for line in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--account=optim",
-                 "--qos=high", "--array=0-3"):
+    for line in (
+        "--partition=gpu",
+        "--time=90",
+        "--gpus-per-node=2",
+        "--account=optim",
+        "--qos=high",
+        "--array=0-3",
+    ):
         assert f"#SBATCH {line}" in script, script
 
 
@@ -241,8 +342,9 @@ def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch) -> None:
     path = write_suite(tmp_path / "x.yaml", "noisy-quadratic", "[0]")
     runner = CliRunner()
     for kind, extra in (("ray", "ray"), ("slurm", "slurm")):
-        res = runner.invoke(app, ["suite", "run", str(path), "--out", str(tmp_path / kind),
-                                  "--executor", kind])
+        res = runner.invoke(
+            app, ["suite", "run", str(path), "--out", str(tmp_path / kind), "--executor", kind]
+        )
         assert res.exit_code == 1
         assert f'pip install "bench-cli[{extra}]"' in res.output
 
@@ -252,21 +354,54 @@ def test_ddp_on_two_gloo_processes_matches_one_process_with_the_same_global_batc
 ) -> None:
     import torch
 
-    args = ["--plugin", str(PLUGINS), "--opt", "saving-adamw", "--task", "lm-small", "--set",
-            "preset=tiny", "--set", "dropout=0", "--steps", "4", "--set", "eval_interval=2",
-            "--device", "cpu", "--data", str(shared_data / "tinyshakespeare.txt"), "--quiet"]
+    args = [
+        "--plugin",
+        str(PLUGINS),
+        "--opt",
+        "saving-adamw",
+        "--task",
+        "lm-small",
+        "--set",
+        "preset=tiny",
+        "--set",
+        "dropout=0",
+        "--steps",
+        "4",
+        "--set",
+        "eval_interval=2",
+        "--device",
+        "cpu",
+        "--data",
+        str(shared_data / "tinyshakespeare.txt"),
+        "--quiet",
+    ]
     ddp, one = tmp_path / "ddp", tmp_path / "one"
     ddp.mkdir()
     one.mkdir()
     res = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "bench_cli", "run", *args, "--out", str(tmp_path / "out_ddp")],
-        capture_output=True, text=True, env={**os.environ, "BENCH_TEST_PARAMS": str(ddp)},
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "bench_cli",
+            "run",
+            *args,
+            "--out",
+            str(tmp_path / "out_ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_TEST_PARAMS": str(ddp)},
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    single = bench("run", *args, "--out", str(tmp_path / "out_one"),
-                   env={"BENCH_TEST_PARAMS": str(one)})
+    single = bench(
+        "run", *args, "--out", str(tmp_path / "out_one"), env={"BENCH_TEST_PARAMS": str(one)}
+    )
     assert single.returncode == 0, single.stderr
     r0, r1 = (torch.load(ddp / f"rank{r}.pt") for r in (0, 1))
     ref = torch.load(one / "rank0.pt")
@@ -303,15 +438,27 @@ def test_log_flag_sends_each_cell_to_tensorboard_from_the_workers(tmp_path) -> N
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     path = write_suite(tmp_path / "tb.yaml", "noisy-quadratic", "[0, 1]")
-    res = bench("suite", "run", str(path), "--out", str(tmp_path / "out"), "--jobs", "2",
-                "--log", "tensorboard", "--quiet")
+    res = bench(
+        "suite",
+        "run",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "--jobs",
+        "2",
+        "--log",
+        "tensorboard",
+        "--quiet",
+    )
     assert res.returncode == 0, res.stderr
     runs = sorted(p for p in (tmp_path / "out" / "tensorboard" / "tb").iterdir() if p.is_dir())
     assert len(runs) == 4  # one tracker run per cell, grouped under the suite's name
     for run in runs:
         acc = EventAccumulator(str(run))
         acc.Reload()
-        losses = [e.value for e in acc.Scalars(next(t for t in acc.Tags()["scalars"] if "loss" in t))]
+        losses = [
+            e.value for e in acc.Scalars(next(t for t in acc.Tags()["scalars"] if "loss" in t))
+        ]
         assert losses and all(v == v for v in losses)
     bad = bench("suite", "run", str(path), "--out", str(tmp_path / "x"), "--log", "neptune")
     assert bad.returncode == 1 and "--log 'neptune'" in bad.stderr

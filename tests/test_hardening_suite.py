@@ -35,8 +35,13 @@ optimizers:
 """
 
 
-def suite_file(folder: Path, task: str = "noisy-quadratic", plugin: str = "", options: str = "",
-               target: str = "") -> Path:
+def suite_file(
+    folder: Path,
+    task: str = "noisy-quadratic",
+    plugin: str = "",
+    options: str = "",
+    target: str = "",
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "s.yaml"
     path.write_text(SUITE.format(plugin=plugin, task=task, options=options, target=target))
@@ -57,8 +62,21 @@ def one_line_error(res, *words: str) -> None:
 
 def test_a_full_disk_is_one_line_no_marker_and_the_cell_runs_on_resume(tmp_path) -> None:
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "bench_cli", "run", "--opt", "adamw", "--task", "rosenbrock",
-            "--steps", "50", "--out", str(out), "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "bench_cli",
+        "run",
+        "--opt",
+        "adamw",
+        "--task",
+        "rosenbrock",
+        "--steps",
+        "50",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
     def small_files() -> None:  # like `ulimit -f 2`: no file over 2 KiB
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
@@ -86,8 +104,10 @@ def test_a_task_whose_prepare_raises_gives_error_records_and_the_suite_goes_on(t
     )
     path = suite_file(tmp_path, "broken-quadratic", plugin=str(plugin))
     with path.open("a") as fh:
-        fh.write("  - name: noisy-quadratic\n    options: {preset: tiny}\n"
-                 "    budget: {steps: 20, eval_interval: 10}\n")
+        fh.write(
+            "  - name: noisy-quadratic\n    options: {preset: tiny}\n"
+            "    budget: {steps: 20, eval_interval: 10}\n"
+        )
     text = path.read_text().replace("optimizers:\n  - name: adamw\n  - name: lion\n", "")
     path.write_text(text + "optimizers:\n  - name: adamw\n  - name: lion\n")
     res = runner.invoke(app, ["suite", "run", str(path), "--out", str(tmp_path / "out"), "-q"])
@@ -108,7 +128,11 @@ def test_damaged_side_files_are_one_line_errors(tmp_path) -> None:
     one_line_error(runner.invoke(app, ["suite", "status", str(out)]), "suite.resolved.yaml")
     one_line_error(runner.invoke(app, ["suite", "run", str(path), "--out", str(out)]), "damaged")
     (out / "suite.resolved.yaml").write_bytes(good)
-    for bad in (b"\x00\xff binary", b"[1, 2]", b'{"noisy-quadratic(preset=tiny)": {"value": "abc"}}'):
+    for bad in (
+        b"\x00\xff binary",
+        b"[1, 2]",
+        b'{"noisy-quadratic(preset=tiny)": {"value": "abc"}}',
+    ):
         (out / "calibration.json").write_bytes(bad)
         one_line_error(runner.invoke(app, ["suite", "status", str(out)]), "calibration.json")
     (out / "calibration.json").unlink()
@@ -173,16 +197,44 @@ def test_suite_paths_resolve_from_the_suite_folder_and_are_checked_up_front(
 
 
 def test_a_loss_far_above_its_start_is_diverged_with_the_bound_recorded(tmp_path) -> None:
-    res = runner.invoke(app, ["run", "--opt", "adamw,lion,mars", "--task", "rosenbrock", "--set",
-                              "lr=1e3", "--steps", "200", "--out", str(tmp_path), "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--opt",
+            "adamw,lion,mars",
+            "--task",
+            "rosenbrock",
+            "--set",
+            "lr=1e3",
+            "--steps",
+            "200",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = records(tmp_path)
     assert {r["status"] for r in got} == {"diverged"}
     start = got[0]["curve"][0]["metrics"]["distance"]
     assert all(r["divergence_bound"] == 10 * start for r in got)
     assert all("divergence bound" in r["error"] for r in got)
-    ok = runner.invoke(app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--steps", "200",
-                             "--out", str(tmp_path / "ok"), "--quiet"])
+    ok = runner.invoke(
+        app,
+        [
+            "run",
+            "--opt",
+            "adamw",
+            "--task",
+            "rosenbrock",
+            "--steps",
+            "200",
+            "--out",
+            str(tmp_path / "ok"),
+            "--quiet",
+        ],
+    )
     assert ok.exit_code == 0 and records(tmp_path / "ok")[0]["status"] == "done"
 
 
@@ -190,12 +242,48 @@ def test_conflicting_and_oversized_requests_are_refused_before_anything_is_writt
     tmp_path,
 ) -> None:
     out = tmp_path / "out"
-    one_line_error(runner.invoke(app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--steps",
-                                       "50", "--set", "steps=60", "--out", str(out)]), "disagree")
-    one_line_error(runner.invoke(app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--device",
-                                       "cpu", "--set", "device=cuda", "--out", str(out)]), "disagree")
+    one_line_error(
+        runner.invoke(
+            app,
+            [
+                "run",
+                "--opt",
+                "adamw",
+                "--task",
+                "rosenbrock",
+                "--steps",
+                "50",
+                "--set",
+                "steps=60",
+                "--out",
+                str(out),
+            ],
+        ),
+        "disagree",
+    )
+    one_line_error(
+        runner.invoke(
+            app,
+            [
+                "run",
+                "--opt",
+                "adamw",
+                "--task",
+                "rosenbrock",
+                "--device",
+                "cpu",
+                "--set",
+                "device=cuda",
+                "--out",
+                str(out),
+            ],
+        ),
+        "disagree",
+    )
     path = suite_file(tmp_path)
     path.write_text(path.read_text().replace("seeds: [0]", f"seeds: {list(range(30))}"))
-    one_line_error(runner.invoke(app, ["suite", "run", str(path), "--out", str(out),
-                                       "--max-cells", "50"]), "--max-cells")
+    one_line_error(
+        runner.invoke(app, ["suite", "run", str(path), "--out", str(out), "--max-cells", "50"]),
+        "--max-cells",
+    )
     assert not out.exists()

@@ -85,7 +85,10 @@ def mps_daemon(folder: Path):
     """NVIDIA's Multi-Process Service for this executor's workers: its own pipe and log folders
     (so it never touches another user's daemon), stopped when the phase ends."""
     pipes = Path(tempfile.mkdtemp(prefix="bench-mps-"))
-    env = {"CUDA_MPS_PIPE_DIRECTORY": str(pipes / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(pipes / "log")}
+    env = {
+        "CUDA_MPS_PIPE_DIRECTORY": str(pipes / "pipe"),
+        "CUDA_MPS_LOG_DIRECTORY": str(pipes / "log"),
+    }
     for d in env.values():
         Path(d).mkdir(parents=True, exist_ok=True)
     try:
@@ -101,8 +104,12 @@ def mps_daemon(folder: Path):
             yield
     finally:
         subprocess.run(
-            ["nvidia-cuda-mps-control"], input="quit\n", text=True, env={**os.environ, **env},
-            timeout=30, check=False,
+            ["nvidia-cuda-mps-control"],
+            input="quit\n",
+            text=True,
+            env={**os.environ, **env},
+            timeout=30,
+            check=False,
         )
         shutil.rmtree(pipes, ignore_errors=True)
 
@@ -173,9 +180,9 @@ class LocalExecutor:
     def _start(self, slot: Slot, outbox) -> _Worker:
         inbox = self.ctx.Queue()
         gpu = str(slot.gpu) if slot.gpu is not None else None
-        with _environ(CUDA_VISIBLE_DEVICES=gpu if gpu is not None else os.environ.get(
-            "CUDA_VISIBLE_DEVICES"
-        )):
+        with _environ(
+            CUDA_VISIBLE_DEVICES=gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
+        ):
             p = self.ctx.Process(
                 target=_serve, args=(inbox, outbox, slot.threads, self.log), daemon=True
             )
@@ -212,9 +219,7 @@ class LocalExecutor:
                 continue
             progress.started(cell)
             try:
-                status = worker.execute_cell(
-                    cell, folder.path, progress.callback(cell), self.log
-                )
+                status = worker.execute_cell(cell, folder.path, progress.callback(cell), self.log)
             finally:
                 folder.release(cell.run_id)
             ran.append(cell.run_id)
@@ -238,5 +243,3 @@ def cpu_slots(jobs: int, threads: int | None = None) -> list[Slot]:
     from bench_cli.environment import default_threads
 
     return [Slot(None, threads or default_threads(jobs)) for _ in range(jobs)]
-
-

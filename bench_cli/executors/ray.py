@@ -72,7 +72,7 @@ class RayExecutor:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 try:
-                    for kind, run_id, step, total in queue.get_nowait_batch(queue.qsize()):
+                    for _kind, run_id, step, total in queue.get_nowait_batch(queue.qsize()):
                         progress.step(run_id, step, total)
                 except Empty:
                     pass

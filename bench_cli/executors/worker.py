@@ -132,7 +132,11 @@ def execute_cell(
                 log["kinds"], log.get("group", ""), Path(out), log.get("mlflow_uri")
             )
         record = run_loop(
-            spec, task, device, Callbacks(callback, trackers), checkpoint_dir=folder.path / CHECKPOINTS
+            spec,
+            task,
+            device,
+            Callbacks(callback, trackers),
+            checkpoint_dir=folder.path / CHECKPOINTS,
         )
     try:
         folder.write(record)
