@@ -19,7 +19,9 @@ What is measured, in one process:
   interpreter's exit, which no in-process clock can see; so it is an upper bound. The record's
   ``setup_seconds`` (model build to the end of the first step) is reported beside it.
 
-On a CPU the thread count is fixed (``--threads``, default the machine's cores) for both loops.
+On a CPU the thread count is fixed for both loops (``--threads``, default that of a ``bench run``).
+On a small CPU model the loops are bound by Python overhead and the machine's other load, so
+the ratio means most on a GPU at the task's real size.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 import torch
 
 from bench_cli import api, runner
-from bench_cli.environment import resolve_device
+from bench_cli.environment import default_threads, resolve_device
 from bench_cli.errors import BenchError, ConfigError
 
 BARE_LOOP = Path(__file__).resolve().parents[1] / "benchmarks" / "bare_loop.py"
@@ -186,7 +188,7 @@ def perf_loop(
     task_obj, spec = plan(task, steps, device, data, sets)
     dev = resolve_device(spec.settings.device)
     if dev.type == "cpu":
-        torch.set_num_threads(threads or os.cpu_count() or 1)
+        torch.set_num_threads(threads or default_threads())
     bare = load_bare_loop()
     task_obj.prepare(dev)
     cfg = bare_config(bare, task_obj, spec)
