@@ -119,8 +119,6 @@ def test_adamw_reaches_the_default_target_in_the_default_budget_quickly(
     assert rec.steps_done == TASKS.get(name).SETTINGS["default"]["steps"]
     assert rec.steps_to_target is not None, rec.best_metrics
     assert rec.steps_to_target < 0.9 * rec.steps_done  # a margin, not a photo finish
-    # about a second per thousand steps on a CPU; generous for a loaded machine
-    assert rec.train_seconds / rec.steps_done * 1000 < 5.0
 
 
 @pytest.mark.parametrize("name", VALLEYS)
