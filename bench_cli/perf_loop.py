@@ -11,7 +11,9 @@ What is measured, in one process:
 - The two loops alternate for ``rounds`` rounds (bench then bare, then bare then bench, ...), so
   that drifting clocks, temperatures and neighbours hit both alike; each figure is the total
   tokens over the total seconds of its rounds. **ratio** = run loop / bare loop.
-- **evaluation share**: the run loop's ``eval_seconds / train_seconds`` over its rounds.
+- **evaluation share**: the run loop's ``eval_seconds / train_seconds`` over its rounds; and
+  the share of a run of the task's default length (seconds per evaluation and per step as
+  measured, evaluations counted at that length), since a short run over-weights evaluation.
 - **start-up**: a fresh ``python -m bench_cli run --steps 1`` subprocess with the same task,
   options and device. Its wall time minus the record's ``eval_seconds`` and ``train_seconds`` is
   the time from the command to the end of the first training step (imports, planning, data,
@@ -250,6 +252,7 @@ def perf_loop(
         "eval_seconds": eval_s,
         "evaluations": sum(b["evaluations"] for b in bench_rounds),
         "eval_share": eval_s / train_s,
+        "eval_share_default_run": default_run_share(task_obj, spec, eval_s, train_s, bench_rounds),
         "bench_losses": bench_rounds[-1]["losses"],
         "bare_losses": bare_rounds[-1]["losses"],
         "startup": None,
@@ -261,6 +264,22 @@ def perf_loop(
         result["startup"] = st
         result["startup_seconds"] = st["startup_seconds"]
     return result
+
+
+def evaluations_in(steps: int, interval: int) -> int:
+    """Evaluations of a run of ``steps``: at step 0, every ``interval`` steps and at the end."""
+    return 1 + steps // interval + (1 if steps % interval else 0)
+
+
+def default_run_share(task, spec, eval_s: float, train_s: float, rounds: list[dict]) -> float:
+    """The evaluation share of a run of the task's default length at this evaluation interval,
+    from the measured seconds per evaluation and per timed step (a short run evaluates at step 0
+    and at its end, so its own share overstates a full run's)."""
+    n_evals = sum(r["evaluations"] for r in rounds)
+    n_steps = len(rounds) * (spec.settings.steps - 1)
+    steps = task.default_settings()["steps"]
+    per_eval, per_step = eval_s / n_evals, train_s / n_steps
+    return per_eval * evaluations_in(steps, spec.settings.eval_interval) / (per_step * steps)
 
 
 def as_markdown(r: dict[str, Any]) -> str:
@@ -278,6 +297,8 @@ def as_markdown(r: dict[str, Any]) -> str:
         f"| evaluation share (eval / train seconds) | {r['eval_share']:.1%} "
         f"({r['eval_seconds']:.2f} s / {r['train_seconds']:.2f} s, "
         f"{r['evaluations']} evaluations, every {r['eval_interval']} steps) |",
+        f"| evaluation share of a default-length run (estimated) | "
+        f"{r['eval_share_default_run']:.1%} |",
     ]
     st = r.get("startup")
     if st:

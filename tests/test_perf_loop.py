@@ -80,6 +80,10 @@ def test_perf_loop_command_json(shared_data):
     assert r["eval_share"] == pytest.approx(r["eval_seconds"] / r["train_seconds"])
     # steps 12, tiny preset evaluates every 10 steps: at 0, 10 and 12, in each of two rounds
     assert r["evaluations"] == 6 and r["eval_interval"] == 10
+    # the tiny preset's default run: 20 steps, evaluations at 0, 10 and 20 (hand count)
+    assert perf_loop.evaluations_in(20, 10) == 3 and perf_loop.evaluations_in(12, 10) == 3
+    per_eval, per_step = r["eval_seconds"] / 6, r["train_seconds"] / 22
+    assert r["eval_share_default_run"] == pytest.approx(3 * per_eval / (20 * per_step))
     st = r["startup"]
     assert st["startup_seconds"] == pytest.approx(
         st["wall_seconds"] - st["eval_seconds"] - st["train_seconds"]
