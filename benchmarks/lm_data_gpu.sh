@@ -11,10 +11,11 @@ SHARDS=${SHARDS:-/tmp/stdlib-shards}
 python3 -c "import torch; print('device:', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
 /usr/bin/time -f "shards: %e s" python3 -m bench_cli data shards "$STDLIB" --out "$SHARDS" \
     --glob '*.py' --tokenizer gpt2 --val-fraction 0.02 --skip-undecodable --quiet
-python3 -m bench_cli run --task lm-gpt2 --opt adamw --data "$SHARDS" --steps 300 \
-    --set run.warmup_steps=30 --set run.eval_interval=50 --gpus 0 --out "$OUT/gpt2" --quiet \
+CUDA_VISIBLE_DEVICES=0 python3 -m bench_cli run --task lm-gpt2 --opt adamw --data "$SHARDS" --steps 300 \
+    --set run.warmup_steps=30 --set run.eval_interval=50 --out "$OUT/gpt2" --quiet \
     > "$OUT/gpt2.log" 2>&1 &
-python3 -m bench_cli run --task lm-markov --opt adamw --gpus 1 --out "$OUT/markov" --quiet \
+CUDA_VISIBLE_DEVICES=1 python3 -m bench_cli run --task lm-markov --opt adamw --out "$OUT/markov" --quiet \
+    --set run.max_seconds=${MARKOV_SECONDS:-3600} \
     > "$OUT/markov.log" 2>&1 &
 wait
 cat "$OUT/gpt2.log" "$OUT/markov.log"
