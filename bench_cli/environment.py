@@ -14,13 +14,18 @@ from bench_cli.results.record import Env
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a run uses; ``auto`` and ``cuda`` name the current GPU explicitly (a worker's
+    own), so that data and model never land on different GPUs."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", torch.cuda.current_device())
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def default_threads(jobs: int = 1) -> int:

@@ -55,11 +55,14 @@ def _prepared(spec: RunSpec):
     from bench_cli import api
     from bench_cli.environment import resolve_device
 
-    key = json.dumps([spec.task, spec.task_options, spec.settings.device], sort_keys=True)
+    try:
+        device = resolve_device(spec.settings.device)
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    key = json.dumps([spec.task, spec.task_options, str(device)], sort_keys=True)
     if key not in _PREPARED:
         try:
             task = api.make_task(spec.task, spec.task_options)
-            device = resolve_device(spec.settings.device)
             task.prepare(device)
             _PREPARED[key] = (task, device)
         except Exception as exc:  # noqa: BLE001 - a task's bug is a result of its cells
