@@ -53,7 +53,7 @@ def loop(
     ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="runs of each loop, alternating")] = 2,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads for both loops (default: as bench run)")
+        int | None, typer.Option(min=1, help="CPU threads for both loops (default 1)")
     ] = None,
     startup: Annotated[
         bool, typer.Option("--startup/--no-startup", help="time a fresh `bench run --steps 1`")

@@ -21,9 +21,10 @@ What is measured, in one process:
   interpreter's exit, which no in-process clock can see; so it is an upper bound. The record's
   ``setup_seconds`` (model build to the end of the first step) is reported beside it.
 
-On a CPU the thread count is fixed for both loops (``--threads``, default that of a ``bench run``).
-On a small CPU model the loops are bound by Python overhead and the machine's other load, so
-the ratio means most on a GPU at the task's real size.
+On a CPU both loops run on a fixed number of threads (``--threads``, default 1): a small model
+gains little from more, and with several threads on a busy machine the timings swing with the
+other load (measured on 2 cores: ratios from 0.04 to 7.9 with 2 threads, 0.97 to 1.01 with 1).
+The ratio means most on a GPU at the task's real size.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any
 import torch
 
 from bench_cli import api, runner
-from bench_cli.environment import default_threads, resolve_device
+from bench_cli.environment import resolve_device
 from bench_cli.errors import BenchError, ConfigError
 
 BARE_LOOP = Path(__file__).resolve().parents[1] / "benchmarks" / "bare_loop.py"
@@ -190,7 +191,7 @@ def perf_loop(
     task_obj, spec = plan(task, steps, device, data, sets)
     dev = resolve_device(spec.settings.device)
     if dev.type == "cpu":
-        torch.set_num_threads(threads or default_threads())
+        torch.set_num_threads(threads or 1)
     bare = load_bare_loop()
     task_obj.prepare(dev)
     cfg = bare_config(bare, task_obj, spec)
