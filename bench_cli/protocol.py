@@ -100,6 +100,19 @@ def _unreachable(tp) -> dict[str, Target]:
     }
 
 
+def baseline_choice(plan: Plan, tuned: list[RunRecord]) -> dict[str, dict]:
+    """Per calibrated task, the baseline's configuration with the best median metric in tuning
+    (the target is not known yet, so time to target cannot choose)."""
+    chosen = {}
+    for tp in plan.tasks:
+        if tp.calibrate:
+            mine = [r for r in tuned if r.optimizer == plan.baseline and r.task_key == tp.task_id]
+            picks = select_from(mine, _unreachable(tp))
+            if (tp.task_id, plan.baseline) in picks:
+                chosen[tp.task_id] = picks[(tp.task_id, plan.baseline)].config
+    return chosen
+
+
 def calibrate(plan: Plan, records: list[RunRecord]) -> dict[str, dict[str, Any]]:
     """The calibrated target of each calibrated task, from its calibration records."""
     out = {}
@@ -153,15 +166,7 @@ def run_plan(
     tuned = phase("tune", plan.tune_cells()) if plan.tunes else []
     calibration: dict[str, dict[str, Any]] = {}
     if any(tp.calibrate for tp in plan.tasks):
-        chosen = {}
-        for tp in plan.tasks:
-            if tp.calibrate:
-                picks = select_from(
-                    [r for r in tuned if r.optimizer == plan.baseline and r.task_key == tp.task_id],
-                    _unreachable(tp),
-                )
-                if (tp.task_id, plan.baseline) in picks:
-                    chosen[tp.task_id] = picks[(tp.task_id, plan.baseline)].config
+        chosen = baseline_choice(plan, tuned)
         calibration = calibrate(plan, phase("calibrate", plan.calibrate_cells(chosen)))
         folder.write_json(CALIBRATION, calibration)
     targets = {k: v["value"] for k, v in calibration.items()}
@@ -243,9 +248,12 @@ def planned_cells(out: Path) -> list[Cell]:
     cells: list[Cell] = []
     for _, suite, _ in _suites_in(Path(out)):
         plan = build_plan(suite)
-        cells += plan.tune_cells() if plan.tunes else []
-        chosen = {k: v.get("config", {}) for k, v in calibration.items()}
+        tune = plan.tune_cells() if plan.tunes else []
+        cells += tune
         if any(tp.calibrate for tp in plan.tasks):
+            tuned = [r for c in tune if (r := folder.record(c.run_id)) is not None]
+            chosen = baseline_choice(plan, tuned)
+            chosen.update({k: v.get("config", {}) for k, v in calibration.items()})
             cells += plan.calibrate_cells(chosen)
         if plan.tunes and not selection:
             continue

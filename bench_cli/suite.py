@@ -100,7 +100,8 @@ def run_suite(
         )
     out = Path(out) if out is not None else default_out(path, tier_name)
     folder = Folder(out)
-    if not resume and out.is_dir() and any(out.glob("[!.]*.json")):
+    side = {ENVIRONMENT, CALIBRATION, "selection.json"}
+    if not resume and out.is_dir() and any(p.name not in side for p in out.glob("[!.]*.json")):
         raise BenchError(
             f"{out} already holds records; resume (the default) to finish the suite there, or "
             "choose another --out"

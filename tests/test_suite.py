@@ -431,12 +431,6 @@ def test_status_lists_no_score_cells_before_selection_and_refuses_a_plain_folder
         suite.suite_status(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol.planned_cells takes the calibration config from calibration.json, which is "
-    "written only once the calibrate phase ends; before that it lists the baseline's first grid "
-    "point instead of the configuration chosen from the tuning records",
-)
 def test_status_during_calibration_shows_the_calibration_cells_that_run(tmp_path: Path) -> None:
     text = write_suite(tmp_path, target=CALIBRATE).read_text()
     path = tmp_path / "s.yaml"
