@@ -284,7 +284,8 @@ def default_run_share(task, spec, eval_s: float, train_s: float, rounds: list[di
 
 
 def as_markdown(r: dict[str, Any]) -> str:
-    threads = f", {r['threads']} threads" if r["threads"] else ""
+    n = r["threads"]
+    threads = f", {n} thread{'s' if n != 1 else ''}" if n else ""
     lines = [
         f"{r['task_id']} on {r['device']}{threads}, torch {r['torch']}, "
         f"{r['steps']} steps ({r['steps_timed']} timed) x {r['rounds']} rounds, "
