@@ -204,32 +204,17 @@ def test_bench_run_reuses_its_records_and_rerun_replaces_them(tmp_path) -> None:
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path) -> None:
-    args = [
-        "run",
-        "--opt",
-        "ademamix",
-        "--task",
-        "noisy-quadratic",
-        "--set",
-        "preset=tiny",
-        "--steps",
-        "400",
-        "--set",
-        "eval_interval=10",
-        "--set",
-        "checkpoint_minutes=1e-9",
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # counted-quadratic takes 10 ms a step, so 400 steps outlast the kill on any machine
+    args = ["run", "--plugin", str(PLUGINS), "--opt", "ademamix", "--task", "counted-quadratic",
+            "--set", "preset=tiny", "--steps", "400", "--set", "eval_interval=10", "--set",
+            "checkpoint_minutes=1e-9", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_TEST_COUNT": str(tmp_path / "n")}
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "bench_cli", *args, "--out", str(out)], env=env)
     ckpt_dir = out / ".checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not (ckpt_dir.is_dir() and any(ckpt_dir.glob("*.pt"))):
-        time.sleep(0.01)
-    time.sleep(0.2)
+        time.sleep(0.005)
     proc.kill()
     proc.wait()
     assert not list(out.glob("*.json")), "the run finished before it could be killed"
@@ -237,9 +222,9 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp
 
     saved = torch.load(next(ckpt_dir.glob("*.pt")), weights_only=True)
     assert 0 < saved["step"] < 400
-    resumed = bench(*args, "--out", str(out))
+    resumed = bench(*args, "--out", str(out), env=env)
     assert resumed.returncode == 0, resumed.stderr
-    clean = bench(*args, "--out", str(tmp_path / "clean"))
+    clean = bench(*args, "--out", str(tmp_path / "clean"), env=env)
     assert clean.returncode == 0, clean.stderr
     [a], [b] = records_in(out).values(), records_in(tmp_path / "clean").values()
     assert comparable(a) == comparable(b)
