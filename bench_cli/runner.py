@@ -291,6 +291,11 @@ def run(
     return record
 
 
+def _branches(opt) -> dict[str, int] | None:
+    branches = getattr(opt, "branches", None) if opt is not None else None
+    return dict(branches() if callable(branches) else branches) if branches else None
+
+
 def _record(spec, task, device, status, error, curve, train_curve, opt) -> RunRecord:
     directions = dict(task.metric_directions)
     reached = to_target(curve, spec.target) if spec.target and status != "error" else None
@@ -320,6 +325,7 @@ def _record(spec, task, device, status, error, curve, train_curve, opt) -> RunRe
         train_curve=train_curve or None,
         probe_curve=[p for p in curve if "probe_loss" in p.metrics] or None,
         optimizer_state_bytes=state_bytes(opt) if opt is not None else 0,
+        optimizer_branches=_branches(opt),
         param_groups=[
             ParamGroupInfo(
                 name=str(g.get("name", f"group{i}")),

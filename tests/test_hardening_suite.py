@@ -287,3 +287,14 @@ def test_conflicting_and_oversized_requests_are_refused_before_anything_is_writt
         "--max-cells",
     )
     assert not out.exists()
+
+
+def test_mars_on_a_vector_only_task_runs_and_records_its_mars_update(tmp_path) -> None:
+    """Every parameter of the valleys is 1-D; MARS must not silently run its AdamW branch."""
+    res = runner.invoke(app, ["run", "--opt", "adamw,mars", "--task", "rosenbrock", "--steps",
+                              "100", "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    got = {r["optimizer"]: r for r in records(tmp_path)}
+    assert got["mars"]["optimizer_branches"] == {"mars": 1, "adamw": 0}
+    assert got["adamw"]["optimizer_branches"] is None
+    assert [p["metrics"] for p in got["mars"]["curve"]] != [p["metrics"] for p in got["adamw"]["curve"]]

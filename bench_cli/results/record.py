@@ -114,6 +114,10 @@ class RunRecord(_Frozen):
     steps_done: int = 0
     tokens_done: int = 0
     grad_evals: int = Field(0, description="gradient evaluations (forward+backward passes)")
+    optimizer_branches: dict[str, int] | None = Field(
+        None,
+        description="for an optimizer with branches (MARS): how many tensors took each update",
+    )
     divergence_bound: float | None = Field(
         None,
         description="the value of the target metric above which the run counted as diverged "
