@@ -40,6 +40,21 @@ def _fmt_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 7200 else f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
 
 
+def estimate_seconds(plan, history: Path | None) -> float | None:
+    """Run time of the plan's tune and score cells from earlier records (None: not known)."""
+    past = _history(history)
+    total = 0.0
+    cells = (plan.tune_cells() if plan.tunes else []) + plan.score_cells(
+        {}, {tp.task_id: tp.target.value for tp in plan.tasks if tp.calibrate}
+    )
+    for c in cells:
+        est = past.get((c.spec.task_id, c.spec.optimizer))
+        if est is None:
+            return None
+        total += est[0] * c.spec.settings.steps + est[1]
+    return total
+
+
 def describe_plan(suite: SuiteFile, tier: str | None, history: Path | None) -> list[str]:
     plan = build_plan(suite, tier)
     past = _history(history)

@@ -93,12 +93,16 @@ def run_suite(
     tier_name, _ = _at(str(path), apply_tier, suite, tier)
     plan = _at(str(path), build_plan, suite, tier)
     sizes = plan.phase_sizes()
-    if sum(sizes.values()) > max_cells:
-        raise ConfigError(
-            f"{path}: {sum(sizes.values())} cells ({', '.join(f'{v} {k}' for k, v in sizes.items())})"
-            f" is more than --max-cells {max_cells}; raise --max-cells to confirm"
-        )
     out = Path(out) if out is not None else default_out(path, tier_name)
+    if sum(sizes.values()) > max_cells:
+        from bench_cli.dryrun import _fmt_seconds, estimate_seconds
+
+        seconds = estimate_seconds(plan, out) if sum(sizes.values()) <= 100 * max_cells else None
+        when = f", about {_fmt_seconds(seconds)} of run time" if seconds else ""
+        raise ConfigError(
+            f"{path}: {sum(sizes.values())} cells ({', '.join(f'{v} {k}' for k, v in sizes.items())}"
+            f"{when}) is more than --max-cells {max_cells}; raise --max-cells to confirm"
+        )
     folder = Folder(out)
     side = {ENVIRONMENT, CALIBRATION, "selection.json"}
     if not resume and out.is_dir() and any(p.name not in side for p in out.glob("[!.]*.json")):
