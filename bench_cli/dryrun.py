@@ -40,6 +40,29 @@ def _fmt_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 7200 else f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
 
 
+def rough_estimate(suite: SuiteFile, tier: str | None, sizes: dict, history: Path | None):
+    """Seconds for ``sizes`` cells from the median earlier run of each task and optimizer, without
+    resolving a single cell (for grids too large to plan); None when nothing is known."""
+    from bench_cli import api
+    from bench_cli.config import apply_tier
+
+    past = defaultdict(list)
+    for (task_id, _), (per_step, setup) in _history(history).items():
+        past[task_id].append((per_step, setup))
+    if not past:
+        return None
+    _, suite = apply_tier(suite, tier)
+    per_run = []
+    for t in suite.tasks:
+        task = api.make_task(t.name, dict(t.options))
+        known = past.get(t.id or api.task_label(task))
+        if not known:
+            return None
+        steps = t.budget.steps or task.default_settings().get("steps", 1000)
+        per_run.append(statistics.median(p * steps + s for p, s in known))
+    return sum(sizes.values()) * statistics.mean(per_run)
+
+
 def estimate_seconds(plan, history: Path | None) -> float | None:
     """Run time of the plan's tune and score cells from earlier records (None: not known)."""
     past = _history(history)

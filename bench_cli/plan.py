@@ -22,6 +22,7 @@ configurations are refused unless ``tuning: {budget: unequal}``.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -240,6 +241,21 @@ def phase_seeds(suite: SuiteFile) -> dict[str, list[int]]:
                 f"choose disjoint seeds"
             )
     return {"score": score, "tune": tune, "calibrate": cal}
+
+
+def count_cells(suite: SuiteFile, tier: str | None = None) -> dict[str, int]:
+    """How many cells each phase has at most, counted without resolving any (so a huge grid is
+    refused at once); a seed-independent task counts all its seeds here."""
+    _, suite = apply_tier(suite, tier)
+    seeds = _at("tuning", phase_seeds, suite)
+    grids = [math.prod(len(v) for v in o.sweep.values()) for o in suite.optimizers]
+    n_tasks = len(suite.tasks)
+    calibrated = sum(t.target == "calibrate" for t in suite.tasks)
+    return {
+        "tune": n_tasks * len(seeds["tune"]) * sum(g for g in grids if g > 1),
+        "calibrate": calibrated * len(seeds["calibrate"]),
+        "score": n_tasks * len(seeds["score"]) * len(grids),
+    }
 
 
 def build_plan(suite: SuiteFile, tier: str | None = None) -> Plan:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from bench_cli.config import ExecutorSettings, apply_tier, load_suite, validation_message
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.folder import CALIBRATION, ENVIRONMENT, Folder, now
-from bench_cli.plan import build_plan
+from bench_cli.plan import build_plan, count_cells
 from bench_cli.progress import Progress
 from bench_cli.protocol import (  # noqa: F401 - the suite API in one place
     STATES,
@@ -91,18 +91,18 @@ def run_suite(
     there already; with ``resume=False``, refuse a folder that holds records."""
     suite = load_suite(path)
     tier_name, _ = _at(str(path), apply_tier, suite, tier)
-    plan = _at(str(path), build_plan, suite, tier)
-    sizes = plan.phase_sizes()
+    sizes = _at(str(path), count_cells, suite, tier)
     out = Path(out) if out is not None else default_out(path, tier_name)
     if sum(sizes.values()) > max_cells:
-        from bench_cli.dryrun import _fmt_seconds, estimate_seconds
+        from bench_cli.dryrun import _fmt_seconds, rough_estimate
 
-        seconds = estimate_seconds(plan, out) if sum(sizes.values()) <= 100 * max_cells else None
+        seconds = rough_estimate(suite, tier, sizes, out)
         when = f", about {_fmt_seconds(seconds)} of run time" if seconds else ""
         raise ConfigError(
             f"{path}: {sum(sizes.values())} cells ({', '.join(f'{v} {k}' for k, v in sizes.items())}"
             f"{when}) is more than --max-cells {max_cells}; raise --max-cells to confirm"
         )
+    plan = _at(str(path), build_plan, suite, tier)
     folder = Folder(out)
     side = {ENVIRONMENT, CALIBRATION, "selection.json"}
     if not resume and out.is_dir() and any(p.name not in side for p in out.glob("[!.]*.json")):
