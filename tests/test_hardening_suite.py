@@ -298,3 +298,14 @@ def test_mars_on_a_vector_only_task_runs_and_records_its_mars_update(tmp_path) -
     assert got["mars"]["optimizer_branches"] == {"mars": 1, "adamw": 0}
     assert got["adamw"]["optimizer_branches"] is None
     assert [p["metrics"] for p in got["mars"]["curve"]] != [p["metrics"] for p in got["adamw"]["curve"]]
+
+
+def test_bench_run_dry_run_shows_the_resolved_cells_and_writes_nothing(tmp_path) -> None:
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["run", "--opt", "adamw,lion", "--task", "rosenbrock", "--seed", "0,1",
+                              "--set", "lion.lr=0.001", "--out", str(out), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "phase score: 2 cells" in res.output  # rosenbrock is seed-independent: one seed
+    lion = next(ln for ln in res.output.splitlines() if " lion " in ln)
+    assert "lr=0.001" in lion and "steps 3000" in lion
+    assert not out.exists()
