@@ -238,6 +238,11 @@ def title(lb: Leaderboard, task: str) -> str:
         usual = max(set(counts.values()), key=lambda n: (list(counts.values()).count(n), -n))
         odd = ", ".join(f"{o} {n}" for o, n in counts.items() if n != usual)
         text += f"; unequal budgets: {odd} configs, the others {usual}"
+    trials = int(rows["trials"].fillna(0).sum()) if "trials" in rows else 0
+    if trials:
+        tokens = float(rows["compute_tokens"].fillna(0).sum()) if "compute_tokens" in rows else 0
+        unit = rows["unit"].iloc[0] if len(rows) else "tokens"
+        text += f"; {trials} trials, {fmt_count(tokens)} {unit} trained"
     return text
 
 

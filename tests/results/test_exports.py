@@ -196,7 +196,8 @@ def test_compact_view_fits_100_columns_and_wide_shows_the_rest(app, tmp_path: Pa
     assert _widest_line(tables) <= 100, tables
     # stopped after 6000, 6100 and 6200 tokens: at least what they trained, never their plan
     assert ">6.1k [6k, >6.2k] 75%" in tables and "<0.66x too few seeds" in tables
-    assert "trials" not in tables.split("overall")[0] and "grad evals" not in tables
+    assert "tuning compute" not in tables.split("overall")[0] and "grad evals" not in tables
+    assert " trials, " in tables  # each title states the trials and what they trained
     wide = runner.invoke(app, ["leaderboard", str(results), "--wide"], env={"COLUMNS": "300"})
     for header in ("seconds to target", "trials", "tuning compute", "grad evals", "30k tokens"):
         assert header in wide.stdout
