@@ -192,42 +192,67 @@ def resolve_hparams(
     return hparams
 
 
-def plan_runs(req: RunRequest) -> tuple[Task, list[RunSpec]]:
-    """Validate the request and resolve one ``RunSpec`` per optimizer (nothing runs yet)."""
+@dataclass
+class _Sorted:
+    """A request's names checked and its ``--set`` values sorted into their places."""
+
+    task_cls: type
+    names: list[str]
+    hparams: dict[str, dict[str, Any]]  # optimizer -> its given values
+    options: dict[str, Any]  # task options
+    settings: dict[str, Any]  # run settings
+
+
+def _sort_request(req: RunRequest) -> _Sorted:
     load_plugins(req.plugins)
     task_cls = TASKS.get(req.task)
-    opt_names = [normalize(OPTIMIZERS.get(o).registry_name) for o in req.optimizers]
-    if not opt_names:
+    names = [normalize(OPTIMIZERS.get(o).registry_name) for o in req.optimizers]
+    if not names:
         raise ConfigError("no optimizer given; pass --opt NAME[,NAME...]")
-    if len(set(opt_names)) < len(opt_names):
+    if len(set(names)) < len(names):
         raise ConfigError(
-            f"--opt names an optimizer twice ({', '.join(opt_names)}); to compare settings of "
+            f"--opt names an optimizer twice ({', '.join(names)}); to compare settings of "
             "one optimizer, run a suite with a sweep"
         )
-    if not 0 <= req.seed < 2**63:
-        raise ConfigError(f"--seed must be in [0, 2**63), got {req.seed}")
-    accepted = {o: set(optimizer_defaults(OPTIMIZERS.get(o))) for o in opt_names}
+    for seed in req.seeds or [req.seed]:
+        if not 0 <= seed < 2**63:
+            raise ConfigError(f"--seed must be in [0, 2**63), got {seed}")
+    if len(set(req.seeds)) < len(req.seeds):
+        raise ConfigError(f"--seed lists a seed twice ({req.seeds}); give each once")
+    accepted = {o: set(optimizer_defaults(OPTIMIZERS.get(o))) for o in names}
     over = sort_overrides(parse_sets(req.sets), accepted, set(task_cls.Options.model_fields))
-    for name, given in over.hparams.items():
+    for name in names:
         unknown = sorted(set(req.hparams) - accepted[name])
         if unknown:
             raise ConfigError(
                 f"optimizer {name!r} has no hyperparameter {unknown[0]!r}; it accepts "
                 f"{', '.join(sorted(accepted[name]))}"
             )
-        over.hparams[name] = {**req.hparams, **given}
-    task_options = {**req.task_options, **over.task}
+    settings = {**req.settings}
+    for key, flag, given in (("steps", "--steps", req.steps), ("device", "--device", req.device)):
+        if given is not None and key in over.settings and over.settings[key] != given:
+            raise ConfigError(
+                f"{flag} {given} and --set {key}={over.settings[key]} disagree; give one of them"
+            )
+        if given is not None:
+            settings[key] = given
+    settings.update(over.settings)
+    options = {**req.task_options, **over.task}
     if req.data is not None:
         if "data" not in task_cls.Options.model_fields:
             raise ConfigError(f"task {task_cls.registry_name!r} reads no data file; drop --data")
-        task_options["data"] = req.data
+        options["data"] = req.data
+    hparams = {n: {**req.hparams, **over.hparams[n]} for n in names}
+    return _Sorted(task_cls, names, hparams, options, settings)
+
+
+def plan_runs(req: RunRequest) -> tuple[Task, list[RunSpec]]:
+    """Validate the request and resolve one ``RunSpec`` per optimizer (nothing runs yet)."""
+    sorted_ = _sort_request(req)
+    task_cls, opt_names, task_options = sorted_.task_cls, sorted_.names, sorted_.options
     task = make_task(task_cls.registry_name, task_options)
-    settings_in = {**task.default_settings(), **req.settings, **over.settings}
-    if req.steps is not None:
-        settings_in["steps"] = req.steps
-    if req.device is not None:
-        settings_in["device"] = req.device
-    explicit = "eval_interval" in req.settings or "eval_interval" in over.settings
+    settings_in = {**task.default_settings(), **sorted_.settings}
+    explicit = "eval_interval" in sorted_.settings
     steps = settings_in.get("steps")
     if not explicit and isinstance(steps, int) and settings_in.get("eval_interval", 0) > steps > 0:
         settings_in["eval_interval"] = max(1, steps // 10)  # a shortened run still gets a curve
@@ -243,7 +268,7 @@ def plan_runs(req: RunRequest) -> tuple[Task, list[RunSpec]]:
     task_id = req.task_id or task_label(task)
     specs = []
     for name in opt_names:
-        hparams = resolve_hparams(name, task, over.hparams[name], settings)
+        hparams = resolve_hparams(name, task, sorted_.hparams[name], settings)
         payload = dict(
             task=task.registry_name,
             task_options=options,
@@ -267,38 +292,12 @@ def plan_runs(req: RunRequest) -> tuple[Task, list[RunSpec]]:
 
 def request_suite(req: RunRequest) -> SuiteFile:
     """``bench run``'s request as a one-task suite (its ``--set`` values sorted into place)."""
-    load_plugins(req.plugins)
-    task_cls = TASKS.get(req.task)
-    names = [normalize(OPTIMIZERS.get(o).registry_name) for o in req.optimizers]
-    if not names:
-        raise ConfigError("no optimizer given; pass --opt NAME[,NAME...]")
-    if len(set(names)) < len(names):
-        raise ConfigError(
-            f"--opt names an optimizer twice ({', '.join(names)}); to compare settings of "
-            "one optimizer, run a suite with a sweep"
-        )
-    for seed in req.seeds or [req.seed]:
-        if not 0 <= seed < 2**63:
-            raise ConfigError(f"--seed must be in [0, 2**63), got {seed}")
-    if len(set(req.seeds)) < len(req.seeds):
-        raise ConfigError(f"--seed lists a seed twice ({req.seeds}); give each once")
-    accepted = {o: set(optimizer_defaults(OPTIMIZERS.get(o))) for o in names}
-    over = sort_overrides(parse_sets(req.sets), accepted, set(task_cls.Options.model_fields))
-    settings = {**req.settings}
-    for key, flag, given in (("steps", "--steps", req.steps), ("device", "--device", req.device)):
-        if given is not None and key in over.settings and over.settings[key] != given:
-            raise ConfigError(
-                f"{flag} {given} and --set {key}={over.settings[key]} disagree; give one of them"
-            )
-        if given is not None:
-            settings[key] = given
-    settings.update(over.settings)
-    options = {**req.task_options, **over.task}
-    if req.data is not None:
-        if "data" not in task_cls.Options.model_fields:
-            raise ConfigError(f"task {task_cls.registry_name!r} reads no data file; drop --data")
-        options["data"] = req.data
-    budget = {k: settings.pop(k) for k in ("steps", "max_seconds", "eval_interval") if k in settings}
+    sorted_ = _sort_request(req)
+    task_cls, names, options = sorted_.task_cls, sorted_.names, sorted_.options
+    settings = dict(sorted_.settings)
+    budget = {
+        k: settings.pop(k) for k in ("steps", "max_seconds", "eval_interval") if k in settings
+    }
     target = settings.pop("target", None)
     device = settings.pop("device", None)
     try:
@@ -314,9 +313,7 @@ def request_suite(req: RunRequest) -> SuiteFile:
                     target=target,
                 )
             ],
-            optimizers=[
-                OptimizerEntry(name=n, hparams={**req.hparams, **over.hparams[n]}) for n in names
-            ],
+            optimizers=[OptimizerEntry(name=n, hparams=sorted_.hparams[n]) for n in names],
             seeds=req.seeds or [req.seed],
             device=device,
             plugins=list(req.plugins),
