@@ -63,13 +63,9 @@ def rough_estimate(suite: SuiteFile, tier: str | None, sizes: dict, history: Pat
     return sum(sizes.values()) * statistics.mean(per_run)
 
 
-def estimate_seconds(plan, history: Path | None) -> float | None:
-    """Run time of the plan's tune and score cells from earlier records (None: not known)."""
-    past = _history(history)
+def _seconds(cells: list[Cell], past: dict) -> float | None:
+    """Run time of ``cells`` from the earlier runs of each task and optimizer (None: unknown)."""
     total = 0.0
-    cells = (plan.tune_cells() if plan.tunes else []) + plan.score_cells(
-        {}, {tp.task_id: tp.target.value for tp in plan.tasks if tp.calibrate}
-    )
     for c in cells:
         est = past.get((c.spec.task_id, c.spec.optimizer))
         if est is None:
@@ -86,13 +82,10 @@ def describe_plan(suite: SuiteFile, tier: str | None, history: Path | None) -> l
 
     def estimate(cells: list[Cell]) -> str:
         nonlocal total, known
-        secs = 0.0
-        for c in cells:
-            est = past.get((c.spec.task_id, c.spec.optimizer))
-            if est is None:
-                known = False
-                return "no earlier records to estimate from"
-            secs += est[0] * c.spec.settings.steps + est[1]
+        secs = _seconds(cells, past)
+        if secs is None:
+            known = False
+            return "no earlier records to estimate from"
         total += secs
         return f"about {_fmt_seconds(secs)} of run time"
 

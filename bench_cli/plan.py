@@ -108,7 +108,7 @@ class Plan:
             config=config,
         )
         where = f"optimizers[{j}] ({self.names[j]} {config or ''}) on tasks[{tp.index}] "
-        _, [spec] = _at(f"{where}({tp.task_id}), seed {seed}", api.plan_runs, req)
+        _, [spec] = at_path(f"{where}({tp.task_id}), seed {seed}", api.plan_runs, req)
         return Cell(spec, j, tuple(self.suite.plugins))
 
     # -- the phases -----------------------------------------------------------------------------
@@ -154,13 +154,14 @@ class Plan:
 
     def phase_sizes(self) -> dict[str, int]:
         """How many cells each phase has (known before anything runs)."""
-        tune = len(self.tune_cells())
+        grids = sum(n for n in (len(self.grid(j)) for j in range(len(self.names))) if n > 1)
+        tune = sum(len(self.seeds_for("tune", tp)) * grids for tp in self.tasks)
         cal = sum(len(self.seeds_for("calibrate", tp)) for tp in self.tasks if tp.calibrate)
         score = sum(len(self.seeds_for("score", tp)) * len(self.names) for tp in self.tasks)
         return {"tune": tune, "calibrate": cal, "score": score}
 
 
-def _at(where: str, fn, *args):
+def at_path(where: str, fn, *args):
     """Call ``fn``; a domain error is re-raised with the suite key path it concerns."""
     try:
         return fn(*args)
@@ -247,7 +248,7 @@ def count_cells(suite: SuiteFile, tier: str | None = None) -> dict[str, int]:
     """How many cells each phase has at most, counted without resolving any (so a huge grid is
     refused at once); a seed-independent task counts all its seeds here."""
     _, suite = apply_tier(suite, tier)
-    seeds = _at("tuning", phase_seeds, suite)
+    seeds = at_path("tuning", phase_seeds, suite)
     grids = [math.prod(len(v) for v in o.sweep.values()) for o in suite.optimizers]
     n_tasks = len(suite.tasks)
     calibrated = sum(t.target == "calibrate" for t in suite.tasks)
@@ -261,12 +262,12 @@ def count_cells(suite: SuiteFile, tier: str | None = None) -> dict[str, int]:
 def build_plan(suite: SuiteFile, tier: str | None = None) -> Plan:
     """Validate a suite (every cell it can have goes through ``api.plan_runs``; nothing runs)."""
     tier, suite = apply_tier(suite, tier)
-    _at("plugins", api.load_plugins, suite.plugins)
+    at_path("plugins", api.load_plugins, suite.plugins)
     names = [
-        _at(f"optimizers[{j}].name", lambda n: normalize(OPTIMIZERS.get(n).registry_name), o.name)
+        at_path(f"optimizers[{j}].name", lambda n: normalize(OPTIMIZERS.get(n).registry_name), o.name)
         for j, o in enumerate(suite.optimizers)
     ]
-    baseline = _at("baseline", lambda n: normalize(OPTIMIZERS.get(n).registry_name), suite.baseline)
+    baseline = at_path("baseline", lambda n: normalize(OPTIMIZERS.get(n).registry_name), suite.baseline)
     if any(t.target == "calibrate" for t in suite.tasks) and baseline not in names:
         raise ConfigError(f"baseline: {baseline!r} is not among the optimizers; calibrate needs it")
     for j, (entry, name) in enumerate(zip(suite.optimizers, names)):
@@ -279,7 +280,7 @@ def build_plan(suite: SuiteFile, tier: str | None = None) -> Plan:
             + "): a larger sweep is an advantage; give each the same number, or set "
             "tuning: {budget: unequal} and the tables will mark it"
         )
-    seeds = _at("tuning", phase_seeds, suite)
+    seeds = at_path("tuning", phase_seeds, suite)
     tasks, ids = [], {}
     for i, t in enumerate(suite.tasks):
         for key in DATA_OPTIONS:
@@ -287,7 +288,7 @@ def build_plan(suite: SuiteFile, tier: str | None = None) -> Plan:
             if problem:
                 raise ConfigError(f"tasks[{i}].options.{key}: {problem}; fix the path")
         req = _task_request(suite, t)
-        task, [spec] = _at(
+        task, [spec] = at_path(
             f"tasks[{i}] ({t.name})", api.plan_runs, replace(req, optimizers=[names[0]])
         )
         if t.target is not None and task.default_target() is None:

@@ -33,7 +33,7 @@ from bench_cli.registry import build_optimizer
 from bench_cli.registry._base import state_bytes
 from bench_cli.results.metrics import best_metrics, to_target
 from bench_cli.results.record import EvalPoint, ParamGroupInfo, RunRecord, TrainPoint
-from bench_cli.spec import RunCallback, RunSpec  # noqa: F401 - re-exported
+from bench_cli.spec import RunCallback, RunSpec, record_fields  # noqa: F401 - re-exported
 from bench_cli.tasks.base import Task
 
 
@@ -59,16 +59,6 @@ def checkpoint_minutes(s: RunSettings, device: torch.device) -> float | None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _stream(task: Task, seed: int, start: int) -> Iterator[Any]:
-    """The task's batches for ``seed`` from batch number ``start`` on (a resumed run's)."""
-    if hasattr(task, "batches_from"):
-        return task.batches_from(seed, start)
-    batches = task.batches(seed)
-    for _ in range(start):
-        next(batches)
-    return batches
 
 
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
@@ -179,8 +169,8 @@ def run(
             setup_seconds = saved["setup_seconds"]
             set_rng_state(saved["rng"], device)
         pending = None  # MARS exact: the batch drawn ahead, trained on at the next step
-        batches: Iterator[Any] = _stream(
-            task, spec.seed, max(0, drawn - 1) if lookahead and step else drawn
+        batches: Iterator[Any] = task.batches_from(
+            spec.seed, max(0, drawn - 1) if lookahead and step else drawn
         )
         if lookahead and step:
             pending = next(batches)
@@ -300,21 +290,11 @@ def _record(spec, task, device, status, error, curve, train_curve, opt) -> RunRe
     directions = dict(task.metric_directions)
     reached = to_target(curve, spec.target) if spec.target and status != "error" else None
     return RunRecord(
-        run_id=spec.run_id,
-        task=spec.task,
-        task_id=spec.task_id,
-        task_options=spec.task_options,
-        optimizer=spec.optimizer,
-        hparams=spec.hparams,
-        settings=spec.settings.model_dump(),
-        seed=spec.seed,
-        role=spec.role,
-        config=spec.config,
+        **record_fields(spec),
         seed_independent=task.seed_independent,
         unit=task.unit,
         status=status,
         error=error,
-        target=spec.target,
         tokens_to_target=reached[0] if reached else None,
         seconds_to_target=reached[1] if reached else None,
         steps_to_target=reached[2] if reached else None,

@@ -31,6 +31,23 @@ class RunSpec(BaseModel):
     config: dict[str, Any] = {}
 
 
+def record_fields(spec: RunSpec) -> dict[str, Any]:
+    """What a run's record copies from its spec (a finished run's and a failed cell's alike)."""
+    return dict(
+        run_id=spec.run_id,
+        task=spec.task,
+        task_id=spec.task_id,
+        task_options=spec.task_options,
+        optimizer=spec.optimizer,
+        hparams=spec.hparams,
+        settings=spec.settings.model_dump(),
+        seed=spec.seed,
+        role=spec.role,
+        config=spec.config,
+        target=spec.target,
+    )
+
+
 class RunCallback:
     """Progress hooks; the loop calls them, they never change the run."""
 

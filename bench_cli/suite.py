@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from bench_cli.config import ExecutorSettings, apply_tier, load_suite, validation_message
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.folder import CALIBRATION, ENVIRONMENT, Folder, now
-from bench_cli.plan import build_plan, count_cells
+from bench_cli.plan import at_path, build_plan, count_cells
 from bench_cli.progress import Progress
 from bench_cli.protocol import (  # noqa: F401 - the suite API in one place
     STATES,
@@ -37,20 +37,13 @@ from bench_cli.protocol import (  # noqa: F401 - the suite API in one place
 MAX_CELLS = 10_000
 
 
-def _at(where: str, fn, *args):
-    try:
-        return fn(*args)
-    except BenchError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
 def validate_suite(path: str | Path) -> dict[str | None, dict[str, int]]:
     """Load and plan a suite file under each of its tiers: {tier: {phase: cells}}."""
     suite = load_suite(path)
     tiers: list[str | None] = list(suite.tiers) if suite.tiers else [None]
     if suite.tiers and suite.default_tier is None:
         tiers.insert(0, None)  # without --tier, the suite runs as written
-    return {name: _at(str(path), build_plan, suite, name).phase_sizes() for name in tiers}
+    return {name: at_path(str(path), build_plan, suite, name).phase_sizes() for name in tiers}
 
 
 def default_out(path: str | Path, tier: str | None) -> Path:
@@ -90,8 +83,8 @@ def run_suite(
     """Run every phase of the suite at ``path`` into ``out``, reusing the cells whose record is
     there already; with ``resume=False``, refuse a folder that holds records."""
     suite = load_suite(path)
-    tier_name, _ = _at(str(path), apply_tier, suite, tier)
-    sizes = _at(str(path), count_cells, suite, tier)
+    tier_name, _ = at_path(str(path), apply_tier, suite, tier)
+    sizes = at_path(str(path), count_cells, suite, tier)
     out = Path(out) if out is not None else default_out(path, tier_name)
     if sum(sizes.values()) > max_cells:
         from bench_cli.dryrun import _fmt_seconds, rough_estimate
@@ -102,7 +95,7 @@ def run_suite(
             f"{path}: {sum(sizes.values())} cells ({', '.join(f'{v} {k}' for k, v in sizes.items())}"
             f"{when}) is more than --max-cells {max_cells}; raise --max-cells to confirm"
         )
-    plan = _at(str(path), build_plan, suite, tier)
+    plan = at_path(str(path), build_plan, suite, tier)
     folder = Folder(out)
     side = {ENVIRONMENT, CALIBRATION, "selection.json"}
     if not resume and out.is_dir() and any(p.name not in side for p in out.glob("[!.]*.json")):

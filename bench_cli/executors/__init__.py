@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from bench_cli.config import ExecutorSettings
-from bench_cli.errors import BenchError
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
 from bench_cli.results.record import RunRecord
@@ -87,9 +86,8 @@ def execute(
         return folder.claim(cell.run_id)
 
     while True:
-        todo = [c for c in cells if c.run_id not in records]
-        for c in todo:
-            if c.run_id not in replace:
+        for c in cells:  # records written since: ours, or another coordinator's
+            if c.run_id not in records and c.run_id not in replace:
                 rec = folder.record(c.run_id)
                 if rec is not None:
                     records[c.run_id] = rec
@@ -101,15 +99,7 @@ def execute(
         done = executor.run(todo, folder, progress, claim)
         ran += len(done)
         replace -= set(done)
-        for c in todo:
-            rec = folder.record(c.run_id) if c.run_id not in replace else None
-            if rec is not None:
-                records[c.run_id] = rec
-        if not done and any(c.run_id not in records for c in cells):
-            held = [c for c in cells if c.run_id not in records]
-            progress.waiting(held)
-            time.sleep(POLL_SECONDS)  # cells held by another live coordinator
-    missing = [c.run_id for c in cells if c.run_id not in records]
-    if missing:
-        raise BenchError(f"{len(missing)} cells have no record after running: {missing[0]}")
+        if not done:  # every cell left is held by another live coordinator
+            progress.waiting(todo)
+            time.sleep(POLL_SECONDS)
     return [records[c.run_id] for c in cells], ran

@@ -17,7 +17,7 @@ from typing import Any
 from bench_cli.folder import CHECKPOINTS, Folder, now
 from bench_cli.plan import Cell
 from bench_cli.results.record import Env, RunRecord, TrainPoint
-from bench_cli.spec import Callbacks, RunCallback, RunSpec
+from bench_cli.spec import Callbacks, RunCallback, RunSpec, record_fields
 
 #: (task, options, device) -> (task, device) or the exception its preparation raised
 _PREPARED: dict[str, Any] = {}
@@ -77,20 +77,10 @@ def failed_record(spec: RunSpec, reason: str, unit: str = "steps") -> RunRecord:
     import bench_cli
 
     return RunRecord(
-        run_id=spec.run_id,
-        task=spec.task,
-        task_id=spec.task_id,
-        task_options=spec.task_options,
-        optimizer=spec.optimizer,
-        hparams=spec.hparams,
-        settings=spec.settings.model_dump(),
-        seed=spec.seed,
-        role=spec.role,
-        config=spec.config,
+        **record_fields(spec),
         unit=unit,
         status="error",
         error=reason,
-        target=spec.target,
         env=Env(
             device=spec.settings.device,
             device_name="-",
