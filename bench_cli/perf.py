@@ -8,7 +8,10 @@ AdamW (on CPU: torch's foreach AdamW), and the one-time cost: how much longer th
 than a steady one (Triton compilation, autotuning, state allocation).
 
 Bytes per parameter: the parameter read and written, the gradient read, every state buffer read
-and written: 4 x (3 + 2 S) for S fp32 state buffers (AdamW 28, AdEMAMix 36, Lion 20).
+and written: 4 x (3 + 2 S) for S fp32 state buffers (AdamW 28, AdEMAMix 36, Lion 20). MARS clips
+each tensor's corrected gradient c = g + scale (g - g_prev) by the norm of the whole tensor before
+it may update any element, so it must read g and g_prev a second time (the norm pass): 8 bytes
+more on its MARS-branch tensors (44 in all).
 """
 
 from __future__ import annotations
@@ -130,8 +133,17 @@ def time_path(
         rounds.append((time.perf_counter() - t0) / iters)
     sec = statistics.median(rounds)
     pbytes = sum(p.numel() * p.element_size() for p in params)
-    moved = 3 * pbytes + 2 * state_bytes(opt)
+    moved = 3 * pbytes + 2 * state_bytes(opt) + norm_pass_bytes(opt)
     return sec, max(0.0, first - sec), moved
+
+
+def norm_pass_bytes(opt: torch.optim.Optimizer) -> int:
+    """The second read of g and g_prev that a per-tensor norm clip needs (MARS's branch)."""
+    return sum(
+        2 * s["last_grad"].numel() * s["last_grad"].element_size()
+        for s in opt.state.values()
+        if "last_grad" in s
+    )
 
 
 def perf_optimizers(

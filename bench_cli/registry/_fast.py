@@ -2,8 +2,8 @@
 
 Every tensor of a list (parameters, gradients, each state buffer) is addressed as an element
 offset from the list's first tensor, so one launch covers all of a group's tensors: a program
-takes one chunk of ``BLOCK`` elements of one tensor, reads each operand once, computes the whole
-update in fp32 registers and writes each result once. That is the least memory traffic the update
+takes one chunk of ``CONFIG["chunk"]`` elements of one tensor, ``CONFIG["block"]`` at a time,
+reads each operand once, computes the whole update in fp32 registers and writes each result once. That is the least memory traffic the update
 allows (``bench perf optimizers`` counts it), against several passes over memory for the foreach
 path.
 
@@ -33,8 +33,10 @@ except ImportError:  # pragma: no cover
     triton = None
     tl = None
 
-#: elements per program
-BLOCK = 2048
+#: the launch shape: each program takes ``chunk`` consecutive elements of one tensor and walks
+#: them ``block`` elements at a time, with ``num_warps`` warps (set from measurements with
+#: ``benchmarks/fast_path_shapes.py``; PERFORMANCE.md has the table)
+CONFIG = {"chunk": 2048, "block": 1024, "num_warps": 8}
 #: bytes of alignment that let a program use 16-byte loads
 _ALIGN_BYTES = 32
 
@@ -55,11 +57,13 @@ def usable(params: Sequence[Tensor]) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _chunks(numels: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def _chunks(
+    numels: tuple[int, ...], device: torch.device, chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """(tensor index, first element) of every chunk, and each tensor's size, on ``device``."""
     which, start = [], []
     for i, n in enumerate(numels):
-        for s in range(0, n, BLOCK):
+        for s in range(0, n, chunk):
             which.append(i)
             start.append(s)
     return (
@@ -104,7 +108,8 @@ def launch(kernel, lists: Sequence[Sequence[Tensor]], *scalars, **constexprs) ->
     _check(lists)
     first = lists[0]
     device = first[0].device
-    which, start, numels = _chunks(tuple(t.numel() for t in first), device)
+    chunk, block = CONFIG["chunk"], CONFIG["block"]
+    which, start, numels = _chunks(tuple(t.numel() for t in first), device, chunk)
     table, aligned = _offsets(lists, device)
     bases = [lst[0] for lst in lists]
     grid = (which.numel(),)
@@ -117,8 +122,9 @@ def launch(kernel, lists: Sequence[Sequence[Tensor]], *scalars, **constexprs) ->
         len(first),
         *scalars,
         ALIGN=aligned,
-        BLOCK=BLOCK,
-        num_warps=8,
+        BLOCK=block,
+        CHUNK=chunk,
+        num_warps=CONFIG["num_warps"],
         **constexprs,
     )
 
@@ -126,14 +132,11 @@ def launch(kernel, lists: Sequence[Sequence[Tensor]], *scalars, **constexprs) ->
 if triton is not None:  # pragma: no cover - compiled only where Triton is installed
 
     @triton.jit
-    def _locate(table, which, start, numels, n_t, k, ALIGN: tl.constexpr, BLOCK: tl.constexpr):
-        """(this program's tensor, its element indices, mask) and the offset of list 0."""
+    def _locate(which, start, numels):
+        """This program's tensor, its first element and the tensor's size."""
         pid = tl.program_id(0)
         i = tl.load(which + pid)
-        s = tl.load(start + pid)
-        n = tl.load(numels + i)
-        idx = s + tl.arange(0, BLOCK)
-        return i, idx, idx < n
+        return i, tl.load(start + pid), tl.load(numels + i)
 
     @triton.jit
     def _off(table, n_t, i, k: tl.constexpr, ALIGN: tl.constexpr):
@@ -146,174 +149,231 @@ if triton is not None:  # pragma: no cover - compiled only where Triton is insta
     def _adamw_kernel(
         p_ptr, g_ptr, m_ptr, v_ptr, table, which, start, numels, n_t,
         lr, beta1, beta2, eps, decay, step_size, inv_sqrt_bc2,
-        ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
     ):  # fmt: skip
-        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
-        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
-        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
-        mp = m_ptr + _off(table, n_t, i, 2, ALIGN) + idx
-        vp = v_ptr + _off(table, n_t, i, 3, ALIGN) + idx
-        p = tl.load(pp, mask=mask).to(tl.float32)
-        g = tl.load(gp, mask=mask).to(tl.float32)
-        m = tl.load(mp, mask=mask).to(tl.float32)
-        v = tl.load(vp, mask=mask).to(tl.float32)
-        p = p * decay
-        m = m + (1.0 - beta1) * (g - m)
-        v = beta2 * v + (1.0 - beta2) * g * g
-        denom = tl.sqrt(v) * inv_sqrt_bc2 + eps
-        p = p - step_size * (m / denom)
-        tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
-        tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
-        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+        i, s, n = _locate(which, start, numels)
+        pp0 = p_ptr + _off(table, n_t, i, 0, ALIGN)
+        gp0 = g_ptr + _off(table, n_t, i, 1, ALIGN)
+        mp0 = m_ptr + _off(table, n_t, i, 2, ALIGN)
+        vp0 = v_ptr + _off(table, n_t, i, 3, ALIGN)
+        for j in range(0, CHUNK, BLOCK):
+            idx = s + j + tl.arange(0, BLOCK)
+            mask = idx < n
+            pp = pp0 + idx
+            gp = gp0 + idx
+            mp = mp0 + idx
+            vp = vp0 + idx
+            p = tl.load(pp, mask=mask).to(tl.float32)
+            g = tl.load(gp, mask=mask).to(tl.float32)
+            m = tl.load(mp, mask=mask).to(tl.float32)
+            v = tl.load(vp, mask=mask).to(tl.float32)
+            p = p * decay
+            m = m + (1.0 - beta1) * (g - m)
+            v = beta2 * v + (1.0 - beta2) * g * g
+            denom = tl.sqrt(v) * inv_sqrt_bc2 + eps
+            p = p - step_size * (m / denom)
+            tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
+            tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+            tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _lion_kernel(
         p_ptr, g_ptr, m_ptr, table, which, start, numels, n_t,
         lr, beta1, beta2, decay,
-        ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
     ):  # fmt: skip
-        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
-        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
-        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
-        mp = m_ptr + _off(table, n_t, i, 2, ALIGN) + idx
-        p = tl.load(pp, mask=mask).to(tl.float32)
-        g = tl.load(gp, mask=mask).to(tl.float32)
-        m = tl.load(mp, mask=mask).to(tl.float32)
-        c = beta1 * m + (1.0 - beta1) * g
-        sign = tl.where(c > 0, 1.0, tl.where(c < 0, -1.0, 0.0))
-        p = p * decay - lr * sign
-        m = beta2 * m + (1.0 - beta2) * g
-        tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
-        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+        i, s, n = _locate(which, start, numels)
+        pp0 = p_ptr + _off(table, n_t, i, 0, ALIGN)
+        gp0 = g_ptr + _off(table, n_t, i, 1, ALIGN)
+        mp0 = m_ptr + _off(table, n_t, i, 2, ALIGN)
+        for j in range(0, CHUNK, BLOCK):
+            idx = s + j + tl.arange(0, BLOCK)
+            mask = idx < n
+            pp = pp0 + idx
+            gp = gp0 + idx
+            mp = mp0 + idx
+            p = tl.load(pp, mask=mask).to(tl.float32)
+            g = tl.load(gp, mask=mask).to(tl.float32)
+            m = tl.load(mp, mask=mask).to(tl.float32)
+            c = beta1 * m + (1.0 - beta1) * g
+            sign = tl.where(c > 0, 1.0, tl.where(c < 0, -1.0, 0.0))
+            p = p * decay - lr * sign
+            m = beta2 * m + (1.0 - beta2) * g
+            tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
+            tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _ademamix_kernel(
         p_ptr, g_ptr, m1_ptr, m2_ptr, v_ptr, table, which, start, numels, n_t,
         lr, beta1, beta2, beta3, alpha, eps, wd, inv_bc1, inv_sqrt_bc2,
-        HAS_M1: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+        HAS_M1: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
     ):  # fmt: skip
-        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
-        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
-        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
-        m2p = m2_ptr + _off(table, n_t, i, 3, ALIGN) + idx
-        vp = v_ptr + _off(table, n_t, i, 4, ALIGN) + idx
-        p = tl.load(pp, mask=mask).to(tl.float32)
-        g = tl.load(gp, mask=mask).to(tl.float32)
-        m2 = tl.load(m2p, mask=mask).to(tl.float32)
-        v = tl.load(vp, mask=mask).to(tl.float32)
-        if HAS_M1:
-            m1p = m1_ptr + _off(table, n_t, i, 2, ALIGN) + idx
-            m1 = tl.load(m1p, mask=mask).to(tl.float32)
-            m1 = beta1 * m1 + (1.0 - beta1) * g
-            tl.store(m1p, m1.to(m1p.dtype.element_ty), mask=mask)
-        else:
-            m1 = g
-        m2 = beta3 * m2 + (1.0 - beta3) * g
-        v = beta2 * v + (1.0 - beta2) * g * g
-        denom = tl.sqrt(v) * inv_sqrt_bc2 + eps
-        u = (m1 * inv_bc1 + alpha * m2) / denom + wd * p
-        p = p - lr * u
-        tl.store(m2p, m2.to(m2p.dtype.element_ty), mask=mask)
-        tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
-        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+        i, s, n = _locate(which, start, numels)
+        pp0 = p_ptr + _off(table, n_t, i, 0, ALIGN)
+        gp0 = g_ptr + _off(table, n_t, i, 1, ALIGN)
+        m2p0 = m2_ptr + _off(table, n_t, i, 3, ALIGN)
+        vp0 = v_ptr + _off(table, n_t, i, 4, ALIGN)
+        m1p0 = m1_ptr + _off(table, n_t, i, 2, ALIGN)
+        for j in range(0, CHUNK, BLOCK):
+            idx = s + j + tl.arange(0, BLOCK)
+            mask = idx < n
+            pp = pp0 + idx
+            gp = gp0 + idx
+            m2p = m2p0 + idx
+            vp = vp0 + idx
+            p = tl.load(pp, mask=mask).to(tl.float32)
+            g = tl.load(gp, mask=mask).to(tl.float32)
+            m2 = tl.load(m2p, mask=mask).to(tl.float32)
+            v = tl.load(vp, mask=mask).to(tl.float32)
+            if HAS_M1:
+                m1p = m1p0 + idx
+                m1 = tl.load(m1p, mask=mask).to(tl.float32)
+                m1 = beta1 * m1 + (1.0 - beta1) * g
+                tl.store(m1p, m1.to(m1p.dtype.element_ty), mask=mask)
+            else:
+                m1 = g
+            m2 = beta3 * m2 + (1.0 - beta3) * g
+            v = beta2 * v + (1.0 - beta2) * g * g
+            denom = tl.sqrt(v) * inv_sqrt_bc2 + eps
+            u = (m1 * inv_bc1 + alpha * m2) / denom + wd * p
+            p = p - lr * u
+            tl.store(m2p, m2.to(m2p.dtype.element_ty), mask=mask)
+            tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+            tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _simplified_ademamix_kernel(
         p_ptr, g_ptr, m_ptr, v_ptr, table, which, start, numels, n_t,
         lr, beta1, beta2, alpha, eps_d, scale, wd,
-        ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
     ):  # fmt: skip
-        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
-        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
-        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
-        mp = m_ptr + _off(table, n_t, i, 2, ALIGN) + idx
-        vp = v_ptr + _off(table, n_t, i, 3, ALIGN) + idx
-        p = tl.load(pp, mask=mask).to(tl.float32)
-        g = tl.load(gp, mask=mask).to(tl.float32)
-        m = tl.load(mp, mask=mask).to(tl.float32)
-        v = tl.load(vp, mask=mask).to(tl.float32)
-        m = beta1 * m + g
-        v = beta2 * v + (1.0 - beta2) * g * g
-        u = (m + alpha * g) / (tl.sqrt(v) + eps_d) * scale + wd * p
-        p = p - lr * u
-        tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
-        tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
-        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+        i, s, n = _locate(which, start, numels)
+        pp0 = p_ptr + _off(table, n_t, i, 0, ALIGN)
+        gp0 = g_ptr + _off(table, n_t, i, 1, ALIGN)
+        mp0 = m_ptr + _off(table, n_t, i, 2, ALIGN)
+        vp0 = v_ptr + _off(table, n_t, i, 3, ALIGN)
+        for j in range(0, CHUNK, BLOCK):
+            idx = s + j + tl.arange(0, BLOCK)
+            mask = idx < n
+            pp = pp0 + idx
+            gp = gp0 + idx
+            mp = mp0 + idx
+            vp = vp0 + idx
+            p = tl.load(pp, mask=mask).to(tl.float32)
+            g = tl.load(gp, mask=mask).to(tl.float32)
+            m = tl.load(mp, mask=mask).to(tl.float32)
+            v = tl.load(vp, mask=mask).to(tl.float32)
+            m = beta1 * m + g
+            v = beta2 * v + (1.0 - beta2) * g * g
+            u = (m + alpha * g) / (tl.sqrt(v) + eps_d) * scale + wd * p
+            p = p - lr * u
+            tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
+            tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+            tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _schedule_free_kernel(
         y_ptr, g_ptr, z_ptr, v_ptr, table, which, start, numels, n_t,
         lr, ckp1, beta2, inv_bc2, eps, wd, y_coef,
-        ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
     ):  # fmt: skip
-        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
-        yp = y_ptr + _off(table, n_t, i, 0, ALIGN) + idx
-        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
-        zp = z_ptr + _off(table, n_t, i, 2, ALIGN) + idx
-        vp = v_ptr + _off(table, n_t, i, 3, ALIGN) + idx
-        y = tl.load(yp, mask=mask).to(tl.float32)
-        g = tl.load(gp, mask=mask).to(tl.float32)
-        z = tl.load(zp, mask=mask).to(tl.float32)
-        v = tl.load(vp, mask=mask).to(tl.float32)
-        v = beta2 * v + (1.0 - beta2) * g * g
-        u = g / (tl.sqrt(v * inv_bc2) + eps) + wd * y
-        y = y + ckp1 * (z - y) + y_coef * u
-        z = z - lr * u
-        tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
-        tl.store(zp, z.to(zp.dtype.element_ty), mask=mask)
-        tl.store(yp, y.to(yp.dtype.element_ty), mask=mask)
+        i, s, n = _locate(which, start, numels)
+        yp0 = y_ptr + _off(table, n_t, i, 0, ALIGN)
+        gp0 = g_ptr + _off(table, n_t, i, 1, ALIGN)
+        zp0 = z_ptr + _off(table, n_t, i, 2, ALIGN)
+        vp0 = v_ptr + _off(table, n_t, i, 3, ALIGN)
+        for j in range(0, CHUNK, BLOCK):
+            idx = s + j + tl.arange(0, BLOCK)
+            mask = idx < n
+            yp = yp0 + idx
+            gp = gp0 + idx
+            zp = zp0 + idx
+            vp = vp0 + idx
+            y = tl.load(yp, mask=mask).to(tl.float32)
+            g = tl.load(gp, mask=mask).to(tl.float32)
+            z = tl.load(zp, mask=mask).to(tl.float32)
+            v = tl.load(vp, mask=mask).to(tl.float32)
+            v = beta2 * v + (1.0 - beta2) * g * g
+            u = g / (tl.sqrt(v * inv_bc2) + eps) + wd * y
+            y = y + ckp1 * (z - y) + y_coef * u
+            z = z - lr * u
+            tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+            tl.store(zp, z.to(zp.dtype.element_ty), mask=mask)
+            tl.store(yp, y.to(yp.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _mars_norm_kernel(
         g_ptr, prev_ptr, table, which, start, numels, n_t,
         sq_ptr, scale,
-        ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
     ):  # fmt: skip
-        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
-        g = tl.load(g_ptr + _off(table, n_t, i, 0, ALIGN) + idx, mask=mask).to(tl.float32)
-        gp = tl.load(prev_ptr + _off(table, n_t, i, 1, ALIGN) + idx, mask=mask).to(tl.float32)
-        c = g + scale * (g - gp)
-        tl.atomic_add(sq_ptr + i, tl.sum(c * c, axis=0))
+        """Adds this program's part of sum(c^2), c = g + scale (g - g_prev), to its tensor's."""
+        i, s, n = _locate(which, start, numels)
+        g0 = g_ptr + _off(table, n_t, i, 0, ALIGN)
+        prev0 = prev_ptr + _off(table, n_t, i, 1, ALIGN)
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for j in range(0, CHUNK, BLOCK):
+            idx = s + j + tl.arange(0, BLOCK)
+            mask = idx < n
+            g = tl.load(g0 + idx, mask=mask).to(tl.float32)
+            gp = tl.load(prev0 + idx, mask=mask).to(tl.float32)
+            c = g + scale * (g - gp)
+            acc += c * c
+        tl.atomic_add(sq_ptr + i, tl.sum(acc, axis=0))
 
     @triton.jit
     def _mars_kernel(
         p_ptr, g_ptr, m_ptr, v_ptr, prev_ptr, next_ptr, table, which, start, numels, n_t,
         sq_ptr, lr, beta1, beta2, eps, wd, scale, bc1, inv_sqrt_bc2,
-        LION: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+        LION: tl.constexpr, NEXT_IS_G: tl.constexpr,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
     ):  # fmt: skip
-        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
-        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
-        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
-        mp = m_ptr + _off(table, n_t, i, 2, ALIGN) + idx
-        prevp = prev_ptr + _off(table, n_t, i, 4, ALIGN) + idx
-        nextp = next_ptr + _off(table, n_t, i, 5, ALIGN) + idx
-        p = tl.load(pp, mask=mask).to(tl.float32)
-        g = tl.load(gp, mask=mask).to(tl.float32)
-        m = tl.load(mp, mask=mask).to(tl.float32)
-        prev = tl.load(prevp, mask=mask).to(tl.float32)
-        nxt = tl.load(nextp, mask=mask).to(tl.float32)
-        norm = tl.sqrt(tl.load(sq_ptr + i))
-        c = (g + scale * (g - prev)) / tl.maximum(norm, 1.0)
-        m = beta1 * m + (1.0 - beta1) * c
-        if LION:
-            u = tl.where(m > 0, 1.0, tl.where(m < 0, -1.0, 0.0))
-        else:
-            vp = v_ptr + _off(table, n_t, i, 3, ALIGN) + idx
-            v = tl.load(vp, mask=mask).to(tl.float32)
-            v = beta2 * v + (1.0 - beta2) * c * c
-            tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
-            u = m / ((tl.sqrt(v) * inv_sqrt_bc2 + eps) * bc1)
-        p = p - lr * (u + wd * p)
-        tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
-        tl.store(prevp, nxt.to(prevp.dtype.element_ty), mask=mask)
-        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+        i, s, n = _locate(which, start, numels)
+        clip = tl.maximum(tl.sqrt(tl.load(sq_ptr + i)), 1.0)
+        pp0 = p_ptr + _off(table, n_t, i, 0, ALIGN)
+        gp0 = g_ptr + _off(table, n_t, i, 1, ALIGN)
+        mp0 = m_ptr + _off(table, n_t, i, 2, ALIGN)
+        prevp0 = prev_ptr + _off(table, n_t, i, 4, ALIGN)
+        nextp0 = next_ptr + _off(table, n_t, i, 5, ALIGN)
+        vp0 = v_ptr + _off(table, n_t, i, 3, ALIGN)
+        for j in range(0, CHUNK, BLOCK):
+            idx = s + j + tl.arange(0, BLOCK)
+            mask = idx < n
+            pp = pp0 + idx
+            gp = gp0 + idx
+            mp = mp0 + idx
+            prevp = prevp0 + idx
+            nextp = nextp0 + idx
+            p = tl.load(pp, mask=mask).to(tl.float32)
+            g = tl.load(gp, mask=mask).to(tl.float32)
+            m = tl.load(mp, mask=mask).to(tl.float32)
+            prev = tl.load(prevp, mask=mask).to(tl.float32)
+            if NEXT_IS_G:  # the approximate variant: g_prev <- g
+                nxt = g
+            else:
+                nxt = tl.load(nextp, mask=mask).to(tl.float32)
+            c = (g + scale * (g - prev)) / clip
+            m = beta1 * m + (1.0 - beta1) * c
+            if LION:
+                u = tl.where(m > 0, 1.0, tl.where(m < 0, -1.0, 0.0))
+            else:
+                vp = vp0 + idx
+                v = tl.load(vp, mask=mask).to(tl.float32)
+                v = beta2 * v + (1.0 - beta2) * c * c
+                tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+                u = m / ((tl.sqrt(v) * inv_sqrt_bc2 + eps) * bc1)
+            p = p - lr * (u + wd * p)
+            tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
+            tl.store(prevp, nxt.to(prevp.dtype.element_ty), mask=mask)
+            tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _mix_kernel(
         p_ptr, g_ptr, v_ptr, b0_ptr, b1_ptr, b2_ptr, table, which, start, numels, n_t,
         decay, beta2, eps, inv_sqrt_bc2, lr_g, c_g,
         beta_a, inc_a, c_a, beta_b, inc_b, c_b, beta_c, inc_c, c_c,
-        NB: tl.constexpr, ADAM: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+        NB: tl.constexpr, ADAM: tl.constexpr,
+        ALIGN: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
     ):  # fmt: skip
         """AggMo-Adam (ADAM) and AggMo: up to three momentum buffers, mixed with weights.
 
@@ -322,41 +382,50 @@ if triton is not None:  # pragma: no cover - compiled only where Triton is insta
         AggMo: d = g + lambda p (c_g = lambda); b_j <- beta_j b_j + d (inc_j = 1);
         p <- p - lr_g sum c_j b_j.
         """
-        i, idx, mask = _locate(table, which, start, numels, n_t, 0, ALIGN, BLOCK)
-        pp = p_ptr + _off(table, n_t, i, 0, ALIGN) + idx
-        gp = g_ptr + _off(table, n_t, i, 1, ALIGN) + idx
-        p = tl.load(pp, mask=mask).to(tl.float32)
-        g = tl.load(gp, mask=mask).to(tl.float32)
-        if ADAM:
-            vp = v_ptr + _off(table, n_t, i, 2, ALIGN) + idx
-            v = tl.load(vp, mask=mask).to(tl.float32)
-            v = beta2 * v + (1.0 - beta2) * g * g
-            tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
-            d = g
-            mix = c_g * g
-        else:
-            d = g + c_g * p
-            mix = 0.0 * g
-        if NB >= 1:
-            ap = b0_ptr + _off(table, n_t, i, 3, ALIGN) + idx
-            a = tl.load(ap, mask=mask).to(tl.float32)
-            a = beta_a * a + inc_a * d
-            tl.store(ap, a.to(ap.dtype.element_ty), mask=mask)
-            mix += c_a * a
-        if NB >= 2:
-            bp = b1_ptr + _off(table, n_t, i, 4, ALIGN) + idx
-            b = tl.load(bp, mask=mask).to(tl.float32)
-            b = beta_b * b + inc_b * d
-            tl.store(bp, b.to(bp.dtype.element_ty), mask=mask)
-            mix += c_b * b
-        if NB >= 3:
-            cp = b2_ptr + _off(table, n_t, i, 5, ALIGN) + idx
-            c = tl.load(cp, mask=mask).to(tl.float32)
-            c = beta_c * c + inc_c * d
-            tl.store(cp, c.to(cp.dtype.element_ty), mask=mask)
-            mix += c_c * c
-        if ADAM:
-            p = p * decay - lr_g * mix / (tl.sqrt(v) * inv_sqrt_bc2 + eps)
-        else:
-            p = p - lr_g * mix
-        tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
+        i, s, n = _locate(which, start, numels)
+        pp0 = p_ptr + _off(table, n_t, i, 0, ALIGN)
+        gp0 = g_ptr + _off(table, n_t, i, 1, ALIGN)
+        vp0 = v_ptr + _off(table, n_t, i, 2, ALIGN)
+        ap0 = b0_ptr + _off(table, n_t, i, 3, ALIGN)
+        bp0 = b1_ptr + _off(table, n_t, i, 4, ALIGN)
+        cp0 = b2_ptr + _off(table, n_t, i, 5, ALIGN)
+        for j in range(0, CHUNK, BLOCK):
+            idx = s + j + tl.arange(0, BLOCK)
+            mask = idx < n
+            pp = pp0 + idx
+            gp = gp0 + idx
+            p = tl.load(pp, mask=mask).to(tl.float32)
+            g = tl.load(gp, mask=mask).to(tl.float32)
+            if ADAM:
+                vp = vp0 + idx
+                v = tl.load(vp, mask=mask).to(tl.float32)
+                v = beta2 * v + (1.0 - beta2) * g * g
+                tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
+                d = g
+                mix = c_g * g
+            else:
+                d = g + c_g * p
+                mix = 0.0 * g
+            if NB >= 1:
+                ap = ap0 + idx
+                a = tl.load(ap, mask=mask).to(tl.float32)
+                a = beta_a * a + inc_a * d
+                tl.store(ap, a.to(ap.dtype.element_ty), mask=mask)
+                mix += c_a * a
+            if NB >= 2:
+                bp = bp0 + idx
+                b = tl.load(bp, mask=mask).to(tl.float32)
+                b = beta_b * b + inc_b * d
+                tl.store(bp, b.to(bp.dtype.element_ty), mask=mask)
+                mix += c_b * b
+            if NB >= 3:
+                cp = cp0 + idx
+                c = tl.load(cp, mask=mask).to(tl.float32)
+                c = beta_c * c + inc_c * d
+                tl.store(cp, c.to(cp.dtype.element_ty), mask=mask)
+                mix += c_c * c
+            if ADAM:
+                p = p * decay - lr_g * mix / (tl.sqrt(v) * inv_sqrt_bc2 + eps)
+            else:
+                p = p - lr_g * mix
+            tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)

@@ -140,7 +140,8 @@ def mars(params, grads, exp_avgs, exp_avg_sqs, last_grads, next_last_grads, step
         squares = torch.zeros(len(idx), dtype=torch.float32, device=ps[0].device)
         _fast().launch(_fast()._mars_norm_kernel, [gs, prevs], squares, scale)
         vs = ps if lion else _pick(exp_avg_sqs, idx)  # placeholder for mars-lion
-        lists = [ps, gs, _pick(exp_avgs, idx), vs, prevs, _pick(next_last_grads, idx)]
+        nexts = _pick(next_last_grads, idx)
+        lists = [ps, gs, _pick(exp_avgs, idx), vs, prevs, nexts]
         _fast().launch(
             _fast()._mars_kernel,
             lists,
@@ -154,6 +155,7 @@ def mars(params, grads, exp_avgs, exp_avg_sqs, last_grads, next_last_grads, step
             1.0 - beta1**t,
             1.0 / math.sqrt(1.0 - beta2**t),
             LION=lion,
+            NEXT_IS_G=all(a is b for a, b in zip(nexts, gs)),
         )
 
 

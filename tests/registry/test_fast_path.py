@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from bench_cli.registry import build_optimizer
+from bench_cli.registry import _fast, build_optimizer
 
 CUDA = torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -37,7 +37,8 @@ CONFIGS = {
     "mars-1d": dict(lr=1e-2, weight_decay=0.1, optimize_1d=True),
     "mars-lion": dict(lr=1e-3, weight_decay=0.1, mars_type="mars-lion"),
 }
-SHAPES = [(67, 33), (33,), (2, 3, 4, 5), (), (5000,)]
+# the last spans two chunks of a program and part of a third, and ends inside a block
+SHAPES = [(67, 33), (33,), (2, 3, 4, 5), (), (5000,), (2 * _fast.CONFIG["chunk"] + 1000 + 37,)]
 STEPS = 8
 
 

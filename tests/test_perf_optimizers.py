@@ -1,0 +1,52 @@
+"""``bench perf optimizers``: the table's paths and its byte counts, checked by hand."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from bench_cli import perf
+from bench_cli.cli import app
+from bench_cli.registry import OPTIMIZERS
+
+# bytes per fp32 parameter: p read and written, g read, each state buffer read and written
+# (4 x (3 + 2 S)); MARS reads g and g_prev once more for its per-tensor norm clip
+HAND = {
+    perf.TORCH_ADAMW: 28,
+    "adamw": 28,
+    "ademamix": 36,
+    "aggmo": 36,  # three momentum buffers by default
+    "aggmo-adam": 36,  # v and two nonzero-beta momenta (the beta = 0 one is g itself)
+    "lion": 20,
+    "mars": 44,  # m, v, g_prev (36) + the norm pass's second read of g and g_prev (8)
+    "schedule-free": 28,
+    "simplified-ademamix": 28,
+}
+
+
+def test_cpu_table_rows_and_bytes_per_parameter() -> None:
+    """Matrices only (every tensor takes MARS's branch): each optimizer on its foreach and loop
+    paths, torch's foreach AdamW as the yardstick, bytes per parameter as counted by hand."""
+    res = CliRunner().invoke(
+        app, ["perf", "optimizers", "--device", "cpu", "--params", "8000", "--iters", "1",
+              "--format", "json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    table = json.loads(res.stdout)
+    assert table["params"] == 8000 and table["copy_bandwidth_tb_s"] is None
+    rows = {(r["optimizer"], r["path"]): r for r in table["rows"]}
+    expected = {(perf.TORCH_ADAMW, "foreach")} | {
+        (n, path) for n in OPTIMIZERS.names() for path in ("foreach", "loop")
+    }
+    assert set(rows) == expected
+    for (name, _), row in rows.items():
+        assert abs(row["bytes_per_param"] - HAND[name]) < 0.01, name  # + step counters
+        assert row["ms_per_step"] > 0 and row["x_bound"] is None
+    assert rows[(perf.TORCH_ADAMW, "foreach")]["x_torch_fused_adamw"] == 1.0
+
+
+def test_bad_parameter_count_is_one_line() -> None:
+    res = CliRunner().invoke(app, ["perf", "optimizers", "--device", "cpu", "--params", "ten"])
+    assert res.exit_code != 0
+    assert "--params must be gpt2-small or a number" in res.output
