@@ -14,7 +14,7 @@ from rich.markup import escape
 from bench_cli.display import frame_table, friendly, stderr, stdout, write_plain
 from bench_cli.errors import BenchError
 from bench_cli.results import check as checks
-from bench_cli.results import export, inference, leaderboard, plots
+from bench_cli.results import export, inference, leaderboard
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import check_parent_folder, load_records
 
@@ -140,6 +140,8 @@ def plot(
     skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """Loss against tokens and against training seconds per task, and the performance profile."""
+    from bench_cli.results import plots  # matplotlib: only for this command
+
     if fmt not in plots.PLOT_FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(plots.PLOT_FORMATS)}")
     out = out or Path(directory) / "plots"
