@@ -33,10 +33,12 @@ RunsPerGpu = Annotated[
     ),
 ]
 Mps = Annotated[
-    bool,
+    bool | None,
     typer.Option(
-        "--mps",
-        help="CUDA: run the runs sharing a GPU under NVIDIA MPS.",
+        "--mps/--no-mps",
+        help="CUDA: run the runs sharing a GPU under NVIDIA MPS [default: on when runs share a "
+        "GPU and nvidia-cuda-mps-control is installed].",
+        show_default=False,
         rich_help_panel="Executor",
     ),
 ]
@@ -82,14 +84,14 @@ MlflowUri = Annotated[
 
 
 def executor_options(
-    executor=None, jobs=None, threads=None, gpus=None, runs_per_gpu=None, mps=False, ray_address=None,
+    executor=None, jobs=None, threads=None, gpus=None, runs_per_gpu=None, mps=None, ray_address=None,
     slurm_cluster=None, slurm_partition=None, slurm_time=None, slurm_gpus=None,
     slurm_account=None, slurm_flag=None,
 ) -> dict:  # fmt: skip
     """The command line's executor settings (only those given)."""
     out: dict = {"kind": executor, "jobs": jobs, "threads": threads, "runs_per_gpu": runs_per_gpu}
     out["ray_address"] = ray_address
-    out["mps"] = mps or None
+    out["mps"] = mps
     if gpus is not None:
         try:
             out["gpus"] = [int(g) for g in gpus.split(",") if g.strip()]
@@ -154,7 +156,7 @@ def register(app: typer.Typer) -> None:
         plugin: Annotated[list[str] | None, typer.Option("--plugin", help="Import a module or .py file that registers optimizers/tasks (repeatable).")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
         executor: Executor = None, jobs: Jobs = None, threads: Threads = None, gpus: Gpus = None,
-        runs_per_gpu: RunsPerGpu = None, mps: Mps = False, ray_address: RayAddress = None,
+        runs_per_gpu: RunsPerGpu = None, mps: Mps = None, ray_address: RayAddress = None,
         slurm_cluster: SlurmCluster = None, slurm_partition: SlurmPartition = None,
         slurm_time: SlurmTime = None, slurm_gpus: SlurmGpus = None,
         slurm_account: SlurmAccount = None, slurm_flag: SlurmFlag = None,

@@ -81,7 +81,7 @@ def run_(
     ] = 10_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     executor: Executor = None, jobs: Jobs = None, threads: Threads = None, gpus: Gpus = None,
-    runs_per_gpu: RunsPerGpu = None, mps: Mps = False, ray_address: RayAddress = None,
+    runs_per_gpu: RunsPerGpu = None, mps: Mps = None, ray_address: RayAddress = None,
     slurm_cluster: SlurmCluster = None, slurm_partition: SlurmPartition = None,
     slurm_time: SlurmTime = None, slurm_gpus: SlurmGpus = None,
     slurm_account: SlurmAccount = None, slurm_flag: SlurmFlag = None,

@@ -190,10 +190,11 @@ class ExecutorSettings(_Strict):
     runs_per_gpu: int | None = Field(
         None, ge=1, le=16, description="CUDA: runs sharing a GPU (default: from memory, <= 4)"
     )
-    mps: bool = Field(
-        False,
+    mps: bool | None = Field(
+        None,
         description="CUDA: start NVIDIA's Multi-Process Service for the runs sharing a GPU, so "
-        "they run at once rather than time-sliced",
+        "they run at once rather than time-sliced (default: on when runs share a GPU and "
+        "nvidia-cuda-mps-control is installed)",
     )
     ray_address: str | None = Field(None, description="an existing Ray cluster (default: local)")
     slurm: SlurmSettings = SlurmSettings()

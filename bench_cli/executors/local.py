@@ -16,6 +16,7 @@ import queue
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -80,10 +81,20 @@ class _Worker:
     cell: Cell | None = None
 
 
+def use_mps(asked: bool | None, slots: list[Slot]) -> bool:
+    """MPS when asked; by default when runs share a GPU and NVIDIA's MPS control is installed
+    (without it, processes on one GPU are time-sliced and run about a third slower together)."""
+    gpus = [s.gpu for s in slots if s.gpu is not None]
+    if asked is not None:
+        return asked and bool(gpus)
+    return len(gpus) > len(set(gpus)) and shutil.which("nvidia-cuda-mps-control") is not None
+
+
 @contextmanager
-def mps_daemon(folder: Path):
+def mps_daemon(required: bool = True):
     """NVIDIA's Multi-Process Service for this executor's workers: its own pipe and log folders
-    (so it never touches another user's daemon), stopped when the phase ends."""
+    (so it never touches another user's daemon), stopped when the phase ends. When it cannot
+    start: an error if it was asked for, else one warning and the runs go on time-sliced."""
     pipes = Path(tempfile.mkdtemp(prefix="bench-mps-"))
     env = {
         "CUDA_MPS_PIPE_DIRECTORY": str(pipes / "pipe"),
@@ -96,9 +107,13 @@ def mps_daemon(folder: Path):
             ["nvidia-cuda-mps-control", "-d"], env={**os.environ, **env}, check=True, timeout=30
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        raise BenchError(
-            f"cannot start the CUDA MPS daemon (nvidia-cuda-mps-control: {exc}); drop --mps"
-        ) from None
+        shutil.rmtree(pipes, ignore_errors=True)
+        message = f"cannot start the CUDA MPS daemon (nvidia-cuda-mps-control: {exc})"
+        if required:
+            raise BenchError(f"{message}; run with --no-mps") from None
+        print(f"warning: {message}; the runs sharing a GPU are time-sliced", file=sys.stderr)
+        yield
+        return
     try:
         with _environ(**env):
             yield
@@ -118,7 +133,7 @@ def mps_daemon(folder: Path):
 class LocalExecutor:
     slots: list[Slot]
     log: dict | None = None
-    mps: bool = False
+    mps: bool | None = None
     ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
 
     def run(
@@ -127,8 +142,8 @@ class LocalExecutor:
         """Run the cells of ``cells`` that ``claim`` grants; return the run ids it ran."""
         if len(self.slots) == 1 or len(cells) == 1:  # no second process to start: run here
             return self._run_inline(cells, folder, progress, claim)
-        if self.mps and any(s.gpu is not None for s in self.slots):
-            with mps_daemon(folder.path):
+        if use_mps(self.mps, self.slots):
+            with mps_daemon(required=bool(self.mps)):
                 return self._run_pool(cells, folder, progress, claim)
         return self._run_pool(cells, folder, progress, claim)
 
