@@ -105,10 +105,12 @@ def time_path(
     name: str, impl: dict[str, Any], shapes, device: torch.device, iters: int
 ) -> tuple[float, float, float]:
     """(seconds per steady step, first-step extra seconds, bytes moved per step)."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    params = [(torch.randn(s, generator=gen) * 0.02).to(device).requires_grad_() for s in shapes]
+    gen = torch.Generator(device=device).manual_seed(0)
+    params = [
+        (torch.randn(s, generator=gen, device=device) * 0.02).requires_grad_() for s in shapes
+    ]
     for p in params:
-        p.grad = torch.randn(p.shape, generator=gen).to(device) * 1e-3
+        p.grad = torch.randn(p.shape, generator=gen, device=device) * 1e-3
     if name == TORCH_ADAMW:
         opt = torch.optim.AdamW(params, lr=1e-3, **impl)
     else:
