@@ -134,8 +134,9 @@ def main() -> None:
     )
     shapes = gpt2_shapes(n_layer=args.layers, vocab=args.vocab)
     numel = sum(torch.Size(s).numel() for s in shapes)
-    names = ["torch.optim.AdamW"] + (OPTIMIZERS.names() if args.opt == "all"
-                                     else args.opt.split(","))
+    names = ["torch.optim.AdamW"] + (
+        OPTIMIZERS.names() if args.opt == "all" else args.opt.split(",")
+    )
     bw = copy_bandwidth(device, numel) if device.type == "cuda" else None
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     header = (
