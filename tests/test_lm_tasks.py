@@ -175,8 +175,8 @@ def test_lm_medium_defaults_are_nanogpts_shakespeare_char() -> None:
     task = cls(cls.Options())
     o, s = task.options, task.default_settings()
     assert (o.n_layer, o.n_head, o.n_embd, o.block_size, o.batch_size) == (6, 6, 384, 256, 64)
-    # 32 validation batches (2,048 windows), not nanoGPT's 200 per split: evaluation's cost
-    assert (o.dropout, o.eval_batches) == (0.2, 32)
+    # 96 validation batches (6,144 windows), not nanoGPT's 200 per split: evaluation's cost
+    assert (o.dropout, o.eval_batches) == (0.2, 96)
     assert (s["steps"], s["warmup_steps"], s["eval_interval"], s["grad_clip"]) == (
         5000,
         100,

@@ -9,7 +9,10 @@ training window (no backward pass, no optimizer step), so the defaults hold few 
 many windows. lm-small: 2,400 windows every 500 steps; on a 2-core CPU (one thread) evaluation
 took 14.7% of the training time in one run, with ``val_loss_se`` 0.0046 at the end (the windows'
 losses spread about 0.23 nats, so 2,400 are about the fewest for 0.005; PERFORMANCE.md).
-lm-medium: 2,048 windows every 250 steps (about 4%, not yet measured). lm-gpt2: 3,200 windows
+lm-medium: 6,144 windows every 250 steps. With 2,048 an H200 run spent 4.1% of its training time
+evaluating, but the windows' losses spread more as the model overfits (0.36 nats by step 5,000)
+and ``val_loss_se`` rose from 0.005 at step 1,000 to 0.0079; with three times the windows it
+ends at 0.0047, and evaluation takes 11.3% of the training time (PERFORMANCE.md). lm-gpt2: 3,200 windows
 every 500 steps: 7.8% on an H200; the standard error depends on the data (0.014 on Python
 sources, whose windows differ much more than prose's).
 """
@@ -191,7 +194,7 @@ class LMMediumOptions(LMOptions):
     block_size: int = Field(256, ge=2)
     batch_size: int = Field(64, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    eval_batches: int = Field(32, ge=1)
+    eval_batches: int = Field(96, ge=1)
 
 
 @TASKS.register("lm-medium")
@@ -201,7 +204,7 @@ class LMMedium(CharLM):
     6 layers, 6 heads, width 384, context 256, batch 64, dropout 0.2 (10.7M parameters); 5,000
     steps, lr 1e-3 with 100 warmup steps and cosine decay to 1e-4, AdamW betas (0.9, 0.99),
     weight decay 0.1 on every matrix (embeddings included, as nanoGPT), grad clip 1.0; 90/10
-    split; evaluation every 250 steps on 32 fixed validation batches (2,048 windows). nanoGPT
+    split; evaluation every 250 steps on 96 fixed validation batches (6,144 windows). nanoGPT
     reports a best validation loss of 1.4697; target: validation loss 1.55. Unit: tokens
     (16,384 per step). A GPU task: bf16 autocast on CUDA, --compile for torch.compile. The data
     repeat (about 80 epochs): see lm-markov for a stream that never does.
