@@ -7,6 +7,7 @@ import typer
 
 from bench_cli.display import frame_table, friendly, stderr, stdout
 from bench_cli.errors import ConfigError
+from bench_cli.results.metrics import precision_note
 
 Executor = Annotated[
     str | None,
@@ -209,6 +210,9 @@ def register(app: typer.Typer) -> None:
             values = ", ".join(f"{k}={v}" for k, v in r.hparams.items())
             stderr.print(f"{r.optimizer}: {values}", highlight=False, markup=False)
         stderr.print(f"records written to {out}/", highlight=False)
+        for r in records:
+            if note := precision_note(r):
+                stderr.print(f"note: {note}", highlight=False, markup=False)
         failed = [r for r in records if r.status == "error"]
         for r in failed:
             stderr.print(f"[red]{r.optimizer} failed:[/red] {(r.error or '-').splitlines()[0]}")

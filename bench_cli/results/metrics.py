@@ -1,10 +1,12 @@
-"""Metrics computed from a curve of evaluations: first crossing of a target, best values."""
+"""Metrics computed from a curve of evaluations: first crossing of a target, best values, and
+whether the validation loss was as precise as the LM tasks aim for."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from bench_cli.results.record import Direction, EvalPoint, Target
+from bench_cli.results.record import Direction, EvalPoint, RunRecord, Target
 
 
 def _lerp(x0: float, x1: float, frac: float) -> float:
@@ -47,3 +49,30 @@ def best_metrics(curve: Sequence[EvalPoint], directions: dict[str, Direction]) -
             better = min if directions.get(name, "min") == "min" else max
             best[name] = value if name not in best else better(best[name], value)
     return best
+
+
+#: the standard error of a validation loss that the LM tasks' defaults are sized to stay under
+SE_GOAL = 0.005
+
+
+def eval_batches_for(se: float, batches: int, goal: float = SE_GOAL) -> int:
+    """Validation batches that bring a standard error ``se`` measured on ``batches`` down to
+    ``goal``: the standard error of a mean of independent windows falls as one over the square
+    root of their number."""
+    return max(batches, math.ceil(batches * (se / goal) ** 2))
+
+
+def precision_note(record: RunRecord, goal: float = SE_GOAL) -> str | None:
+    """One line when a run's validation loss was less precise than ``goal`` at any evaluation
+    (the windows of the user's data differ more than the defaults were sized for), naming the
+    ``eval_batches`` that would reach it; None otherwise."""
+    ses = [p.metrics["val_loss_se"] for p in record.curve if "val_loss_se" in p.metrics]
+    batches = record.task_options.get("eval_batches")
+    if not ses or not isinstance(batches, int) or max(ses) <= goal:
+        return None
+    worst = max(ses)
+    return (
+        f"{record.task_id or record.task} {record.optimizer}: val_loss_se reached {worst:.4f} (> {goal}); "
+        f"--set eval_batches={eval_batches_for(worst, batches)} would bring it to about {goal}, "
+        f"at {eval_batches_for(worst, batches) / batches:.1f}x the evaluation time"
+    )
