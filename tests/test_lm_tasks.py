@@ -268,24 +268,33 @@ def test_probe_loss_is_recorded_before_and_after_its_injection(
 
 
 def test_val_loss_standard_error_and_train_loss_from_the_steps(shared_data: Path) -> None:
+    """val_loss: one window start in each of 12 equal strata of the split, the losses weighted by
+    the strata's sizes; val_loss_se: strata paired in order, each pair's variance as a sample of
+    its union (the collapsed-strata estimator), computed here by hand."""
     task = make("lm-small", preset="tiny", data=str(shared_data), eval_batches=3)
     torch.manual_seed(0)
     model = task.build_model()
     stream = task.batches(0)
     losses = [task.loss(model, next(stream)).item() for _ in range(3)]  # grad on: training
+    n_starts, n = task.val.n_starts, 3 * 4
+    bounds = [h * n_starts // n for h in range(n + 1)]
+    starts = task.eval_starts.tolist()
+    assert len(starts) == n and all(bounds[h] <= s < bounds[h + 1] for h, s in enumerate(starts))
     with torch.no_grad():
         metrics = task.evaluate(model.eval())
-        # by hand: the mean loss of each of the 3 x 4 fixed windows
         per_window = []
-        for starts in task.eval_starts:
-            x, y = task.val.batch(starts)
-            for xi, yi in zip(x, y):
-                per_window.append(float(torch.nn.functional.cross_entropy(model(xi[None])[0], yi)))
-    n = len(per_window)
-    mean = sum(per_window) / n
-    sd = (sum((v - mean) ** 2 for v in per_window) / (n - 1)) ** 0.5
-    assert n == 12 and metrics["val_loss"] == pytest.approx(mean, rel=1e-5)
-    assert metrics["val_loss_se"] == pytest.approx(sd / n**0.5, rel=1e-4)
+        for s in starts:
+            x, y = task.val.batch(torch.tensor([s]))
+            per_window.append(float(torch.nn.functional.cross_entropy(model(x)[0], y[0])))
+    w = [(bounds[h + 1] - bounds[h]) / n_starts for h in range(n)]
+    mean = sum(wi * yi for wi, yi in zip(w, per_window))
+    var = 0.0
+    for g in range(0, n, 2):
+        ys, share = per_window[g : g + 2], w[g] + w[g + 1]
+        m = sum(ys) / 2
+        var += share**2 * (sum((v - m) ** 2 for v in ys) / 1) / 2
+    assert metrics["val_loss"] == pytest.approx(mean, rel=1e-5)
+    assert metrics["val_loss_se"] == pytest.approx(var**0.5, rel=1e-4)
     assert metrics["train_loss"] == pytest.approx(sum(losses) / 3, rel=1e-6)
     with torch.no_grad():
         assert "train_loss" not in task.evaluate(model)  # no step since the last evaluation

@@ -2,10 +2,11 @@
 and what every GPT task shares: its options, bf16 autocast on CUDA, the loss, and evaluation.
 
 Evaluation. Every LM task scores the validation loss on fixed windows drawn once (the same for
-every run, seed and optimizer) and records the standard error of that estimate, ``val_loss_se``:
-the standard deviation of the per-window mean losses over the square root of their number (the
-windows are independent draws of a start, so this is the standard error of the mean over all
-windows of the split, or over the source for ``lm-markov``). ``train_loss`` is not evaluated
+every run, seed and optimizer) and records the standard error of that estimate, ``val_loss_se``.
+The text tasks draw one window start in each of equal strata of the validation split and
+estimate the loss over every start of the split with the collapsed-strata standard error
+(``sampling.py``); ``lm-markov`` draws independent windows of its source, whose standard error
+is the standard deviation of the window losses over the square root of their number. ``train_loss`` is not evaluated
 again: it is the mean of the training losses of the steps since the previous evaluation (with
 dropout, as trained), summed on the device and read once per evaluation, so it costs nothing.
 Each task's ``eval_batches`` is sized so that ``val_loss_se`` stays below 0.005 nats while
@@ -26,6 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from bench_cli.tasks.base import Task, TaskOptions
+from bench_cli.tasks.lm.sampling import stratified_mean_se
 
 
 class CausalSelfAttention(nn.Module):
@@ -215,11 +217,14 @@ class GPTTask(Task):
         o = self.options
         return max(o.batch_size, 8192 // o.block_size)
 
-    def mean_and_se(self, model: nn.Module, batches: Any) -> tuple[float, float]:
-        """The mean window loss over ``batches`` and its standard error, with one host sync."""
+    def mean_and_se(
+        self, model: nn.Module, batches: Any, weights: torch.Tensor, groups: torch.Tensor
+    ) -> tuple[float, float]:
+        """The stratified mean window loss over ``batches`` and its standard error
+        (``sampling.py``), with one host sync."""
         losses = torch.cat([self.window_losses(model, b) for b in batches])
-        se = losses.std() / math.sqrt(len(losses)) if len(losses) > 1 else losses.new_tensor(0.0)
-        mean, se = torch.stack([losses.mean(), se]).tolist()
+        mean, se = stratified_mean_se(losses, weights, groups)
+        mean, se = torch.stack([mean, se]).tolist()
         return mean, se
 
     def train_loss(self) -> dict[str, float]:

@@ -6,15 +6,15 @@ folder of shards (``*train*.bin`` for training, ``*val*.bin`` for validation whe
 
 Evaluation cost (see ``gpt.py``): a validation window costs about a third to a half of a
 training window (no backward pass, no optimizer step), so the defaults hold few evaluations of
-many windows. lm-small: 2,400 windows every 500 steps; on a 2-core CPU (one thread) evaluation
-took 14.7% of the training time in one run, with ``val_loss_se`` 0.0046 at the end (the windows'
-losses spread about 0.23 nats, so 2,400 are about the fewest for 0.005; PERFORMANCE.md).
-lm-medium: 6,144 windows every 250 steps. With 2,048 an H200 run spent 4.1% of its training time
-evaluating, but the windows' losses spread more as the model overfits (0.36 nats by step 5,000)
-and ``val_loss_se`` rose from 0.005 at step 1,000 to 0.0079; with three times the windows it
-ends at 0.0047, and evaluation takes 11.3% of the training time (PERFORMANCE.md). lm-gpt2: 3,200 windows
-every 500 steps: 7.8% on an H200; the standard error depends on the data (0.014 on Python
-sources, whose windows differ much more than prose's).
+many windows, one start drawn in each of equal strata of the split (``sampling.py``).
+lm-small: 2,400 windows every 500 steps; on a 2-core CPU (one thread) evaluation took 14.7% of
+the training time in one run. After 2,000 steps the stratified windows give ``val_loss_se``
+0.0034, where as many random windows gave 0.0046 (``benchmarks/eval_sampling.py``).
+lm-medium: 6,144 windows every 250 steps, 11.3% of the training time on an H200; with random
+windows ``val_loss_se`` ended its default run at 0.0047 (0.0079 with 2,048 windows, as the model
+overfits and its windows' losses spread). lm-gpt2: 3,200 windows every 500 steps, 7.5% on an
+H200; on Python sources ``val_loss_se`` is 0.0005 with stratified windows, 0.014 with random
+ones (PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from bench_cli.tasks import TASKS
 from bench_cli.tasks.base import Preset, run_settings
 from bench_cli.tasks.data import TINY_SHAKESPEARE
 from bench_cli.tasks.lm.gpt import GPTOptions, GPTTask, nanogpt_param_groups
+from bench_cli.tasks.lm.sampling import stratified_starts
 from bench_cli.tasks.lm.tokens import GPT2_VOCAB, TokenSplit, is_shards, load_splits
 
 #: evaluation batches are the same for every run, seed and optimizer
@@ -96,9 +97,10 @@ class CharLM(GPTTask):
                     f"({n} tokens) for block_size {o.block_size}"
                 )
         gen = torch.Generator().manual_seed(EVAL_SEED)
-        self.eval_starts = torch.randint(
-            self.val.n_starts, (o.eval_batches, o.batch_size), generator=gen
+        self.eval_starts, self.eval_weights, self.eval_groups = stratified_starts(
+            self.val.n_starts, o.eval_batches * o.batch_size, gen
         )
+        self.eval_weights = self.eval_weights.to(device)
         self._probe: torch.Tensor | None = None
         self._yielded = 0
 
@@ -149,8 +151,9 @@ class CharLM(GPTTask):
         raise DataError("the training data is too small to hold a probe batch out of it")
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        starts = self.eval_starts.reshape(-1).split(self.eval_chunk())
-        val_loss, se = self.mean_and_se(model, (self.val.batch(s) for s in starts))
+        starts = self.eval_starts.split(self.eval_chunk())
+        batches = (self.val.batch(s) for s in starts)
+        val_loss, se = self.mean_and_se(model, batches, self.eval_weights, self.eval_groups)
         out = {"val_loss": val_loss, "val_loss_se": se, **self.train_loss()}
         if self._probe is not None:
             out["probe_loss"] = float(

@@ -1,0 +1,63 @@
+"""Which validation windows a text LM task scores, and the standard error of their mean.
+
+The quantity estimated is the validation split's loss: the mean window loss over every start
+position of the split. Windows of text differ most between distant places (one source file and
+the next, one book and another), little between neighbours. So the split's starts are cut into
+``n`` consecutive strata of equal size (sizes differ by at most one) and one start is drawn
+uniformly in each (stratified sampling with one unit per stratum): every region of the split is
+scored in proportion to its size, and the differences between regions, the largest part of the
+spread, do not enter the error. (With simple random starts, 3,200 windows of a split of Python
+sources, whose windows' losses spread 0.8 nats, gave a standard error of 0.014.)
+
+Estimate: the mean of the windows' losses weighted by their strata's sizes. Standard error: the
+collapsed-strata estimator (Cochran, Sampling Techniques, 3rd ed., section 5A.12): strata are
+paired in order (the last group takes three when ``n`` is odd) and each group is treated as a
+random sample from its union, v = sum_g W_g^2 s_g^2 / m_g, with W_g the group's share of the
+split, s_g^2 the sample variance of its m_g losses. It overstates the variance by the
+differences between paired neighbours, so the interval it gives is conservative
+(``tests/test_lm_sampling.py`` measures its coverage on simulated splits whose loss is known).
+A split with no more starts than ``n`` is scored whole, each start once: the exact value, with a
+standard error of 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def stratified_starts(
+    n_starts: int, n: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(starts, weights, groups): one start per stratum, each stratum's share of the split, and
+    the collapsed group of each stratum (-1 everywhere for a census of the whole split)."""
+    if n_starts <= n:
+        starts = torch.arange(n_starts)
+        weights = torch.full((n_starts,), 1.0 / n_starts, dtype=torch.float64)
+        return starts, weights, torch.full((n_starts,), -1, dtype=torch.int64)
+    bounds = torch.arange(n + 1, dtype=torch.int64) * n_starts // n
+    sizes = bounds[1:] - bounds[:-1]
+    offsets = (torch.rand(n, generator=gen, dtype=torch.float64) * sizes).long()
+    starts = bounds[:-1] + torch.minimum(offsets, sizes - 1)
+    weights = sizes.double() / n_starts
+    groups = torch.clamp(torch.arange(n) // 2, max=max(n // 2 - 1, 0))
+    return starts, weights, groups
+
+
+def stratified_mean_se(
+    losses: torch.Tensor, weights: torch.Tensor, groups: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted mean of ``losses`` and its collapsed-strata standard error (0-d tensors on
+    the losses' device; nothing is read back to the host)."""
+    y = losses.double()
+    w = weights.to(y.device)
+    mean = (w * y).sum()
+    if bool(groups[0] < 0) or len(y) < 2:  # a census, or a single window: nothing to estimate
+        return mean, y.new_zeros(())
+    k = int(groups.max()) + 1  # groups stay on the host: no device sync here
+    g = groups.to(y.device, non_blocking=True)
+    count = torch.zeros(k, dtype=y.dtype, device=y.device).index_add_(0, g, torch.ones_like(y))
+    share = torch.zeros_like(count).index_add_(0, g, w)
+    group_mean = torch.zeros_like(count).index_add_(0, g, y) / count
+    dev2 = torch.zeros_like(count).index_add_(0, g, (y - group_mean[g]) ** 2)
+    var = (share**2 * (dev2 / (count - 1)) / count).sum()
+    return mean, var.sqrt()
