@@ -58,7 +58,7 @@ SE_GOAL = 0.005
 def eval_batches_for(se: float, batches: int, goal: float = SE_GOAL) -> int:
     """Validation batches that bring a standard error ``se`` measured on ``batches`` down to
     ``goal``: the standard error of a mean of independent windows falls as one over the square
-    root of their number."""
+    root of their number (of stratified windows at least as fast, as their strata narrow)."""
     return max(batches, math.ceil(batches * (se / goal) ** 2))
 
 
@@ -71,8 +71,10 @@ def precision_note(record: RunRecord, goal: float = SE_GOAL) -> str | None:
     if not ses or not isinstance(batches, int) or max(ses) <= goal:
         return None
     worst = max(ses)
+    need = eval_batches_for(worst, batches)
+    name = record.task_id or record.task
     return (
-        f"{record.task_id or record.task} {record.optimizer}: val_loss_se reached {worst:.4f} (> {goal}); "
-        f"--set eval_batches={eval_batches_for(worst, batches)} would bring it to about {goal}, "
-        f"at {eval_batches_for(worst, batches) / batches:.1f}x the evaluation time"
+        f"{name} {record.optimizer}: val_loss_se reached {worst:.4f} (> {goal}); "
+        f"--set eval_batches={need} would bring it to {goal} or below, "
+        f"at {need / batches:.1f}x the evaluation time"
     )

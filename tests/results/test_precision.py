@@ -55,7 +55,7 @@ def test_note_names_the_worst_evaluation_and_the_batches() -> None:
     note = precision_note(_with_se([0.002, 0.014, 0.011]))
     assert note == (
         "lm-gpt2 adamw: val_loss_se reached 0.0140 (> 0.005); --set eval_batches=784 would "
-        "bring it to about 0.005, at 7.8x the evaluation time"
+        "bring it to 0.005 or below, at 7.8x the evaluation time"
     )
 
 
