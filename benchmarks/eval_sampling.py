@@ -8,6 +8,8 @@ number (the design before), and one start per stratum with the collapsed-strata 
 ``--census-stride``-th start, as a reference value.
 
     python benchmarks/eval_sampling.py --task lm-small --steps 2000 --data tinyshakespeare.txt
+    python benchmarks/eval_sampling.py --task lm-small --steps 2000 --data tinyshakespeare.txt \
+        --set block_size=256 --set eval_batches=512    # lm-medium's 6,144 windows of 256
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ def main() -> None:
     p.add_argument("--data", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--census-stride", type=int, default=8)
+    p.add_argument("--set", dest="sets", action="append", default=[], help="as for bench run")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    req = api.RunRequest(task=args.task, optimizers=["adamw"], steps=args.steps, data=args.data)
+    req = api.RunRequest(
+        task=args.task, optimizers=["adamw"], steps=args.steps, data=args.data, sets=args.sets
+    )
     task, [spec] = api.plan_runs(req)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task.prepare(device)
