@@ -7,7 +7,8 @@ not write them there (a read-only image, or ``PYTHONDONTWRITEBYTECODE`` to keep 
 clean), every process compiles them all again: seconds before the first training step, in the
 coordinator and in every worker.
 
-In that case, and only then, ``keep_bytecode`` points Python's bytecode cache
+In that case, and only then, the ``bench`` command (not an import of the library)
+calls ``keep_bytecode``, which points Python's bytecode cache
 (``sys.pycache_prefix``, PEP 3147's ``PYTHONPYCACHEPREFIX``) at ``~/.cache/bench-cli/pycache``
 (under ``XDG_CACHE_HOME`` when set) and writes the bytecode there, never beside the sources, so
 the compilation is paid once. Worker processes inherit the setting through the environment.

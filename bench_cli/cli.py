@@ -147,6 +147,9 @@ _use_untyped_flags(app)
 
 
 def main() -> None:
+    from bench_cli.bytecode import keep_bytecode
+
+    keep_bytecode()  # before anything imports torch: see bench_cli/bytecode.py
     app()
 
 

@@ -83,7 +83,7 @@ def main() -> None:
     for chunk, block, warps in itertools.product(
         ints(args.chunks), ints(args.blocks), ints(args.warps)
     ):
-        if block > chunk:
+        if chunk % block:  # the fast path needs whole blocks in a chunk
             continue
         _fast.CONFIG.update(chunk=chunk, block=block, num_warps=warps)
         for name, opt in opts.items():

@@ -165,6 +165,11 @@ def _nothing_written(path: Path) -> bool:
             "probe_batch_step (20) must be below steps",
         ),
         (["--opt", "adamw", "--task", "rosenbrock", "--seed", str(2**64)], "--seed must be"),
+        (
+            ["--opt", "adamw", "--task", "lm-small", "--set", "eval_batches=1", "--set",
+             "batch_size=1"],
+            "evaluation needs at least 2 validation windows",
+        ),  # fmt: skip
     ],
 )
 def test_bad_input_one_line_nonzero_exit_no_files(tmp_path: Path, args, message) -> None:

@@ -76,3 +76,27 @@ def test_small_split_is_scored_whole_with_no_error() -> None:
     assert starts.tolist() == list(range(30))
     mean, se = stratified_mean_se(split[starts], weights, groups)
     assert float(mean) == pytest.approx(14.5) and float(se) == 0.0
+
+
+def test_unequal_strata_are_weighted_by_their_sizes() -> None:
+    """1,200 starts in 800 strata: sizes of 1 and 2 in turn. On a split whose windows in the
+    strata of 2 have loss 1 and the others 0 (true mean 2/3), the size weights give 2/3 at every
+    draw, where equal weights would give 1/2."""
+    n_starts, n = 1200, 800
+    bounds = [h * n_starts // n for h in range(n + 1)]
+    sizes = [bounds[h + 1] - bounds[h] for h in range(n)]
+    assert set(sizes) == {1, 2}
+    split = torch.zeros(n_starts, dtype=torch.float64)
+    for h, k in enumerate(sizes):
+        split[bounds[h] : bounds[h + 1]] = float(k == 2)
+    for r in range(20):
+        starts, weights, groups = stratified_starts(n_starts, n, torch.Generator().manual_seed(r))
+        assert weights.tolist() == [k / n_starts for k in sizes]
+        mean, _ = stratified_mean_se(split[starts], weights, groups)
+        assert mean == pytest.approx(float(split.mean()))
+        assert float(split[starts].mean()) == pytest.approx(0.5)
+
+
+def test_fewer_than_two_windows_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 2 validation windows"):
+        stratified_starts(100, 1, torch.Generator().manual_seed(0))

@@ -61,3 +61,13 @@ def test_daemon_that_cannot_start(tmp_path, monkeypatch, capsys):
         ran.append("CUDA_MPS_PIPE_DIRECTORY" in os.environ)
     assert ran == [False]
     assert "time-sliced" in capsys.readouterr().err
+
+
+def test_an_error_of_the_runs_is_not_chained_to_a_daemon_that_did_not_start(
+    tmp_path, monkeypatch
+):
+    _fake_control(tmp_path, monkeypatch, 1)
+    with pytest.raises(RuntimeError) as info:
+        with mps_daemon(required=False):
+            raise RuntimeError("a run failed")
+    assert info.value.__context__ is None

@@ -102,30 +102,35 @@ def mps_daemon(required: bool = True):
     }
     for d in env.values():
         Path(d).mkdir(parents=True, exist_ok=True)
+    failure = None
     try:
         subprocess.run(
             ["nvidia-cuda-mps-control", "-d"], env={**os.environ, **env}, check=True, timeout=30
         )
     except (OSError, subprocess.SubprocessError) as exc:
+        failure = f"cannot start the CUDA MPS daemon (nvidia-cuda-mps-control: {exc})"
+    if failure is not None:  # outside the except block: the runs' own errors stay unchained
         shutil.rmtree(pipes, ignore_errors=True)
-        message = f"cannot start the CUDA MPS daemon (nvidia-cuda-mps-control: {exc})"
         if required:
-            raise BenchError(f"{message}; run with --no-mps") from None
-        print(f"warning: {message}; the runs sharing a GPU are time-sliced", file=sys.stderr)
+            raise BenchError(f"{failure}; run with --no-mps")
+        print(f"warning: {failure}; the runs sharing a GPU are time-sliced", file=sys.stderr)
         yield
         return
     try:
         with _environ(**env):
             yield
     finally:
-        subprocess.run(
-            ["nvidia-cuda-mps-control"],
-            input="quit\n",
-            text=True,
-            env={**os.environ, **env},
-            timeout=30,
-            check=False,
-        )
+        try:
+            subprocess.run(
+                ["nvidia-cuda-mps-control"],
+                input="quit\n",
+                text=True,
+                env={**os.environ, **env},
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            pass  # a daemon that will not quit must not hide the runs' own outcome
         shutil.rmtree(pipes, ignore_errors=True)
 
 

@@ -109,6 +109,10 @@ def launch(kernel, lists: Sequence[Sequence[Tensor]], *scalars, **constexprs) ->
     first = lists[0]
     device = first[0].device
     chunk, block = CONFIG["chunk"], CONFIG["block"]
+    if chunk % block:  # else a program's last block would run into the next program's chunk
+        raise ValueError(
+            f"the fast path's chunk ({chunk}) must be a multiple of its block ({block})"
+        )
     which, start, numels = _chunks(tuple(t.numel() for t in first), device, chunk)
     table, aligned = _offsets(lists, device)
     bases = [lst[0] for lst in lists]

@@ -66,7 +66,11 @@ def precision_note(record: RunRecord, goal: float = SE_GOAL) -> str | None:
     """One line when a run's validation loss was less precise than ``goal`` at any evaluation
     (the windows of the user's data differ more than the defaults were sized for), naming the
     ``eval_batches`` that would reach it; None otherwise."""
-    ses = [p.metrics["val_loss_se"] for p in record.curve if "val_loss_se" in p.metrics]
+    ses = [
+        p.metrics["val_loss_se"]
+        for p in record.curve
+        if math.isfinite(p.metrics.get("val_loss_se", math.nan))
+    ]
     batches = record.task_options.get("eval_batches")
     if not ses or not isinstance(batches, int) or max(ses) <= goal:
         return None

@@ -123,3 +123,12 @@ def test_default_path_on_cuda_is_fast() -> None:
     assert not build_optimizer("adamw", p, foreach=True).use_fast(
         build_optimizer("adamw", p, foreach=True).param_groups[0], p
     )
+
+
+def test_a_chunk_that_is_not_whole_blocks_is_refused(monkeypatch) -> None:
+    monkeypatch.setitem(_fast.CONFIG, "chunk", 1536)
+    params, opt = _make("adamw", torch.float32, "fast")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match="must be a multiple of its block"):
+        opt.step()

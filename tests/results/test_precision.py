@@ -63,3 +63,5 @@ def test_no_note_when_precise_or_not_an_lm_task() -> None:
     assert precision_note(_with_se([0.001, 0.0049])) is None
     assert precision_note(_with_se([0.014], eval_batches=None)) is None  # nothing to raise
     assert precision_note(make_record()) is None  # no val_loss_se at all
+    assert precision_note(_with_se([float("nan")])) is None  # a diverged first evaluation
+    assert "reached 0.0140" in precision_note(_with_se([float("nan"), 0.014]))

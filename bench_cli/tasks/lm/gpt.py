@@ -125,9 +125,14 @@ class GPTOptions(TaskOptions):
     autocast: Literal["auto", "off", "bf16"] = "auto"
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> GPTOptions:
+    def _consistent(self) -> GPTOptions:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.eval_batches * self.batch_size < 2:
+            raise ValueError(
+                "evaluation needs at least 2 validation windows (eval_batches x batch_size) "
+                "for the standard error of val_loss; raise eval_batches"
+            )
         return self
 
 
@@ -223,9 +228,7 @@ class GPTTask(Task):
         """The stratified mean window loss over ``batches`` and its standard error
         (``sampling.py``), with one host sync."""
         losses = torch.cat([self.window_losses(model, b) for b in batches])
-        mean, se = stratified_mean_se(losses, weights, groups)
-        mean, se = torch.stack([mean, se]).tolist()
-        return mean, se
+        return stratified_mean_se(losses, weights, groups)
 
     def train_loss(self) -> dict[str, float]:
         """``train_loss`` over the steps since the last call (nothing before the first step)."""

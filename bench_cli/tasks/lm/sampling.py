@@ -17,7 +17,7 @@ split, s_g^2 the sample variance of its m_g losses. It overstates the variance b
 differences between paired neighbours, so the interval it gives is conservative
 (``tests/test_lm_sampling.py`` measures its coverage on simulated splits whose loss is known).
 A split with no more starts than ``n`` is scored whole, each start once: the exact value, with a
-standard error of 0.
+standard error of 0. ``n`` is at least 2 (the task options check it), so every group has two.
 """
 
 from __future__ import annotations
@@ -39,25 +39,25 @@ def stratified_starts(
     offsets = (torch.rand(n, generator=gen, dtype=torch.float64) * sizes).long()
     starts = bounds[:-1] + torch.minimum(offsets, sizes - 1)
     weights = sizes.double() / n_starts
-    groups = torch.clamp(torch.arange(n) // 2, max=max(n // 2 - 1, 0))
+    if n < 2:
+        raise ValueError("a standard error needs at least 2 validation windows")
+    groups = torch.clamp(torch.arange(n) // 2, max=n // 2 - 1)
     return starts, weights, groups
 
 
 def stratified_mean_se(
     losses: torch.Tensor, weights: torch.Tensor, groups: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weighted mean of ``losses`` and its collapsed-strata standard error (0-d tensors on
-    the losses' device; nothing is read back to the host)."""
-    y = losses.double()
-    w = weights.to(y.device)
-    mean = (w * y).sum()
-    if bool(groups[0] < 0) or len(y) < 2:  # a census, or a single window: nothing to estimate
-        return mean, y.new_zeros(())
-    k = int(groups.max()) + 1  # groups stay on the host: no device sync here
-    g = groups.to(y.device, non_blocking=True)
-    count = torch.zeros(k, dtype=y.dtype, device=y.device).index_add_(0, g, torch.ones_like(y))
-    share = torch.zeros_like(count).index_add_(0, g, w)
-    group_mean = torch.zeros_like(count).index_add_(0, g, y) / count
-    dev2 = torch.zeros_like(count).index_add_(0, g, (y - group_mean[g]) ** 2)
-    var = (share**2 * (dev2 / (count - 1)) / count).sum()
-    return mean, var.sqrt()
+) -> tuple[float, float]:
+    """The weighted mean of ``losses`` and its collapsed-strata standard error, computed in
+    float64 on the host (one copy of the losses; float64 is not on every device)."""
+    y = losses.detach().to("cpu", torch.float64)
+    w = weights.to(torch.float64)
+    mean = float((w * y).sum())
+    if bool(groups[0] < 0):  # a census of the whole split: exact
+        return mean, 0.0
+    k = int(groups.max()) + 1
+    count = torch.zeros(k, dtype=y.dtype).index_add_(0, groups, torch.ones_like(y))
+    share = torch.zeros_like(count).index_add_(0, groups, w)
+    group_mean = torch.zeros_like(count).index_add_(0, groups, y) / count
+    dev2 = torch.zeros_like(count).index_add_(0, groups, (y - group_mean[groups]) ** 2)
+    return mean, float((share**2 * (dev2 / (count - 1)) / count).sum().sqrt())

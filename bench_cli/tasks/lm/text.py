@@ -101,7 +101,6 @@ class CharLM(GPTTask):
         self.eval_starts, self.eval_weights, self.eval_groups = stratified_starts(
             self.val.n_starts, o.eval_batches * o.batch_size, gen
         )
-        self.eval_weights = self.eval_weights.to(device)
         self._probe: torch.Tensor | None = None
         self._yielded = 0
 
