@@ -71,7 +71,7 @@ def shapes_for(params: str) -> list[tuple[int, ...]]:
     return mats + ([(rest,)] if rest else [])
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -82,12 +82,12 @@ def copy_bandwidth(device: torch.device, numel: int) -> float:
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
-    _sync(device)
+    sync(device)
     n = 20
     t0 = time.perf_counter()
     for _ in range(n):
         dst.copy_(src)
-    _sync(device)
+    sync(device)
     return 2 * src.numel() * 4 * n / (time.perf_counter() - t0)
 
 
@@ -101,10 +101,11 @@ def paths(name: str, device: torch.device) -> list[tuple[str, dict[str, Any]]]:
     return [("foreach", dict(foreach=True)), ("loop", dict(foreach=False))]
 
 
-def time_path(
-    name: str, impl: dict[str, Any], shapes, device: torch.device, iters: int
-) -> tuple[float, float, float]:
-    """(seconds per steady step, first-step extra seconds, bytes moved per step)."""
+def random_optimizer(
+    name: str, impl: dict[str, Any], shapes, device: torch.device
+) -> torch.optim.Optimizer:
+    """``name`` (or torch's AdamW) with path options ``impl`` over random parameters of
+    ``shapes`` on ``device``, each holding a random gradient, ready to step."""
     gen = torch.Generator(device=device).manual_seed(0)
     params = [
         (torch.randn(s, generator=gen, device=device) * 0.02).requires_grad_() for s in shapes
@@ -118,23 +119,31 @@ def time_path(
         opt = build_optimizer(name, params, **extra, **impl)
     if getattr(opt, "has_train_eval_modes", False):
         opt.train()
-    _sync(device)
+    return opt
+
+
+def time_path(
+    name: str, impl: dict[str, Any], shapes, device: torch.device, iters: int
+) -> tuple[float, float, float]:
+    """(seconds per steady step, first-step extra seconds, bytes moved per step)."""
+    opt = random_optimizer(name, impl, shapes, device)
+    sync(device)
     t0 = time.perf_counter()
     opt.step()
-    _sync(device)
+    sync(device)
     first = time.perf_counter() - t0
     for _ in range(2):
         opt.step()
-    _sync(device)
+    sync(device)
     rounds = []
     for _ in range(3):
         t0 = time.perf_counter()
         for _ in range(iters):
             opt.step()
-        _sync(device)
+        sync(device)
         rounds.append((time.perf_counter() - t0) / iters)
     sec = statistics.median(rounds)
-    pbytes = sum(p.numel() * p.element_size() for p in params)
+    pbytes = sum(p.numel() * p.element_size() for g in opt.param_groups for p in g["params"])
     moved = 3 * pbytes + 2 * state_bytes(opt) + norm_pass_bytes(opt)
     return sec, max(0.0, first - sec), moved
 

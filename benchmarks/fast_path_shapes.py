@@ -18,22 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_cli import perf
-from bench_cli.registry import OPTIMIZERS, _fast, build_optimizer
-
-
-def make(name: str, shapes, device):
-    gen = torch.Generator(device=device).manual_seed(0)
-    params = [
-        (torch.randn(s, generator=gen, device=device) * 0.02).requires_grad_() for s in shapes
-    ]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen, device=device) * 1e-3
-    if name == perf.TORCH_ADAMW:
-        return torch.optim.AdamW(params, lr=1e-3, fused=True)
-    opt = build_optimizer(name, params, **({"lr": 1e-3} if name == "aggmo" else {}), fused=True)
-    if getattr(opt, "has_train_eval_modes", False):
-        opt.train()
-    return opt
+from bench_cli.registry import OPTIMIZERS, _fast
 
 
 def measure(opt, iters: int) -> dict:
@@ -74,11 +59,16 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "copy_bandwidth_tb_s": perf.copy_bandwidth(device, numel) / 1e12,
-        "torch_fused_adamw": measure(make(perf.TORCH_ADAMW, shapes, device), args.iters),
+        "torch_fused_adamw": measure(
+            perf.random_optimizer(perf.TORCH_ADAMW, {"fused": True}, shapes, device), args.iters
+        ),
         "rows": [],
     }
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
-    opts = {name: make(name, shapes, device) for name in args.names.split(",")}
+    opts = {
+        name: perf.random_optimizer(name, {"fused": True}, shapes, device)
+        for name in args.names.split(",")
+    }
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     for chunk, block, warps in itertools.product(
         ints(args.chunks), ints(args.blocks), ints(args.warps)

@@ -26,49 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_cli.perf import copy_bandwidth, gpt2_shapes, sync  # noqa: E402
 from bench_cli.registry import OPTIMIZERS, build_optimizer  # noqa: E402
 from bench_cli.registry._base import state_bytes  # noqa: E402
-
-
-def gpt2_shapes(n_layer: int = 12, n_embd: int = 768, vocab: int = 50304, ctx: int = 1024):
-    """Parameter shapes of GPT-2 (lm_head tied to the token embedding)."""
-    shapes = [(vocab, n_embd), (ctx, n_embd)]
-    for _ in range(n_layer):
-        shapes += [
-            (n_embd,),
-            (n_embd,),
-            (3 * n_embd, n_embd),
-            (3 * n_embd,),
-            (n_embd, n_embd),
-            (n_embd,),
-            (n_embd,),
-            (n_embd,),
-            (4 * n_embd, n_embd),
-            (4 * n_embd,),
-            (n_embd, 4 * n_embd),
-            (n_embd,),
-        ]
-    return shapes + [(n_embd,), (n_embd,)]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def copy_bandwidth(device: torch.device, numel: int) -> float:
-    """Bytes per second of a device-to-device copy (read + write counted)."""
-    src = torch.empty(numel, device=device)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    sync(device)
-    t0 = time.perf_counter()
-    n = 10
-    for _ in range(n):
-        dst.copy_(src)
-    sync(device)
-    return 2 * src.numel() * 4 * n / (time.perf_counter() - t0)
 
 
 def time_step(name: str, impl: dict, shapes, device, warmup: int, iters: int):
