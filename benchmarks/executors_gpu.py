@@ -66,9 +66,14 @@ def max_loss_difference(a: dict, b: dict) -> float:
     return worst
 
 
-def pool(args) -> dict:
+def write_suite(args) -> Path:
     suite = args.out / "pool16.yaml"
     suite.write_text(SUITE.format(seeds=", ".join(map(str, range(16))), data=args.data))
+    return suite
+
+
+def pool(args) -> dict:
+    suite = write_suite(args)
     res = {}
     for name, extra in (
         ("rpg1", ["--runs-per-gpu", "1"]),
@@ -103,76 +108,50 @@ def pool(args) -> dict:
 
 
 def multi(args) -> dict:
+    suite = write_suite(args)
+    res = {}
+    for name, gpus in (("one_gpu", "0"), ("two_gpus", "0,1")):
+        res[name] = bench(
+            "suite", "run", str(suite), "--out", str(args.out / name), "--gpus", gpus,
+            "--runs-per-gpu", "4", "--quiet",
+        )  # fmt: skip
+        print(name, f"{res[name]:.1f} s", flush=True)
+    res["speedup_two_gpus"] = res["one_gpu"] / res["two_gpus"]
+    return {**res, **gpt2_ddp(args.out, steps=60, train_tokens=20_000_000)}
+
+
+def gpt2_ddp(out: Path, steps: int, train_tokens: int) -> dict:
+    """``lm-gpt2`` on generated token shards for ``steps`` steps, on one GPU and with DDP on
+    two at the same global batch: tokens/s of each (from the records) and the final losses."""
     import numpy as np
 
     from bench_cli.tasks.lm.tokens import write_shard
 
-    suite = args.out / "pool16.yaml"
-    suite.write_text(SUITE.format(seeds=", ".join(map(str, range(16))), data=args.data))
-    res = {}
-    for name, gpus in (("one_gpu", "0"), ("two_gpus", "0,1")):
-        res[name] = bench(
-            "suite",
-            "run",
-            str(suite),
-            "--out",
-            str(args.out / name),
-            "--gpus",
-            gpus,
-            "--runs-per-gpu",
-            "4",
-            "--quiet",
-        )
-        print(name, f"{res[name]:.1f} s", flush=True)
-    res["speedup_two_gpus"] = res["one_gpu"] / res["two_gpus"]
-    shards = args.out / "shards"
+    shards = out / "shards"
     shards.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
-    write_shard(shards / "gen_train_000.bin", rng.integers(0, 50257, 20_000_000, dtype=np.uint16))
+    write_shard(shards / "gen_train_000.bin", rng.integers(0, 50257, train_tokens, dtype=np.uint16))
     write_shard(shards / "gen_val_000.bin", rng.integers(0, 50257, 2_000_000, dtype=np.uint16))
     common = [
-        "run",
-        "--opt",
-        "adamw",
-        "--task",
-        "lm-gpt2",
-        "--data",
-        str(shards),
-        "--steps",
-        "60",
-        "--set",
-        "eval_interval=60",
-        "--set",
-        "eval_batches=4",
-        "--quiet",
-    ]
-    bench(*common, "--out", str(args.out / "gpt2_one"), "--gpus", "0")
+        "run", "--opt", "adamw", "--task", "lm-gpt2", "--data", str(shards), "--steps", str(steps),
+        "--set", f"eval_interval={steps}", "--set", "eval_batches=4", "--quiet",
+    ]  # fmt: skip
+    bench(*common, "--out", str(out / "gpt2_one"), "--gpus", "0")
     t0 = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "bench_cli",
-            *common,
-            "--out",
-            str(args.out / "gpt2_ddp"),
-        ],
-        check=True,
-    )
-    res["ddp_wall"] = time.perf_counter() - t0
-    [one] = records(args.out / "gpt2_one").values()
-    [two] = records(args.out / "gpt2_ddp").values()
-    res["gpt2_tokens_per_second_one_gpu"] = one["tokens_per_second"]
-    res["gpt2_tokens_per_second_ddp2"] = two["tokens_per_second"]
-    res["gpt2_ddp_speedup"] = two["tokens_per_second"] / one["tokens_per_second"]
-    res["gpt2_world_size"] = two["env"]["world_size"]
-    res["gpt2_final_loss_one"] = one["final_metrics"].get("val_loss")
-    res["gpt2_final_loss_ddp"] = two["final_metrics"].get("val_loss")
-    return res
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m"]
+    subprocess.run([*ddp, "bench_cli", *common, "--out", str(out / "gpt2_ddp")], check=True)
+    [one] = records(out / "gpt2_one").values()
+    [two] = records(out / "gpt2_ddp").values()
+    return {
+        "ddp_wall": time.perf_counter() - t0,
+        "gpt2_steps": steps,
+        "gpt2_tokens_per_second_one_gpu": one["tokens_per_second"],
+        "gpt2_tokens_per_second_ddp2": two["tokens_per_second"],
+        "gpt2_ddp_speedup": two["tokens_per_second"] / one["tokens_per_second"],
+        "gpt2_world_size": two["env"]["world_size"],
+        "gpt2_final_loss_one": one["final_metrics"].get("val_loss"),
+        "gpt2_final_loss_ddp": two["final_metrics"].get("val_loss"),
+    }
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from executors_gpu import gpt2_ddp  # the sibling script (this folder is on sys.path)
+
 
 def timed(*cmd: str) -> float:
     t0 = time.perf_counter()
@@ -60,60 +62,7 @@ def main() -> None:
     r = record(args.out / "lm")
     res.update({k: r[k] for k in ("setup_seconds", "train_seconds", "eval_seconds")})
     print(json.dumps(res, indent=1), flush=True)
-    import numpy as np
-
-    from bench_cli.tasks.lm.tokens import write_shard
-
-    shards = args.out / "shards"
-    shards.mkdir(exist_ok=True)
-    rng = np.random.default_rng(0)
-    write_shard(shards / "gen_train_000.bin", rng.integers(0, 50257, 40_000_000, dtype=np.uint16))
-    write_shard(shards / "gen_val_000.bin", rng.integers(0, 50257, 2_000_000, dtype=np.uint16))
-    common = [
-        "run",
-        "--opt",
-        "adamw",
-        "--task",
-        "lm-gpt2",
-        "--data",
-        str(shards),
-        "--steps",
-        "200",
-        "--set",
-        "eval_interval=200",
-        "--set",
-        "eval_batches=4",
-        "--quiet",
-    ]
-    subprocess.run(
-        [py, "-m", "bench_cli", *common, "--out", str(args.out / "g1")],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            py,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "bench_cli",
-            *common,
-            "--out",
-            str(args.out / "g2"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    one, two = record(args.out / "g1"), record(args.out / "g2")
-    res["gpt2_200_steps_tokens_per_second_one_gpu"] = one["tokens_per_second"]
-    res["gpt2_200_steps_tokens_per_second_ddp2"] = two["tokens_per_second"]
-    res["gpt2_ddp_speedup"] = two["tokens_per_second"] / one["tokens_per_second"]
-    res["gpt2_val_loss_one_vs_ddp"] = [
-        one["final_metrics"]["val_loss"],
-        two["final_metrics"]["val_loss"],
-    ]
+    res.update(gpt2_ddp(args.out, steps=200, train_tokens=40_000_000))
     print(json.dumps(res, indent=1))
     (args.out / "startup.json").write_text(json.dumps(res, indent=1))
 
