@@ -6,9 +6,10 @@ every run, seed and optimizer) and records the standard error of that estimate, 
 The text tasks draw one window start in each of equal strata of the validation split and
 estimate the loss over every start of the split with the collapsed-strata standard error
 (``sampling.py``); ``lm-markov`` draws independent windows of its source, whose standard error
-is the standard deviation of the window losses over the square root of their number. ``train_loss`` is not evaluated
-again: it is the mean of the training losses of the steps since the previous evaluation (with
-dropout, as trained), summed on the device and read once per evaluation, so it costs nothing.
+is the standard deviation of the window losses over the square root of their number.
+``train_loss`` is not evaluated again: it is the mean of the training losses of the steps since
+the previous evaluation (with dropout, as trained), summed on the device and read once per
+evaluation, so it costs nothing.
 Each task's ``eval_batches`` is sized so that ``val_loss_se`` stays below 0.005 nats while
 evaluation takes at most 15% of the training time at its default settings (see each task). On
 data whose windows differ more (source code, for one), ``bench run`` ends with a note naming the
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from bench_cli.tasks.base import Task, TaskOptions
-from bench_cli.tasks.lm.sampling import stratified_mean_se
 
 
 class CausalSelfAttention(nn.Module):
@@ -221,14 +221,6 @@ class GPTTask(Task):
         fewer than 8,192 tokens (on a CPU, passes of 4k-8k tokens cost least per window)."""
         o = self.options
         return max(o.batch_size, 8192 // o.block_size)
-
-    def mean_and_se(
-        self, model: nn.Module, batches: Any, weights: torch.Tensor, groups: torch.Tensor
-    ) -> tuple[float, float]:
-        """The stratified mean window loss over ``batches`` and its standard error
-        (``sampling.py``), with one host sync."""
-        losses = torch.cat([self.window_losses(model, b) for b in batches])
-        return stratified_mean_se(losses, weights, groups)
 
     def train_loss(self) -> dict[str, float]:
         """``train_loss`` over the steps since the last call (nothing before the first step)."""

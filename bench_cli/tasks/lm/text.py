@@ -34,7 +34,7 @@ from bench_cli.tasks import TASKS
 from bench_cli.tasks.base import Preset, run_settings
 from bench_cli.tasks.data import TINY_SHAKESPEARE
 from bench_cli.tasks.lm.gpt import GPTOptions, GPTTask, nanogpt_param_groups
-from bench_cli.tasks.lm.sampling import stratified_starts
+from bench_cli.tasks.lm.sampling import stratified_mean_se, stratified_starts
 from bench_cli.tasks.lm.tokens import GPT2_VOCAB, TokenSplit, is_shards, load_splits
 
 #: evaluation batches are the same for every run, seed and optimizer
@@ -152,8 +152,8 @@ class CharLM(GPTTask):
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         starts = self.eval_starts.split(self.eval_chunk())
-        batches = (self.val.batch(s) for s in starts)
-        val_loss, se = self.mean_and_se(model, batches, self.eval_weights, self.eval_groups)
+        losses = torch.cat([self.window_losses(model, self.val.batch(s)) for s in starts])
+        val_loss, se = stratified_mean_se(losses, self.eval_weights, self.eval_groups)
         out = {"val_loss": val_loss, "val_loss_se": se, **self.train_loss()}
         if self._probe is not None:
             out["probe_loss"] = float(
