@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 SUITE = """
@@ -44,6 +45,19 @@ def bench(*args: str, env: dict | None = None) -> float:
         [sys.executable, "-m", "bench_cli", *args], check=True, env={**os.environ, **(env or {})}
     )
     return time.perf_counter() - t0
+
+
+def timed_suite(suite: Path, out: Path, *extra: str) -> dict:
+    """Wall clock of one ``bench suite run`` and where it went: from the command to the first
+    cell's start (``head``), and from the last cell's end to the command's exit (``tail``), from
+    the records' timestamps (whole seconds, so each is within about 1 s)."""
+    start = time.time()
+    wall = bench("suite", "run", str(suite), "--out", str(out), "--quiet", *extra)
+    end = start + wall
+    recs = records(out).values()
+    first = min(datetime.fromisoformat(r["started_at"]).timestamp() for r in recs)
+    last = max(datetime.fromisoformat(r["finished_at"]).timestamp() for r in recs)
+    return {"wall": wall, "head": first - start, "tail": end - last}
 
 
 def records(folder: Path) -> dict[str, dict]:
@@ -75,23 +89,10 @@ def write_suite(args) -> Path:
 def pool(args) -> dict:
     suite = write_suite(args)
     res = {}
-    for name, extra in (
-        ("rpg1", ["--runs-per-gpu", "1"]),
-        ("rpg4", ["--runs-per-gpu", "4"]),
-        ("rpg4_again", ["--runs-per-gpu", "4"]),
-    ):
-        res[name] = bench(
-            "suite",
-            "run",
-            str(suite),
-            "--out",
-            str(args.out / name),
-            "--gpus",
-            "0",
-            "--quiet",
-            *extra,
-        )
-        print(name, f"{res[name]:.1f} s", flush=True)
+    for name, k in (("rpg1", "1"), ("rpg4", "4"), ("rpg4_again", "4")):
+        t = timed_suite(suite, args.out / name, "--gpus", "0", "--runs-per-gpu", k)
+        res[name], res[f"{name}_head"], res[f"{name}_tail"] = t["wall"], t["head"], t["tail"]
+        print(name, t, flush=True)
     one, four = records(args.out / "rpg1"), records(args.out / "rpg4")
     res["same_run_ids"] = sorted(one) == sorted(four)
     res["max_abs_loss_difference_rpg1_rpg4"] = max_loss_difference(one, four)
@@ -111,30 +112,33 @@ def multi(args) -> dict:
     suite = write_suite(args)
     res = {}
     for name, gpus in (("one_gpu", "0"), ("two_gpus", "0,1")):
-        res[name] = bench(
-            "suite", "run", str(suite), "--out", str(args.out / name), "--gpus", gpus,
-            "--runs-per-gpu", "4", "--quiet",
-        )  # fmt: skip
-        print(name, f"{res[name]:.1f} s", flush=True)
+        t = timed_suite(suite, args.out / name, "--gpus", gpus, "--runs-per-gpu", "4")
+        res[name], res[f"{name}_head"], res[f"{name}_tail"] = t["wall"], t["head"], t["tail"]
+        print(name, t, flush=True)
     res["speedup_two_gpus"] = res["one_gpu"] / res["two_gpus"]
-    return {**res, **gpt2_ddp(args.out, steps=60, train_tokens=20_000_000)}
+    for batch in args.gpt2_batch:
+        ddp = gpt2_ddp(args.out / f"gpt2_b{batch}", steps=60, train_tokens=20_000_000, batch=batch)
+        res.update({f"{k}_b{batch}": v for k, v in ddp.items()})
+    return res
 
 
-def gpt2_ddp(out: Path, steps: int, train_tokens: int) -> dict:
+def gpt2_ddp(out: Path, steps: int, train_tokens: int, batch: int = 32) -> dict:
     """``lm-gpt2`` on generated token shards for ``steps`` steps, on one GPU and with DDP on
-    two at the same global batch: tokens/s of each (from the records) and the final losses."""
+    two at the same global batch of ``batch`` sequences (the task's default is 32): tokens/s of
+    each (from the records) and the final losses."""
     import numpy as np
 
     from bench_cli.tasks.lm.tokens import write_shard
 
     shards = out / "shards"
-    shards.mkdir(exist_ok=True)
+    shards.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     write_shard(shards / "gen_train_000.bin", rng.integers(0, 50257, train_tokens, dtype=np.uint16))
     write_shard(shards / "gen_val_000.bin", rng.integers(0, 50257, 2_000_000, dtype=np.uint16))
     common = [
         "run", "--opt", "adamw", "--task", "lm-gpt2", "--data", str(shards), "--steps", str(steps),
-        "--set", f"eval_interval={steps}", "--set", "eval_batches=4", "--quiet",
+        "--set", f"eval_interval={steps}", "--set", "eval_batches=4", "--set", f"batch_size={batch}",
+        "--quiet",
     ]  # fmt: skip
     bench(*common, "--out", str(out / "gpt2_one"), "--gpus", "0")
     t0 = time.perf_counter()
@@ -159,6 +163,9 @@ def main() -> None:
     p.add_argument("part", choices=["pool", "multi"])
     p.add_argument("--data", required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--gpt2-batch", type=int, nargs="+", default=[32], help="global batches for lm-gpt2 DDP"
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     res = pool(args) if args.part == "pool" else multi(args)
