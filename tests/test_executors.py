@@ -7,6 +7,7 @@ another executor or an uninterrupted run, timings aside.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -201,6 +202,34 @@ def test_bench_run_reuses_its_records_and_rerun_replaces_them(tmp_path) -> None:
     assert all(after[k].finished_at != before[k] for k in before)
     status = runner.invoke(app, ["suite", "status", str(tmp_path)])
     assert status.exit_code == 0 and "2 done" in status.output
+
+
+def test_ctrl_c_stops_the_busy_workers_at_once_and_releases_their_cells(
+    tmp_path,
+) -> None:
+    # counted-quadratic takes 10 ms a step: 5,000 steps outlast the test by far
+    path = write_suite(tmp_path / "ctrl-c.yaml", "counted-quadratic", "[0]")
+    path.write_text(path.read_text().replace("steps: 30", "steps: 5000"))
+    count = tmp_path / "n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_TEST_COUNT": str(count)}
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bench_cli", "suite", "run", str(path), "--out", str(out)]
+    proc = subprocess.Popen([*cmd, "--jobs", "2", "--quiet"], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(count.read_text().split() if count.exists() else []) < 2:
+        time.sleep(0.05)
+    pids = [int(x) for x in count.read_text().split()]
+    assert len(pids) == 2, "both workers should be running a cell"
+    proc.send_signal(signal.SIGINT)
+    t0 = time.time()
+    assert proc.wait(timeout=60) != 0
+    # a busy worker is stopped, not waited for (the former wait was 5 s per busy worker)
+    assert time.time() - t0 < 5
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not list(out.glob("counted-quadratic*.json"))
+    assert not list((out / ".running").iterdir())  # a rerun runs them: nobody holds them
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path) -> None:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -189,11 +190,18 @@ class LocalExecutor:
                         self._died(w, folder, progress)
                         workers[i] = self._start(w.slot, outbox)
         finally:
+            # idle workers are told to stop; busy ones only remain on the way out of an
+            # interruption (Ctrl-C) or a failure, so their cells stop now: the folder releases
+            # their claims, and a rerun runs them (from a checkpoint when there is one)
             for w in workers:
                 if w.process.is_alive():
-                    w.inbox.put(None)
+                    if w.cell is None:
+                        w.inbox.put(None)
+                    else:
+                        w.process.terminate()
+            deadline = time.monotonic() + 5
             for w in workers:
-                w.process.join(timeout=5)
+                w.process.join(timeout=max(0.0, deadline - time.monotonic()))
                 if w.process.is_alive():
                     w.process.kill()
 
