@@ -12,7 +12,7 @@ import torch
 from bench_cli.errors import ConfigError
 from bench_cli.registry import OPTIMIZERS, build_optimizer, optimizer_defaults
 from bench_cli.registry.recipes import RECIPES, recommended_hparams
-from tests.registry.golden import A, B0, C, CASES, STEPS, W0, a, c
+from tests.registry.golden import B0, CASES, STEPS, W0, A, C, a, c
 
 BASE = dict(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
