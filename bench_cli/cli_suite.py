@@ -79,6 +79,12 @@ def run_(
     max_cells: Annotated[
         int, typer.Option(help="Refuse a suite of more cells unless raised.")
     ] = 10_000,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Run only this task of the suite, by id (repeatable); a later run does the rest."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     executor: Executor = None, jobs: Jobs = None, threads: Threads = None, gpus: Gpus = None,
     runs_per_gpu: RunsPerGpu = None, mps: Mps = None, ray_address: RayAddress = None,
@@ -97,7 +103,7 @@ def run_(
     )  # fmt: skip
     with Progress(stderr, quiet=quiet) as progress:
         summary = suite.run_suite(
-            file, tier, out, resume, progress, ex, log_options(log, mlflow_uri), max_cells
+            file, tier, out, resume, progress, ex, log_options(log, mlflow_uri), max_cells, only
         )
     stdout.print(frame_table(suite.status_counts(summary.table), title=str(summary.out)))
     _print_targets(summary.calibration)

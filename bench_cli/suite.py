@@ -12,6 +12,7 @@ atomically, so a run killed at any point leaves no record and runs again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -79,9 +80,12 @@ def run_suite(
     executor: dict[str, Any] | None = None,
     log: dict[str, Any] | None = None,
     max_cells: int = MAX_CELLS,
+    only: list[str] | None = None,
 ) -> SuiteSummary:
     """Run every phase of the suite at ``path`` into ``out``, reusing the cells whose record is
-    there already; with ``resume=False``, refuse a folder that holds records."""
+    there already; with ``resume=False``, refuse a folder that holds records. With ``only``, run
+    just those tasks (by id): the folder still belongs to the whole suite, and a later run (of
+    other tasks, or of all) reuses these records."""
     suite = load_suite(path)
     tier_name, _ = at_path(str(path), apply_tier, suite, tier)
     sizes = at_path(str(path), count_cells, suite, tier)
@@ -96,6 +100,16 @@ def run_suite(
             f"{when}) is more than --max-cells {max_cells}; raise --max-cells to confirm"
         )
     plan = at_path(str(path), build_plan, suite, tier)
+    whole = resolved_text(plan)
+    if only:
+        ids = [tp.task_id for tp in plan.tasks]
+        unknown = [t for t in only if t not in ids]
+        if unknown:
+            raise ConfigError(
+                f"{path}: no task {', '.join(map(repr, unknown))} in this suite; --only takes "
+                f"task ids: {', '.join(ids)}"
+            )
+        plan = dataclasses.replace(plan, tasks=[tp for tp in plan.tasks if tp.task_id in only])
     folder = Folder(out)
     side = {ENVIRONMENT, CALIBRATION, "selection.json"}
     if not resume and out.is_dir() and any(p.name not in side for p in out.glob("[!.]*.json")):
@@ -104,7 +118,7 @@ def run_suite(
             "choose another --out"
         )
     settings = executor_settings(suite.executor, dict(executor or {}))
-    folder.claim_suite(resolved_text(plan))
+    folder.claim_suite(whole)
     write_environment(folder, str(path), tier_name, suite.device or "auto")
     log = {"kinds": suite.log, "group": suite.name or Path(path).stem, **(log or {})}
     with folder, progress or Progress(quiet=True) as bar:

@@ -634,3 +634,61 @@ def test_cli_run_exits_1_when_a_run_fails(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(records) == 4 and {r.status for r in records.values()} == {"error"}
     res = invoke("status", str(tmp_path / "o"))
     assert res.exit_code == 0 and "0 done, 0 diverged, 4 failed" in res.output
+
+
+#: two tasks of one suite, each calibrated and tuned on its own
+TWO = """
+name: two
+seeds: [0, 1]
+tasks:
+  - name: noisy-quadratic
+    id: short
+    options: {preset: tiny}
+    budget: {steps: 20, eval_interval: 10}
+    target: calibrate
+    margin: 0.5
+  - name: noisy-quadratic
+    id: long
+    options: {preset: tiny}
+    budget: {steps: 30, eval_interval: 10}
+    target: calibrate
+    margin: 0.5
+optimizers:
+  - name: adamw
+    sweep: {lr: [0.1, 0.03]}
+  - name: lion
+    sweep: {lr: [0.01, 0.003]}
+executor: {threads: 1}
+"""
+
+
+def test_only_runs_some_tasks_and_later_runs_complete_the_suite_as_one_run_would(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO)
+    whole = tmp_path / "whole"
+    suite.run_suite(path, out=whole)
+    part = tmp_path / "part"
+    first = suite.run_suite(path, out=part, only=["short"])
+    assert {r.task_id for r in first.records} == {"short"}
+    assert {read_record(p).task_id for p in part.glob("noisy-quadratic__*.json")} == {"short"}
+    second = suite.run_suite(path, out=part, only=["long"])
+    assert {r.task_id for r in second.records} == {"long"}
+    for side in ("calibration.json", "selection.json"):  # each part kept the other's entries
+        assert json.loads((part / side).read_text()) == json.loads((whole / side).read_text())
+    again = suite.run_suite(path, out=part)
+    assert again.ran == 0
+    a, b = records_in(part), records_in(whole)
+    assert sorted(a) == sorted(b) and len(a) == 2 * (4 + 2 + 4)
+    assert all(without_timings(a[k]) == without_timings(b[k]) for k in a)
+
+
+def test_only_with_a_task_the_suite_lacks_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(suite_app, ["run", str(path), "--out", str(out), "--only", "nope"])
+    assert result.exit_code != 0
+    assert "no task 'nope' in this suite; --only takes task ids: short, long" in result.output
+    assert not out.exists()
