@@ -214,7 +214,13 @@ def test_ctrl_c_stops_the_busy_workers_at_once_and_releases_their_cells(
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_TEST_COUNT": str(count)}
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "bench_cli", "suite", "run", str(path), "--out", str(out)]
-    proc = subprocess.Popen([*cmd, "--jobs", "2", "--quiet"], env=env)
+    # a shell that starts the tests in the background ignores SIGINT in them; Ctrl-C's own
+    # handling is what is tested here, so the command gets the default back
+    proc = subprocess.Popen(
+        [*cmd, "--jobs", "2", "--quiet"],
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(count.read_text().split() if count.exists() else []) < 2:
         time.sleep(0.05)
