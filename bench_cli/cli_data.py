@@ -30,6 +30,9 @@ def shards_command(
     skip_undecodable: Annotated[
         bool, typer.Option(help="Skip files that are not UTF-8 (listed in the manifest).")
     ] = False,
+    jobs: Annotated[
+        int, typer.Option(help="Files tokenized at once (threads); the shards are the same.")
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Tokenize text into llm.c-format .bin shards with a manifest; rerun to resume."""
@@ -50,6 +53,7 @@ def shards_command(
             glob=glob,
             name=name,
             skip_undecodable=skip_undecodable,
+            jobs=jobs,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     count = {s: sum(1 for x in manifest["shards"] if x["split"] == s) for s in ("train", "val")}

@@ -51,9 +51,14 @@ def split_tokens(out: Path, manifest: dict, split: str) -> np.ndarray:
     return np.concatenate([read_bin(out / f) for f in files]) if files else np.zeros(0, int)
 
 
-def test_char_shards_hold_the_files_in_order_split_by_path(corpus: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_char_shards_hold_the_files_in_order_split_by_path(
+    corpus: Path, tmp_path: Path, jobs: int
+) -> None:
     out = tmp_path / "shards"
-    m = shards.build_shards([str(corpus)], out, tokenizer="char", val_fraction=0.5, shard_tokens=40)
+    m = shards.build_shards(
+        [str(corpus)], out, tokenizer="char", val_fraction=0.5, shard_tokens=40, jobs=jobs
+    )
     files = sorted((corpus / n for n in TEXTS if n.endswith(".txt")), key=str)
     chars = sorted(set("".join(TEXTS[n] for n in TEXTS if n.endswith(".txt"))))
     assert m["vocabulary"]["chars"] == "".join(chars) and m["vocab_size"] == len(chars)
@@ -88,10 +93,29 @@ def test_bytes_shards_take_any_file(tmp_path: Path) -> None:
     )
 
 
+def test_many_files_tokenized_at_once_land_in_file_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "many"
+    root.mkdir()
+    texts = {}
+    for k in range(60):  # sizes from 0 to 20,000 bytes, so threads finish out of order
+        texts[f"f{k:03d}.txt"] = bytes(rng.integers(32, 127, int(rng.integers(0, 20_000))))
+        (root / f"f{k:03d}.txt").write_bytes(texts[f"f{k:03d}.txt"])
+    m = shards.build_shards(
+        [str(root)], tmp_path / "out", tokenizer="bytes", val_fraction=0.2, shard_tokens=5_000,
+        jobs=4,
+    )  # fmt: skip
+    for split in ("train", "val"):
+        want = b"".join(t for n, t in sorted(texts.items()) if in_val(n, 0.2) == (split == "val"))
+        got = split_tokens(tmp_path / "out", m, split).astype(np.uint8).tobytes()
+        assert got == want
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
 def test_an_interrupted_build_resumes_to_the_same_shards(
-    corpus: Path, tmp_path: Path, monkeypatch
+    corpus: Path, tmp_path: Path, monkeypatch, jobs: int
 ) -> None:
-    args = dict(tokenizer="char", val_fraction=0.3, shard_tokens=16)
+    args = dict(tokenizer="char", val_fraction=0.3, shard_tokens=16, jobs=jobs)
     whole = shards.build_shards([str(corpus)], tmp_path / "whole", **args)
     write, calls = shards._write, []
 
@@ -130,6 +154,14 @@ def test_gpt2_tokens_are_gpt2s(tmp_path: Path) -> None:
     # GPT-2: <|endoftext|> 50256, "hello" 31373, " world" 995
     assert split_tokens(out, m, "train").tolist() == [50256, 31373, 995]
     assert m["vocab_size"] == 50257
+    # the text of a special token is text: the same tokens as tiktoken's encode_ordinary
+    text = "a <|endoftext|> b\n" + "".join(chr(c) for c in range(32, 0x250))
+    (tmp_path / "special.txt").write_text(text)
+    m = shards.build_shards(
+        [str(tmp_path / "special.txt")], tmp_path / "o2", tokenizer="gpt2", val_fraction=0.0
+    )
+    ordinary = tiktoken.get_encoding(shards.GPT2_ENCODING).encode_ordinary(text)
+    assert split_tokens(tmp_path / "o2", m, "train").tolist() == [50256, *ordinary]
 
 
 def invoke(*args: str):
@@ -206,6 +238,7 @@ def test_cli_builds_shards_that_an_lm_task_trains_on(corpus: Path, tmp_path: Pat
         ("latin", ["corpus/latin.txt", "--tokenizer", "char"], "latin.txt is not UTF-8"),
         ("stray", ["corpus"], "no manifest.json"),
         ("", ["corpus", "--val-fraction", "1.5"], "--val-fraction"),
+        ("", ["corpus", "--jobs", "0"], "--jobs must be at least 1"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(
@@ -238,4 +271,13 @@ def test_skip_undecodable_and_changed_settings(corpus: Path, tmp_path: Path) -> 
         [str(corpus)], tmp_path / "c2", tokenizer="char", val_fraction=0.0, skip_undecodable=True
     )
     assert m["skipped"] == [str(corpus / "latin.txt")] and "é" not in m["vocabulary"]["chars"]
+    threaded = shards.build_shards(
+        [str(corpus)], tmp_path / "c3", tokenizer="char", val_fraction=0.0, skip_undecodable=True,
+        jobs=3,
+    )  # fmt: skip
+    assert threaded["skipped"] == m["skipped"] and threaded["shards"] == m["shards"]
+    with pytest.raises(DataError, match="latin.txt is not UTF-8"):
+        shards.build_shards(
+            [str(corpus)], tmp_path / "c4", tokenizer="char", val_fraction=0.0, jobs=3
+        )
     assert m["train_tokens"] == sum(len(TEXTS[n]) for n in TEXTS if n.endswith(".txt"))
