@@ -4,7 +4,8 @@ A problem is one of:
 
 - a task, or an optimizer on a task, that the baseline has and the new results lack;
 - tokens-to-target that got worse beyond the baseline's interval: the new median exceeds the upper
-  end of the baseline's bootstrap interval by more than ``tolerance`` (relative), or the new median
+  end of the baseline's interval for the median (order statistics, as the leaderboard's) by more
+  than ``tolerance`` (relative), or the new median
   is censored (half or more of the seeds missed the target) where the baseline's was not;
 - a run that crashed (``error``) where the baseline's did not, or diverged where the baseline's
   finished. Runs are matched by task, optimizer, seed and configuration; when each side tried one
