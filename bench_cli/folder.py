@@ -121,6 +121,18 @@ class Folder:
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         atomic_write_text(self.path / name, json.dumps(data, indent=1, default=str))
 
+    def merge_json(self, name: str, entries: dict[str, Any]) -> None:
+        """Set ``entries`` in the JSON object ``name`` and keep its other keys, under a lock:
+        coordinators running different tasks of one suite into this folder each add theirs."""
+        import fcntl
+
+        with open(self.path / f".{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self.write_json(name, {**self.read_json(name), **entries})
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     # -- the suite it holds ---------------------------------------------------------------------
 
     def claim_suite(self, resolved_text: str, name: str = RESOLVED) -> None:

@@ -141,12 +141,6 @@ def calibrate(plan: Plan, records: list[RunRecord]) -> dict[str, dict[str, Any]]
     return out
 
 
-def _stored(folder: Folder, name: str) -> dict[str, Any]:
-    """What an earlier run of this suite (of some of its tasks) wrote to ``name``; this run's
-    tasks replace their own entries and keep the others."""
-    return folder.read_json(name) if (folder.path / name).exists() else {}
-
-
 def run_plan(
     plan: Plan,
     folder: Folder,
@@ -156,6 +150,8 @@ def run_plan(
     log: dict | None = None,
 ) -> SuiteSummary:
     """Run the phases of ``plan`` into ``folder``."""
+    for name in (CALIBRATION, SELECTION):  # damaged: reported before any work, not after it
+        folder.read_json(name)
     cells: list[Cell] = []
     records: list[RunRecord] = []
     ran = 0
@@ -174,7 +170,7 @@ def run_plan(
     if any(tp.calibrate for tp in plan.tasks):
         chosen = baseline_choice(plan, tuned)
         calibration = calibrate(plan, phase("calibrate", plan.calibrate_cells(chosen)))
-        folder.write_json(CALIBRATION, {**_stored(folder, CALIBRATION), **calibration})
+        folder.merge_json(CALIBRATION, calibration)  # other tasks' entries stay (--only)
     targets = {k: v["value"] for k, v in calibration.items()}
     final = {}
     for tp in plan.tasks:
@@ -195,7 +191,7 @@ def run_plan(
         for (task, opt), s in picks.items()
     }
     if tuned:
-        folder.write_json(SELECTION, {**_stored(folder, SELECTION), **selection})
+        folder.merge_json(SELECTION, selection)
     phase("score", plan.score_cells({k: s.config for k, s in picks.items()}, targets))
     return SuiteSummary(folder.path, plan.tier, cells, records, ran, calibration, selection)
 

@@ -82,8 +82,9 @@ def make_tokenizer(
         eot = enc.eot_token
 
         def encode(raw: bytes, src: str) -> np.ndarray:
-            # encode_ordinary's tokens (special tokens' text is plain text), straight into an
-            # array: no Python int per token, so threads scale (benchmarks/shards_jobs.py)
+            # encode_ordinary's tokens (special tokens' text is plain text, as tiktoken 0.11 and
+            # later treat it here), straight into an array: no Python int per token, so threads
+            # scale (benchmarks/shards_jobs.py)
             tokens = enc.encode_to_numpy(_text(raw, src), disallowed_special=())
             return np.concatenate((np.array([eot], dtype=np.int64), tokens.astype(np.int64)))
 
@@ -309,7 +310,8 @@ def _encoded(
     if jobs == 1:
         yield from ((i, one(i)) for i in todo)
         return
-    with ThreadPoolExecutor(jobs) as pool:
+    pool = ThreadPoolExecutor(jobs)
+    try:
         ahead = iter(todo)
         pending = deque((i, pool.submit(one, i)) for i in islice(ahead, 2 * jobs))
         while pending:
@@ -318,6 +320,8 @@ def _encoded(
             if following is not None:
                 pending.append((following, pool.submit(one, following)))
             yield i, future.result()
+    finally:  # on an error or Ctrl-C, files not yet started are not tokenized for nothing
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _resume(out: Path, manifest_path: Path, settings: dict) -> dict:

@@ -221,16 +221,23 @@ def test_ctrl_c_stops_the_busy_workers_at_once_and_releases_their_cells(
         env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(count.read_text().split() if count.exists() else []) < 2:
-        time.sleep(0.05)
-    pids = [int(x) for x in count.read_text().split()]
-    assert len(pids) == 2, "both workers should be running a cell"
-    proc.send_signal(signal.SIGINT)
-    t0 = time.time()
-    assert proc.wait(timeout=60) != 0
-    # a busy worker is stopped, not waited for (the former wait was 5 s per busy worker)
-    assert time.time() - t0 < 5
+
+    def started() -> int:
+        return len(count.read_text().split()) if count.exists() else 0
+
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and started() < 2:
+            time.sleep(0.05)
+        pids = [int(x) for x in count.read_text().split()]
+        assert len(pids) == 2, "both workers should be running a cell"
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        assert proc.wait(timeout=60) != 0
+        # a busy worker is stopped, not waited for (the former wait was 5 s per busy worker)
+        assert time.time() - t0 < 5
+    finally:
+        proc.kill()
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -692,3 +692,38 @@ def test_only_with_a_task_the_suite_lacks_is_one_line_and_writes_nothing(tmp_pat
     assert result.exit_code != 0
     assert "no task 'nope' in this suite; --only takes task ids: short, long" in result.output
     assert not out.exists()
+
+
+def test_a_damaged_calibration_file_stops_the_run_before_any_cell(tmp_path: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO)
+    out = tmp_path / "out"
+    suite.run_suite(path, out=out, only=["short"])
+    (out / "calibration.json").write_text('{"short": ')
+    count = Count()
+    with pytest.raises(BenchError, match="calibration.json is damaged"):
+        suite.run_suite(path, out=out, progress=count)
+    assert count.starts == 0
+
+
+def _merge_many(folder: str, who: int, start: float) -> None:
+    from bench_cli.folder import Folder
+
+    time.sleep(max(0.0, start - time.time()))  # all at once, after each one's start-up
+    for k in range(40):
+        Folder(folder).merge_json("calibration.json", {f"{who}-{k}": k})
+
+
+def test_coordinators_merging_the_side_files_at_once_lose_no_entry(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    start = time.time() + 5
+    procs = [ctx.Process(target=_merge_many, args=(str(tmp_path), w, start)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    got = json.loads((tmp_path / "calibration.json").read_text())
+    assert got == {f"{w}-{k}": k for w in range(4) for k in range(40)}
