@@ -271,7 +271,7 @@ def build_shards(
         sp = split_of[i]
         done += settings["files"][i][1]
         if i in wanted:
-            _, tokens = next(encoded)
+            tokens = next(encoded)
             if isinstance(tokens, DataError):
                 if not skip_undecodable:
                     raise tokens
@@ -296,7 +296,7 @@ def build_shards(
 
 def _encoded(
     tok: Tokenizer, files: list[Path], todo: list[int], jobs: int
-) -> Iterator[tuple[int, np.ndarray | DataError]]:
+) -> Iterator[np.ndarray | DataError]:
     """The tokens of each file in ``todo`` (or the DataError it raised), in order, ``jobs`` at
     a time in threads: tiktoken's BPE runs without the GIL, so threads scale with the cores. At
     most ``2 * jobs`` files are read ahead."""
@@ -307,19 +307,16 @@ def _encoded(
         except DataError as exc:
             return exc
 
-    if jobs == 1:
-        yield from ((i, one(i)) for i in todo)
-        return
     pool = ThreadPoolExecutor(jobs)
     try:
         ahead = iter(todo)
-        pending = deque((i, pool.submit(one, i)) for i in islice(ahead, 2 * jobs))
+        pending = deque(pool.submit(one, i) for i in islice(ahead, 2 * jobs))
         while pending:
-            i, future = pending.popleft()
+            future = pending.popleft()
             following = next(ahead, None)
             if following is not None:
-                pending.append((following, pool.submit(one, following)))
-            yield i, future.result()
+                pending.append(pool.submit(one, following))
+            yield future.result()
     finally:  # on an error or Ctrl-C, files not yet started are not tokenized for nothing
         pool.shutdown(wait=False, cancel_futures=True)
 

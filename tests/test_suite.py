@@ -636,30 +636,16 @@ def test_cli_run_exits_1_when_a_run_fails(tmp_path: Path, monkeypatch: pytest.Mo
     assert res.exit_code == 0 and "0 done, 0 diverged, 4 failed" in res.output
 
 
-#: two tasks of one suite, each calibrated and tuned on its own
-TWO = """
-name: two
-seeds: [0, 1]
-tasks:
-  - name: noisy-quadratic
-    id: short
-    options: {preset: tiny}
-    budget: {steps: 20, eval_interval: 10}
-    target: calibrate
-    margin: 0.5
-  - name: noisy-quadratic
-    id: long
-    options: {preset: tiny}
-    budget: {steps: 30, eval_interval: 10}
-    target: calibrate
-    margin: 0.5
-optimizers:
-  - name: adamw
-    sweep: {lr: [0.1, 0.03]}
-  - name: lion
-    sweep: {lr: [0.01, 0.003]}
-executor: {threads: 1}
-"""
+#: SUITE's task twice, as ``short`` (20 steps) and ``long`` (30), each calibrated and tuned
+TWO = SUITE.replace("name: nq", "name: two").replace(
+    "  - name: noisy-quadratic\n    options: {preset: tiny}\n"
+    "    budget: {steps: STEPS, eval_interval: INTERVAL}\n    TARGET\n",
+    "".join(
+        f"  - name: noisy-quadratic\n    id: {task_id}\n    options: {{preset: tiny}}\n"
+        f"    budget: {{steps: {steps}, eval_interval: 10}}\n    {CALIBRATE}\n"
+        for task_id, steps in (("short", 20), ("long", 30))
+    ),
+)
 
 
 def test_only_runs_some_tasks_and_later_runs_complete_the_suite_as_one_run_would(
