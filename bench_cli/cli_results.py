@@ -1,4 +1,4 @@
-"""The analysis commands: ``leaderboard``, ``export``, ``plot`` and ``check``.
+"""The analysis commands: ``leaderboard``, ``export``, ``plot``, ``probe`` and ``check``.
 
 Everything is regenerated from the stored records alone; ``register(app)`` adds the commands to
 the ``bench`` app. (No ``from __future__ import annotations`` here: typer reads the annotations
@@ -14,7 +14,7 @@ from rich.markup import escape
 from bench_cli.display import frame_table, friendly, stderr, stdout, write_plain
 from bench_cli.errors import BenchError
 from bench_cli.results import check as checks
-from bench_cli.results import export, inference, leaderboard
+from bench_cli.results import export, inference, leaderboard, probe
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import check_parent_folder, load_records
 
@@ -152,6 +152,36 @@ def plot(
         stdout.print(str(path), highlight=False, markup=False, soft_wrap=True)
 
 
+def probe_table(
+    directory: DirArg,
+    fmt: Annotated[str, typer.Option("--format", help="md, csv or json.")] = "md",
+    after: Annotated[
+        str, typer.Option(help="Steps after the probe batch to report, comma-separated.")
+    ] = ",".join(map(str, probe.DEFAULT_AFTER)),
+    out: Annotated[Path | None, typer.Option(help="Write to this file (default: stdout).")] = None,
+    baseline: BaselineOpt = None,
+    skip_damaged: SkipDamagedOpt = False,
+) -> None:
+    """The forgetting probe: how much of the probe batch each optimizer keeps, by seed against
+    the baseline (runs with the task option probe_batch_step)."""
+    try:
+        steps = [int(a) for a in after.split(",") if a.strip()]
+    except ValueError:
+        raise BenchError(f"--after {after!r}: give whole numbers of steps, such as 100,500") from None
+    if not steps or min(steps) <= 0:
+        raise BenchError(f"--after {after!r}: give positive numbers of steps, such as 100,500")
+    if out is not None:
+        check_parent_folder(out)
+    records = _records(directory, skip_damaged)
+    base = _baseline(records, baseline)
+    text = probe.render(probe.table(records, base, steps), fmt, base)
+    if out is None:
+        write_plain(text)
+    else:
+        export.write(text, out)
+        stderr.print(f"wrote {out}", highlight=False)
+
+
 def check(
     directory: DirArg,
     against: Annotated[Path, typer.Option("--against", help="Baseline results directory.")],
@@ -173,4 +203,5 @@ def register(app: typer.Typer) -> None:
     app.command("leaderboard")(friendly(show_leaderboard))
     app.command("export")(friendly(export_tables))
     app.command("plot")(friendly(plot))
+    app.command("probe")(friendly(probe_table))
     app.command("check")(friendly(check))

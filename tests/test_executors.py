@@ -440,8 +440,9 @@ def test_ddp_on_two_gloo_processes_matches_one_process_with_the_same_global_batc
 
 
 def test_result_commands_do_not_import_torch(tmp_path) -> None:
-    """leaderboard, export, plot and check work on records alone (and start fast)."""
+    """leaderboard, export, plot, probe and check work on records alone (and start fast)."""
     base = str(ROOT / "suites" / "baselines" / "ci-smoke")
+    claims = str(ROOT / "docs" / "results" / "ademamix-claims")
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
@@ -449,7 +450,7 @@ def test_result_commands_do_not_import_torch(tmp_path) -> None:
         "r = CliRunner()\n"
         f"cmds = [['leaderboard', {base!r}], ['export', {base!r}, '--format', 'csv', '--out', "
         f"{str(tmp_path / 't.csv')!r}], ['plot', {base!r}, '--out', {str(tmp_path / 'p')!r}], "
-        f"['check', {base!r}, '--against', {base!r}]]\n"
+        f"['check', {base!r}, '--against', {base!r}], ['probe', {claims!r}]]\n"
         "for c in cmds:\n"
         "    res = r.invoke(app, c)\n"
         "    assert res.exit_code == 0, (c, res.output)\n"

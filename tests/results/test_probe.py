@@ -1,0 +1,141 @@
+"""The forgetting probe's table (``bench probe``): excess by hand, pairing, the p-value's size."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from bench_cli.cli_results import register
+from bench_cli.results import probe
+from bench_cli.results.record import EvalPoint
+from tests.results import make_record, write_all
+
+runner = CliRunner()
+K = 30  # the probe batch replaces batch 31
+
+
+def probed(optimizer: str, seed: int, kept: float, lr: float = 1e-3):
+    """A run whose probe sits 0.5 above the validation loss up to step K and ``kept`` below that
+    afterwards, fading linearly to nothing at step 100; the validation loss itself falls."""
+    r = make_record("lm", optimizer, seed, 4000.0, hparams={"lr": lr})
+    points = []
+    for p in r.curve:
+        val = p.metrics["val_loss"]
+        gain = 0.0 if p.step <= K else kept * (100 - p.step) / (100 - K)
+        points.append(
+            EvalPoint(
+                step=p.step, tokens=p.tokens, seconds=p.seconds,
+                metrics={"val_loss": val, "probe_loss": val + 0.5 - gain},
+            )
+        )  # fmt: skip
+    return r.model_copy(
+        update={"curve": points, "probe_curve": points, "task_options": {"probe_batch_step": K}}
+    )
+
+
+def test_excess_is_the_probe_gap_less_the_gap_before_injection() -> None:
+    r = probed("adamw", 0, kept=0.7)
+    e = probe.excess(r, [10, 20, 35, probe.END])
+    # evaluations every 10 steps: +10 is step 40, +20 step 50, +35 the first at or after 65: 70
+    assert e[10] == pytest.approx(-0.7 * 60 / 70)
+    assert e[20] == pytest.approx(-0.7 * 50 / 70)
+    assert e[35] == pytest.approx(-0.7 * 30 / 70)
+    assert e[probe.END] == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(probe.excess(r, [200])[200])  # later than the run
+
+
+def test_table_pairs_seeds_with_the_baseline_and_counts_those_below() -> None:
+    records = []
+    for seed in range(6):
+        records.append(probed("adamw", seed, kept=0.2 + 0.01 * seed))
+        records.append(probed("keeper", seed, kept=0.4 + 0.01 * seed))  # keeps more on every seed
+        records.append(
+            probed("mixed", seed, kept=0.2 + 0.01 * seed + (0.05 if seed < 3 else -0.05))
+        )
+    df = probe.table(records, "adamw", after=[10])
+    row = df[(df.optimizer == "keeper") & (df.after == 10)].iloc[0]
+    # median over seeds of -kept * 60/70: kept's median is 0.425
+    assert row.excess == pytest.approx(-0.425 * 60 / 70)
+    assert (row.below, row.pairs, row.seeds, row.step) == (6, 6, 6, K + 10)
+    assert row.p == pytest.approx(2 / 64)  # every seed on one side: the smallest p of six pairs
+    mixed = df[(df.optimizer == "mixed") & (df.after == 10)].iloc[0]
+    assert (mixed.below, mixed.pairs) == (3, 6)
+    assert mixed.p == pytest.approx(1.0)  # three up, three down by the same amount
+    base = df[df.optimizer == "adamw"]
+    assert base.p.isna().all() and list(base.after) == [10, probe.END]
+
+
+def test_only_the_kept_configuration_enters_the_table() -> None:
+    records = [probed("adamw", s, 0.2) for s in range(6)]
+    records += [probed("other", s, 0.3) for s in range(6)]
+    # a second configuration of "other" with a worse best val_loss: not the one kept
+    worse = [probed("other", s, 9.0, lr=1e-2) for s in range(6)]
+    worse = [
+        r.model_copy(update={"best_metrics": {"val_loss": 5.0}, "run_id": r.run_id + "x"})
+        for r in worse
+    ]
+    df = probe.table(records + worse, "adamw", after=[10])
+    row = df[(df.optimizer == "other") & (df.after == 10)].iloc[0]
+    assert row.excess == pytest.approx(-0.3 * 60 / 70) and row.seeds == 6
+
+
+@pytest.mark.parametrize("n", [6, 8, 10])
+def test_two_sided_p_rejects_a_true_null_at_most_at_its_level(n: int) -> None:
+    """Symmetric differences (no optimizer keeps more): p <= 0.05 at most 5% of the time, within
+    three binomial standard errors, for normal and heavy-tailed noise."""
+    rng = np.random.default_rng(n)
+    trials = 3000
+    for draw in (rng.standard_normal, rng.standard_cauchy):
+        rate = np.mean([probe.two_sided_p(draw(n)) <= 0.05 for _ in range(trials)])
+        assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
+
+
+def test_two_sided_p_finds_a_clear_difference() -> None:
+    rng = np.random.default_rng(1)
+    rate = np.mean([probe.two_sided_p(rng.standard_normal(8) - 2.0) <= 0.05 for _ in range(500)])
+    assert rate >= 0.9
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_probe_command_prints_markdown_and_writes_json(app, tmp_path: Path) -> None:
+    folder = write_all(
+        tmp_path / "runs", [probed(o, s, 0.3) for o in ("adamw", "x") for s in (0, 1)]
+    )
+    result = runner.invoke(app, ["probe", str(folder), "--after", "10,20"])
+    assert result.exit_code == 0, result.output
+    assert "probe batch in place of batch 31" in result.output and "+20" in result.output
+    out = tmp_path / "probe.json"
+    result = runner.invoke(app, ["probe", str(folder), "--format", "json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert {r["optimizer"] for r in rows} == {"adamw", "x"}
+    assert all(r["p"] is None for r in rows if r["optimizer"] == "adamw")
+
+
+@pytest.mark.parametrize(
+    ("records", "args", "message"),
+    [
+        ([make_record()], [], "no scoring run with a forgetting probe"),
+        ([probed("adamw", 0, 0.3)], ["--after", "ten"], "whole numbers"),
+        ([probed("adamw", 0, 0.3)], ["--after", "0"], "positive"),
+        ([probed("adamw", 0, 0.3)], ["--format", "latex"], "unknown format"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(app, tmp_path, records, args, message) -> None:
+    folder = write_all(tmp_path / "runs", records)
+    out = tmp_path / "probe.md"
+    result = runner.invoke(app, ["probe", str(folder), "--out", str(out), *args])
+    assert result.exit_code != 0
+    assert message in result.output and not out.exists()
