@@ -211,14 +211,11 @@ def build(
 
     Only scored runs make rows; tuning runs add the selection's cost and flags."""
     inference.min_pairs(alpha)  # refuses a level outside (0, 1)
-    scored = stats.scored(records)
-    targets = stats.analysis_targets(scored, targets)
-    outs = stats.outcomes(scored, targets)
-    choices = stats.best_configs(outs, targets)
+    choices, targets = stats.kept_choices(records, targets)
     errors: dict[tuple[str, str], int] = {}
-    for o in outs:
-        key = (o.record.task_key, o.record.optimizer)
-        errors[key] = errors.get(key, 0) + (o.record.status == "error")
+    for r in stats.scored(records):
+        key = (r.task_key, r.optimizer)
+        errors[key] = errors.get(key, 0) + (r.status == "error")
     tuned = selection.select_from(records, targets)
     budgets = selection.equal_budgets(records)
     tasks = _task_frame(choices, errors, targets, baseline, alpha, tuned, budgets)

@@ -227,9 +227,8 @@ def _curve_figure(panel: Panel, by_opt: dict, opt: PlotOptions, palette: dict) -
 
 
 def _best_runs(records: Sequence[RunRecord], opt: PlotOptions):
-    """Per task, each optimizer's runs of its best configuration, and the targets."""
-    targets = stats.analysis_targets(records, opt.targets)
-    choices = stats.best_configs(stats.outcomes(records, targets), targets)
+    """Per task, each optimizer's scoring runs of its kept configuration, and the targets."""
+    choices, targets = stats.kept_choices(records, opt.targets)
     by_task: dict[str, dict[str, list[stats.Outcome]]] = {}
     for (task, name), choice in sorted(choices.items()):
         by_task.setdefault(task, {})[name] = choice.runs

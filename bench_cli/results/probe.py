@@ -63,15 +63,19 @@ def two_sided_p(differences: Sequence[float]) -> float:
 
 
 def _kept_runs(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
-    """Per (task, optimizer): the scoring runs with a probe of the configuration kept."""
-    probed = [
-        r
-        for r in stats.scored(records)
-        if r.status == "done" and r.probe_curve and "probe_batch_step" in r.task_options
-    ]
-    targets = stats.analysis_targets(probed)
-    choices = stats.best_configs(stats.outcomes(probed, targets), targets)
-    return {key: [o.record for o in c.runs] for key, c in choices.items()}
+    """Per (task, optimizer): the scoring runs of the configuration kept that carry a probe."""
+    choices, _ = stats.kept_choices(records)
+    kept = {
+        key: [
+            o.record
+            for o in c.runs
+            if o.record.status == "done"
+            and o.record.probe_curve
+            and "probe_batch_step" in o.record.task_options
+        ]
+        for key, c in choices.items()
+    }
+    return {key: runs for key, runs in kept.items() if runs}
 
 
 def table(

@@ -221,6 +221,17 @@ def best_configs(
     }
 
 
+def kept_choices(
+    records: Sequence[RunRecord], targets: Mapping[str, Target] | None = None
+) -> tuple[dict[tuple[str, str], ConfigChoice], dict[str, Target]]:
+    """Per (task, optimizer), the configuration that tables and figures show: the best among
+    the scoring runs (tuning and calibration runs never stand for an optimizer), and the
+    targets it was judged by."""
+    runs = scored(records)
+    targets = analysis_targets(runs, targets)
+    return best_configs(outcomes(runs, targets), targets), targets
+
+
 # ---- paired speedup ----------------------------------------------------------------------------
 
 

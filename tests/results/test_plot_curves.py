@@ -101,3 +101,15 @@ def test_probe_figure_marks_the_step_the_batch_was_trained_on(tmp_path: Path) ->
     text = _tick_labels((tmp_path / "lm__probe.svg").read_text())
     assert {"probe loss", "probe batch", "lm: forgetting probe"} <= set(text), text
     assert plots.plot_probe([base], tmp_path / "none", plots.PlotOptions(fmt="svg")) == []
+
+
+def test_figures_draw_the_scoring_runs_not_a_luckier_tuning_run() -> None:
+    """In a suite folder a single tuning run of another learning rate can have a lower best
+    loss than the scored configuration's median; the figures, like the tables, draw the
+    scoring runs."""
+    scored = [make_record("lm", "adamw", s, 4000.0, hparams={"lr": 1e-3}) for s in (0, 1, 2)]
+    lucky = make_record("lm", "adamw", 100, 2000.0, hparams={"lr": 3e-4}, best=0.1)
+    lucky = lucky.model_copy(update={"role": "tune"})
+    by_task, _ = plots._best_runs([*scored, lucky], plots.PlotOptions())
+    drawn = {o.record.run_id for o in by_task["lm"]["adamw"]}
+    assert drawn == {r.run_id for r in scored}
