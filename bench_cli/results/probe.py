@@ -32,12 +32,21 @@ END = "end"
 COLUMNS = ["task", "optimizer", "after", "step", "excess", "seeds", "below", "pairs", "p"]
 
 
+def has_probe(record: RunRecord) -> bool:
+    """A finished run with a probe batch and its loss recorded."""
+    return (
+        record.status == "done"
+        and "probe_batch_step" in record.task_options
+        and any("probe_loss" in p.metrics for p in record.probe_curve or record.curve)
+    )
+
+
 def excess(record: RunRecord, after: Sequence[int | str]) -> dict[int | str, float]:
     """The probe's excess at each offset (NaN where the run has no evaluation that late)."""
     k = record.task_options.get("probe_batch_step")
     points = sorted(
         (p.step, p.metrics["probe_loss"] - p.metrics["val_loss"])
-        for p in record.probe_curve or []
+        for p in record.probe_curve or record.curve
         if "probe_loss" in p.metrics and "val_loss" in p.metrics
     )
     before = [d for s, d in points if k is not None and s <= k]
@@ -65,16 +74,7 @@ def two_sided_p(differences: Sequence[float]) -> float:
 def _kept_runs(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
     """Per (task, optimizer): the scoring runs of the configuration kept that carry a probe."""
     choices, _ = stats.kept_choices(records)
-    kept = {
-        key: [
-            o.record
-            for o in c.runs
-            if o.record.status == "done"
-            and o.record.probe_curve
-            and "probe_batch_step" in o.record.task_options
-        ]
-        for key, c in choices.items()
-    }
+    kept = {key: [o.record for o in c.runs if has_probe(o.record)] for key, c in choices.items()}
     return {key: runs for key, runs in kept.items() if runs}
 
 
@@ -113,7 +113,7 @@ def table(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _cell(row: pd.Series) -> str:
+def _cell(row) -> str:
     if math.isnan(row.excess):
         return "—"
     text = f"{row.excess:+.4f}"
@@ -122,28 +122,40 @@ def _cell(row: pd.Series) -> str:
     return text
 
 
-def to_markdown(df: pd.DataFrame, baseline: str) -> str:
-    """Per task, a table of optimizers against offsets."""
-    parts = []
+def pivots(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per task, a title and a table of optimizers against offsets, as text cells."""
+    out = []
     for task, rows in df.groupby("task", sort=True):
         end = int(rows[rows.after == END].step.max())
         first = rows.iloc[0]
         k = int(first.step) - int(first.after) if first.after != END else end
         heads = [f"+{a:,}" if a != END else f"end (step {end:,})" for a in rows.after.unique()]
-        lines = [
-            f"### {task}: probe batch in place of batch {k + 1:,}\n",
-            "| optimizer | " + " | ".join(heads) + " |",
-            "|---" + "|--:" * len(heads) + "|",
-        ]
-        for opt, group in rows.groupby("optimizer", sort=False):
-            lines.append(f"| {opt} | " + " | ".join(_cell(r) for r in group.itertuples()) + " |")
-        parts.append("\n".join(lines) + "\n")
-    parts.append(
+        cells = {
+            opt: [_cell(r) for r in group.itertuples()]
+            for opt, group in rows.groupby("optimizer", sort=False)
+        }
+        table = pd.DataFrame([[opt, *c] for opt, c in cells.items()], columns=["optimizer", *heads])
+        out.append((f"{task}: probe batch in place of batch {k + 1:,}", table))
+    return out
+
+
+def legend(baseline: str) -> str:
+    return (
         "Excess: probe_loss - val_loss, less the same before injection; median over seeds; "
         f"more negative: more of the batch kept. Below: seeds where it is below {baseline}'s "
         "(paired by seed); p: exact two-sided sign-flip test of the paired differences, one "
-        "per offset with no correction for the number of offsets, so no verdict is stated.\n"
+        "per offset with no correction for the number of offsets, so no verdict is stated."
     )
+
+
+def to_markdown(df: pd.DataFrame, baseline: str) -> str:
+    parts = []
+    for title, table in pivots(df):
+        lines = [f"### {title}\n", "| " + " | ".join(table.columns) + " |"]
+        lines.append("|---" + "|--:" * (len(table.columns) - 1) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in table.itertuples(index=False)]
+        parts.append("\n".join(lines) + "\n")
+    parts.append(legend(baseline) + "\n")
     return "\n".join(parts)
 
 

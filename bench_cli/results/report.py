@@ -1,6 +1,7 @@
 """``bench report``: one self-contained HTML page of a folder of records, to open or send.
 
-The page holds the leaderboard (per task and overall), the figures as inline SVG (loss against
+The page holds the leaderboard (per task and overall; ``bench probe``'s tables where runs
+carry a forgetting probe), the figures as inline SVG (loss against
 tokens and against time, per-step training loss, the forgetting probe, performance profiles),
 each optimizer's update rule as MathML, published references beside our runs, the resolved
 suite and the environment. It loads nothing from anywhere: no scripts, fonts or images from the
@@ -24,7 +25,7 @@ import pandas as pd
 from bench_cli.errors import BenchError
 from bench_cli.mathtext import to_html
 from bench_cli.references import reference_lines
-from bench_cli.results import leaderboard, plots
+from bench_cli.results import leaderboard, plots, probe
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import atomic_write_text, load_records
 
@@ -101,6 +102,19 @@ def figures(records: Sequence[RunRecord], baseline: str) -> list[tuple[str, list
     return sections
 
 
+def probe_tables(records: Sequence[RunRecord], baseline: str) -> list[tuple[str, str]]:
+    """``bench probe``'s tables, one per task with a forgetting probe (none without one)."""
+    if not any(probe.has_probe(r) for r in records):
+        return []
+    try:
+        df = probe.table(records, baseline)
+    except BenchError:  # probes only in tuning runs: nothing scored to show
+        return []
+    return [
+        (t, table.to_html(index=False, classes="data", border=0)) for t, table in probe.pivots(df)
+    ]
+
+
 def _environment(directory: Path, records: Sequence[RunRecord]) -> str:
     path = directory / "environment.json"
     if path.is_file():
@@ -142,6 +156,8 @@ def build_report(
         task_tables=task_tables,
         ranking=table_html(lb.ranking),
         figure_sections=figures(records, baseline),
+        probe_tables=probe_tables(records, baseline),
+        probe_legend=probe.legend(baseline),
         rules=rules,
         references=references,
         suite=suite_file.read_text() if suite_file.is_file() else None,

@@ -68,7 +68,14 @@ def results(tmp_path: Path) -> Path:
 
 def test_report_holds_tables_figures_rules_suite_and_environment(results: Path) -> None:
     html = build_report(rich_records(), "adamw", docstrings(), results)
-    assert html.count('<table class="dataframe data">') == 3  # lm, valley, overall
+    assert html.count('<table class="dataframe data">') == 4  # lm, valley, overall, lm's probe
+    # the probe table at the run's end (step 100; the batch replaced batch 31): excess
+    # (3.0 - 1.0 - val_100) - (3.0 - 0.3 - val_30); adamw's median seed (1, ttt 4100) gives
+    # -0.7 - 0.5 + (2 - 3000/4100), lion's (seed 1, ttt 2050) -0.7 - 0.5 + (2 - 3000/2050),
+    # below adamw's on all three seeds: the smallest two-sided p of three pairs, 2/8
+    assert "<h4>lm: probe batch in place of batch 31</h4>" in html
+    assert f"<td>{-0.7 - 0.5 + 2 - 3000 / 4100:+.4f}</td>" in html
+    assert f"<td>{-0.7 - 0.5 + 2 - 3000 / 2050:+.4f} (3/3 below, p 0.25)</td>" in html
     for section in ("Loss against tokens", "Loss against training time", "Forgetting probe"):
         assert f"<h3>{section}</h3>" in html
     assert "Training loss at every logged step" in html and "Performance profile" in html
@@ -191,7 +198,7 @@ def test_report_in_chromium_loads_clean_and_shows_everything(driver, results, tm
     seen = visit(driver, out, tmp_path)
     assert seen["errors"] == []
     assert seen["requests"] == [out.resolve().as_uri()]  # the page itself, nothing else
-    assert seen["tables"] == 3 and seen["rows"] == 3 + 3 + 3
+    assert seen["tables"] == 4 and seen["rows"] == 3 + 3 + 3 + 3  # lm, valley, ranking, probe
     assert seen["figures"] == 7 and seen["maths"] > 20
     assert seen["title"] == "bench report: suite"
 
