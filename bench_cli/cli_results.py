@@ -165,7 +165,7 @@ def probe_table(
     """The forgetting probe: how much of the probe batch each optimizer keeps, by seed against
     the baseline (runs with the task option probe_batch_step)."""
     try:
-        steps = [int(a) for a in after.split(",") if a.strip()]
+        steps = sorted({int(a) for a in after.split(",") if a.strip()})
     except ValueError:
         raise BenchError(f"--after {after!r}: give whole numbers of steps, such as 100,500") from None
     if not steps or min(steps) <= 0:

@@ -113,9 +113,10 @@ def test_probe_command_prints_markdown_and_writes_json(app, tmp_path: Path) -> N
     folder = write_all(
         tmp_path / "runs", [probed(o, s, 0.3) for o in ("adamw", "x") for s in (0, 1)]
     )
-    result = runner.invoke(app, ["probe", str(folder), "--after", "10,20"])
+    result = runner.invoke(app, ["probe", str(folder), "--after", "20,10,20"])
     assert result.exit_code == 0, result.output
-    assert "probe batch in place of batch 31" in result.output and "+20" in result.output
+    assert "probe batch in place of batch 31" in result.output
+    assert "| optimizer | +10 | +20 | end (step 100) |" in result.output  # sorted, once each
     out = tmp_path / "probe.json"
     result = runner.invoke(app, ["probe", str(folder), "--format", "json", "--out", str(out)])
     assert result.exit_code == 0, result.output
