@@ -14,7 +14,7 @@ from rich.markup import escape
 from bench_cli.display import frame_table, friendly, stderr, stdout, write_plain
 from bench_cli.errors import BenchError
 from bench_cli.results import check as checks
-from bench_cli.results import export, inference, leaderboard, probe
+from bench_cli.results import export, inference, leaderboard, probe, stats
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import check_parent_folder, load_records
 
@@ -63,6 +63,21 @@ def _baseline(records: list[RunRecord], baseline: str | None) -> str:
     return chosen
 
 
+def _check_out(out: Path | None) -> None:
+    """An ``--out`` file that can be written, before any work."""
+    if out is not None:
+        check_parent_folder(out)
+        if out.is_dir() or not out.name:
+            raise BenchError(f"--out {str(out)!r} is a folder; give a file name, such as table.md")
+
+
+def _nothing_scored(directory: Path, records: list[RunRecord]) -> BenchError:
+    return BenchError(
+        f"no scored runs in {str(directory)!r} ({len(records)} tuning or calibration runs); "
+        "run the suite to the end to score the selected configurations"
+    )
+
+
 def _escaped(df):
     return df.apply(lambda col: col.map(lambda x: escape(x) if isinstance(x, str) else x))
 
@@ -94,10 +109,7 @@ def show_leaderboard(
     records = _records(directory, skip_damaged)
     lb = leaderboard.build(records, _baseline(records, baseline), alpha=alpha)
     if lb.tasks.empty:
-        raise BenchError(
-            f"no scored runs in {str(directory)!r} ({len(records)} tuning or calibration runs); "
-            "run the suite to the end to score the selected configurations"
-        )
+        raise _nothing_scored(directory, records)
     for name, task in export.tasks_of(lb):
         table = export.display_task(task, columns=shown)
         stdout.print(frame_table(_escaped(table), title=escape(export.title(lb, name))))
@@ -116,10 +128,7 @@ def export_tables(
     """Export the leaderboard's tables for a paper or a spreadsheet."""
     if fmt not in export.FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(export.FORMATS)}")
-    if out is not None:
-        check_parent_folder(out)
-        if out.is_dir():
-            raise BenchError(f"--out {str(out)!r} is a folder; give a file name, such as table.md")
+    _check_out(out)
     records = _records(directory, skip_damaged)
     text = export.render(leaderboard.build(records, _baseline(records, baseline)), fmt, table)
     if out is None:
@@ -147,6 +156,11 @@ def plot(
     out = out or Path(directory) / "plots"
     check_parent_folder(out / "figure", "--out folder")  # a file where the folder would be
     records = _records(directory, skip_damaged)
+    scored = {r.task_key for r in stats.scored(records)}
+    if not scored:
+        raise _nothing_scored(directory, records)
+    if left := sorted({r.task_key for r in records} - scored):
+        _warn(f"no scored runs yet for {', '.join(left)}: left out of the figures")
     options = plots.PlotOptions(fmt=fmt, baseline=_baseline(records, baseline), logx=logx)
     for path in plots.plot_all(records, out, options):
         stdout.print(str(path), highlight=False, markup=False, soft_wrap=True)
@@ -167,11 +181,14 @@ def probe_table(
     try:
         steps = sorted({int(a) for a in after.split(",") if a.strip()})
     except ValueError:
-        raise BenchError(f"--after {after!r}: give whole numbers of steps, such as 100,500") from None
+        raise BenchError(
+            f"--after {after!r}: give whole numbers of steps, such as 100,500"
+        ) from None
     if not steps or min(steps) <= 0:
         raise BenchError(f"--after {after!r}: give positive numbers of steps, such as 100,500")
-    if out is not None:
-        check_parent_folder(out)
+    if fmt not in probe.FORMATS:
+        raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(probe.FORMATS)}")
+    _check_out(out)
     records = _records(directory, skip_damaged)
     base = _baseline(records, baseline)
     text = probe.render(probe.table(records, base, steps), fmt, base)

@@ -205,7 +205,7 @@ def read_record(path: Path) -> RunRecord:
 
 
 def _is_export(text: str) -> bool:
-    """A table written by ``bench export --format json`` (not a record, nothing to read)."""
+    """A table written by ``bench export`` or ``bench probe`` as JSON (not a record)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -214,7 +214,7 @@ def _is_export(text: str) -> bool:
         isinstance(data, dict)
         and "baseline" in data
         and "run_id" not in data
-        and set(data) <= {"baseline", "targets", "tasks", "ranking"}
+        and set(data) <= {"baseline", "targets", "tasks", "ranking", "probe"}
     )
 
 

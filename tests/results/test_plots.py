@@ -75,3 +75,21 @@ def test_plot_command(tmp_path: Path) -> None:
     assert "lm__vs_tokens.svg" in result.stdout
     bad = CliRunner().invoke(app, ["plot", str(results), "--format", "gif"])
     assert bad.exit_code == 1 and "unknown format 'gif'" in bad.output
+
+
+def test_plot_command_without_scored_runs_says_so_and_names_tasks_left_out(tmp_path: Path) -> None:
+    """Figures draw scoring runs only: a folder of tuning runs is refused in one line with
+    nothing written; a task with tuning runs only is named as left out."""
+    app = typer.Typer()
+    register(app)
+    tune = [r.model_copy(update={"role": "tune"}) for r in small_set()]
+    only_tune = write_all(tmp_path / "tune", tune)
+    res = CliRunner().invoke(app, ["plot", str(only_tune), "--out", str(tmp_path / "p1")])
+    assert res.exit_code == 1 and "no scored runs" in res.output
+    assert not (tmp_path / "p1").exists()
+    partial = [r.model_copy(update={"task": "later", "run_id": r.run_id + "-later"}) for r in tune]
+    mixed = write_all(tmp_path / "mixed", [*small_set(), *partial])
+    res = CliRunner().invoke(app, ["plot", str(mixed), "--out", str(tmp_path / "p2")])
+    assert res.exit_code == 0, res.output
+    assert "no scored runs yet for later: left out of the figures" in res.output
+    assert not list((tmp_path / "p2").glob("later__*"))

@@ -12,6 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from bench_cli.cli_results import register
+from bench_cli.errors import BenchError
 from bench_cli.results import probe
 from bench_cli.results.record import EvalPoint
 from tests.results import make_record, write_all
@@ -43,11 +44,12 @@ def test_excess_is_the_probe_gap_less_the_gap_before_injection() -> None:
     r = probed("adamw", 0, kept=0.7)
     e = probe.excess(r, [10, 20, 35, probe.END])
     # evaluations every 10 steps: +10 is step 40, +20 step 50, +35 the first at or after 65: 70
-    assert e[10] == pytest.approx(-0.7 * 60 / 70)
-    assert e[20] == pytest.approx(-0.7 * 50 / 70)
-    assert e[35] == pytest.approx(-0.7 * 30 / 70)
-    assert e[probe.END] == pytest.approx(0.0, abs=1e-12)
-    assert math.isnan(probe.excess(r, [200])[200])  # later than the run
+    assert e[10] == (pytest.approx(-0.7 * 60 / 70), 40)
+    assert e[20] == (pytest.approx(-0.7 * 50 / 70), 50)
+    assert e[35] == (pytest.approx(-0.7 * 30 / 70), 70)
+    assert e[probe.END] == (pytest.approx(0.0, abs=1e-12), 100)
+    value, step = probe.excess(r, [200])[200]  # later than the run
+    assert math.isnan(value) and step == -1
 
 
 def test_table_pairs_seeds_with_the_baseline_and_counts_those_below() -> None:
@@ -69,6 +71,48 @@ def test_table_pairs_seeds_with_the_baseline_and_counts_those_below() -> None:
     assert mixed.p == pytest.approx(1.0)  # three up, three down by the same amount
     base = df[df.optimizer == "adamw"]
     assert base.p.isna().all() and list(base.after) == [10, probe.END]
+    assert base.pairs.isna().all() and (df.runs == 6).all()
+
+
+def test_an_offset_between_evaluations_is_reported_at_the_evaluation_used() -> None:
+    """Evaluations every 10 steps: +5 and +10 both read step 40, so one column, +10; +15
+    reads step 50 and says +20."""
+    records = [probed(o, s, 0.3) for o in ("adamw", "x") for s in range(2)]
+    df = probe.table(records, "adamw", after=[5, 10, 15])
+    assert list(df[df.optimizer == "x"].after) == [10, 20, probe.END]
+    assert list(df[df.optimizer == "x"].step) == [40, 50, 100]
+
+
+def test_a_diverged_run_counts_until_its_last_finite_evaluation() -> None:
+    records = [probed(o, s, 0.3) for o in ("adamw", "x") for s in range(3)]
+    cut = records[3]  # x, seed 0: diverged after step 50
+    curve = [
+        p if p.step <= 50 else p.model_copy(update={"metrics": {"val_loss": math.inf}})
+        for p in cut.curve
+    ]
+    records[3] = cut.model_copy(update={"status": "diverged", "curve": curve, "probe_curve": curve})
+    df = probe.table(records, "adamw", after=[10, 40])
+    x = df[df.optimizer == "x"].set_index("after")
+    assert (x.loc[10, "seeds"], x.loc[10, "pairs"]) == (3, 3)  # step 40: before it diverged
+    assert (x.loc[40, "seeds"], x.loc[40, "runs"], x.loc[40, "pairs"]) == (2, 3, 2)
+    assert "[2 of 3 runs]" in probe.to_markdown(df, "adamw")
+
+
+def test_runs_of_one_task_with_different_probe_steps_are_refused() -> None:
+    records = [probed("adamw", s, 0.3) for s in range(2)]
+    other = probed("x", 0, 0.3)
+    records.append(other.model_copy(update={"task_options": {"probe_batch_step": 50}}))
+    with pytest.raises(BenchError, match="different steps .30, 50."):
+        probe.table(records, "adamw")
+
+
+def test_probe_runs_only_in_tuning_say_so() -> None:
+    records = [probed("adamw", s, 0.3).model_copy(update={"role": "tune"}) for s in range(2)]
+    with pytest.raises(BenchError, match="tuning or calibration runs only"):
+        probe.table(records, "adamw")
+    none = probed("adamw", 0, 0.3).model_copy(update={"task_options": {"probe_batch_step": None}})
+    with pytest.raises(BenchError, match="no scoring run with a forgetting probe"):
+        probe.table([none], "adamw")
 
 
 def test_only_the_kept_configuration_enters_the_table() -> None:
@@ -120,9 +164,17 @@ def test_probe_command_prints_markdown_and_writes_json(app, tmp_path: Path) -> N
     out = tmp_path / "probe.json"
     result = runner.invoke(app, ["probe", str(folder), "--format", "json", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    rows = json.loads(out.read_text())
+    rows = json.loads(out.read_text())["probe"]
     assert {r["optimizer"] for r in rows} == {"adamw", "x"}
     assert all(r["p"] is None for r in rows if r["optimizer"] == "adamw")
+    assert all(isinstance(r["pairs"], int) for r in rows if r["optimizer"] == "x")
+    # written into the records' folder, the table is not taken for a damaged record
+    inside = folder / "probe.json"
+    args = ["probe", str(folder), "--format", "json", "--out", str(inside)]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, ["probe", str(folder)]).exit_code == 0
+    folder_out = runner.invoke(app, ["probe", str(folder), "--out", str(folder)])
+    assert folder_out.exit_code != 0 and "is a folder; give a file name" in folder_out.output
 
 
 @pytest.mark.parametrize(
@@ -132,6 +184,7 @@ def test_probe_command_prints_markdown_and_writes_json(app, tmp_path: Path) -> N
         ([probed("adamw", 0, 0.3)], ["--after", "ten"], "whole numbers"),
         ([probed("adamw", 0, 0.3)], ["--after", "0"], "positive"),
         ([probed("adamw", 0, 0.3)], ["--format", "latex"], "unknown format"),
+        ([make_record()], ["--format", "latex"], "unknown format"),  # before reading anything
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(app, tmp_path, records, args, message) -> None:
