@@ -129,16 +129,23 @@ def table(
         opts = sorted((o for t, o in kept if t == task), key=lambda o: (o != baseline, o))
         k = _task_step(task, [r for o in opts for r in kept[(task, o)]])
         values = {o: {r.seed: excess(r, asked) for r in kept[(task, o)]} for o in opts}
-        used: dict[int | str, int] = {}  # offset asked -> the evaluation step most runs used
+        used: dict[int | str, int] = {}  # offset asked -> the evaluation step most runs read
         for a in asked:
             found = Counter(e[a][1] for per in values.values() for e in per.values())
             found.pop(-1, None)
             if found and (a == END or found.most_common(1)[0][0] not in used.values()):
                 used[a] = found.most_common(1)[0][0]
-        base = values.get(baseline, {})
+        # a run counts at a column only if read at that column's evaluation step (a diverged
+        # run's last finite evaluation is not the end)
+        at = {
+            o: {a: {s: e[a][0] if e[a][1] == step else math.nan for s, e in per.items()}
+                for a, step in used.items()}
+            for o, per in values.items()
+        }  # fmt: skip
+        base = at.get(baseline, {})
         for o in opts:
             for a, step in used.items():
-                mine = {s: e[a][0] for s, e in values[o].items()}
+                mine = at[o][a]
                 got = [v for v in mine.values() if not math.isnan(v)]
                 row = {"task": task, "optimizer": o, "probe_step": k, "step": step}
                 row["runs"] = len(mine)
@@ -147,9 +154,9 @@ def table(
                 row.update(below=None, pairs=None, p=math.nan)
                 if o != baseline and base:
                     diffs = [
-                        mine[s] - base[s][a][0]
-                        for s in sorted(set(mine) & set(base))
-                        if not (math.isnan(mine[s]) or math.isnan(base[s][a][0]))
+                        mine[s] - base[a][s]
+                        for s in sorted(set(mine) & set(base[a]))
+                        if not (math.isnan(mine[s]) or math.isnan(base[a][s]))
                     ]
                     row.update(below=sum(d < 0 for d in diffs), pairs=len(diffs))
                     row["p"] = two_sided_p(diffs) if diffs else math.nan

@@ -95,6 +95,8 @@ def test_a_diverged_run_counts_until_its_last_finite_evaluation() -> None:
     x = df[df.optimizer == "x"].set_index("after")
     assert (x.loc[10, "seeds"], x.loc[10, "pairs"]) == (3, 3)  # step 40: before it diverged
     assert (x.loc[40, "seeds"], x.loc[40, "runs"], x.loc[40, "pairs"]) == (2, 3, 2)
+    # its last finite evaluation (step 50) is not the end (step 100): left out there too
+    assert (x.loc[probe.END, "step"], x.loc[probe.END, "seeds"]) == (100, 2)
     assert "[2 of 3 runs]" in probe.to_markdown(df, "adamw")
 
 
