@@ -268,7 +268,7 @@ def tasks_of(lb: Leaderboard) -> list[tuple[str, pd.DataFrame]]:
 # ---- renderers ---------------------------------------------------------------------------------
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def md_table(df: pd.DataFrame) -> str:
     def cell(x: object) -> str:
         return str(x).replace("|", r"\|")
 
@@ -283,10 +283,10 @@ def to_markdown(lb: Leaderboard, table: str = "all") -> str:
     if table in ("all", "tasks"):
         for name, task in tasks_of(lb):
             parts.append(f"### {name}\n\n{title(lb, name).split(': ', 1)[1]}.\n")
-            parts.append(_md_table(display_task(task, columns=WIDE)) + "\n")
+            parts.append(md_table(display_task(task, columns=WIDE)) + "\n")
         parts.append(legend(lb) + "\n")
     if table in ("all", "ranking"):
-        parts.append("### Overall ranking\n\n" + _md_table(display_ranking(lb.ranking)) + "\n")
+        parts.append("### Overall ranking\n\n" + md_table(display_ranking(lb.ranking)) + "\n")
     return "\n".join(parts)
 
 
@@ -339,13 +339,16 @@ def to_latex(lb: Leaderboard, table: str = "all") -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _jsonable(x: object) -> object:
+def jsonable(x: object) -> object:
+    """A cell as JSON: NaN and pandas' missing value become null, an infinity "inf"."""
+    if x is None or x is pd.NA:
+        return None
     if isinstance(x, float):
         return (
             None if math.isnan(x) else ("inf" if x == math.inf else "-inf") if math.isinf(x) else x
         )
     if hasattr(x, "item"):  # numpy scalars
-        return _jsonable(x.item())
+        return jsonable(x.item())
     return x
 
 
@@ -353,7 +356,7 @@ def to_json(lb: Leaderboard, table: str = "all") -> str:
     """NaN (undefined) becomes null and an infinite bound the string "inf"."""
 
     def rows(df: pd.DataFrame) -> list[dict]:
-        return [{k: _jsonable(v) for k, v in row.items()} for row in df.to_dict("records")]
+        return [{k: jsonable(v) for k, v in row.items()} for row in df.to_dict("records")]
 
     out: dict[str, object] = {"baseline": lb.baseline}
     out["targets"] = {task: t.model_dump() for task, t in sorted(lb.targets.items())}

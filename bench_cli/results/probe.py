@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bench_cli.errors import BenchError
-from bench_cli.results import inference, stats
+from bench_cli.results import export, inference, stats
 from bench_cli.results.record import RunRecord
 
 DEFAULT_AFTER = (100, 200, 500, 1000)
@@ -208,27 +208,9 @@ def legend(baseline: str) -> str:
     )
 
 
-def _md(text: object) -> str:
-    return str(text).replace("|", r"\|")
-
-
 def to_markdown(df: pd.DataFrame, baseline: str) -> str:
-    parts = []
-    for title, table in pivots(df):
-        lines = [f"### {_md(title)}\n", "| " + " | ".join(map(_md, table.columns)) + " |"]
-        lines.append("|---" + "|--:" * (len(table.columns) - 1) + "|")
-        lines += ["| " + " | ".join(map(_md, row)) + " |" for row in table.itertuples(index=False)]
-        parts.append("\n".join(lines) + "\n")
-    parts.append(_md(legend(baseline)) + "\n")
-    return "\n".join(parts)
-
-
-def _jsonable(x: object) -> object:
-    if x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x)):
-        return None
-    if isinstance(x, float) and math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x.item() if hasattr(x, "item") else x
+    parts = [f"### {title}\n\n{export.md_table(table)}\n" for title, table in pivots(df)]
+    return "\n".join([*parts, legend(baseline) + "\n"])
 
 
 def render(df: pd.DataFrame, fmt: str, baseline: str) -> str:
@@ -237,6 +219,6 @@ def render(df: pd.DataFrame, fmt: str, baseline: str) -> str:
     if fmt == "csv":
         return df.to_csv(index=False)
     if fmt == "json":  # an object the record store knows is not a record
-        rows = [{k: _jsonable(v) for k, v in row.items()} for row in df.to_dict("records")]
+        rows = [{k: export.jsonable(v) for k, v in row.items()} for row in df.to_dict("records")]
         return json.dumps({"baseline": baseline, "probe": rows}, indent=1, allow_nan=False) + "\n"
     raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

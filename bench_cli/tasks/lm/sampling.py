@@ -34,13 +34,13 @@ def stratified_starts(
         starts = torch.arange(n_starts)
         weights = torch.full((n_starts,), 1.0 / n_starts, dtype=torch.float64)
         return starts, weights, torch.full((n_starts,), -1, dtype=torch.int64)
+    if n < 2:
+        raise ValueError("a standard error needs at least 2 validation windows")
     bounds = torch.arange(n + 1, dtype=torch.int64) * n_starts // n
     sizes = bounds[1:] - bounds[:-1]
     offsets = (torch.rand(n, generator=gen, dtype=torch.float64) * sizes).long()
     starts = bounds[:-1] + torch.minimum(offsets, sizes - 1)
     weights = sizes.double() / n_starts
-    if n < 2:
-        raise ValueError("a standard error needs at least 2 validation windows")
     groups = torch.clamp(torch.arange(n) // 2, max=n // 2 - 1)
     return starts, weights, groups
 
