@@ -1,5 +1,7 @@
 """The ``bench`` command: each command declares its options and hands off to ``bench_cli.api``."""
 
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -146,11 +148,29 @@ def _use_untyped_flags(typer_app: typer.Typer) -> None:
 _use_untyped_flags(app)
 
 
+class _Terminated(SystemExit):
+    """SIGTERM (kill, timeout, a scheduler), raised where Python is so that cleanup runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated(128 + signum)
+
+
 def main() -> None:
     from bench_cli.bytecode import keep_bytecode
 
     keep_bytecode()  # before anything imports torch: see bench_cli/bytecode.py
-    app()
+    # SIGTERM stops like Ctrl-C: running cells stop with their workers, claims are released
+    # and finished records stay; without this the process dies at once and its workers run on
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app()
+    except _Terminated:
+        print(
+            "bench: stopped by SIGTERM; finished runs are kept, the same command resumes",
+            file=sys.stderr,
+        )
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,8 @@
 
 ``killer-quadratic``: the run of seed 1 kills its own process at its 5th step, as a crash or an
 out-of-memory kill would. ``counted-quadratic``: every run appends a line to the file named by
-``$BENCH_TEST_COUNT`` and takes a little time per step, so that concurrent coordinators overlap.
+``$BENCH_TEST_COUNT`` and takes a little time per step, so that concurrent coordinators overlap;
+``stalled-quadratic`` counts its run and then spends ten minutes building its model.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ class CountedQuadratic(NoisyQuadratic):
     def loss(self, model, batch):
         time.sleep(0.01)
         return super().loss(model, batch)
+
+
+@TASKS.register("stalled-quadratic")
+class StalledQuadratic(CountedQuadratic):
+    """The counted quadratic, whose model takes ten minutes to build: a run that sends no
+    progress for a long time, as a large task's set-up does."""
+
+    def build_model(self):
+        model = super().build_model()
+        time.sleep(600)
+        return model
 
 
 from bench_cli.registry import OPTIMIZERS  # noqa: E402

@@ -204,23 +204,33 @@ def test_bench_run_reuses_its_records_and_rerun_replaces_them(tmp_path) -> None:
     assert status.exit_code == 0 and "2 done" in status.output
 
 
-def test_ctrl_c_stops_the_busy_workers_at_once_and_releases_their_cells(
-    tmp_path,
-) -> None:
-    # counted-quadratic takes 10 ms a step: 5,000 steps outlast the test by far
-    path = write_suite(tmp_path / "ctrl-c.yaml", "counted-quadratic", "[0]")
-    path.write_text(path.read_text().replace("steps: 30", "steps: 5000"))
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_coordinator_stops_its_busy_workers_at_once(tmp_path, sig) -> None:
+    # stalled-quadratic spends ten minutes in set-up, where a run sends no progress
+    path = write_suite(tmp_path / "stop.yaml", "stalled-quadratic", "[0]")
     count = tmp_path / "n"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_TEST_COUNT": str(count)}
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "bench_cli", "suite", "run", str(path), "--out", str(out)]
     # a shell that starts the tests in the background ignores SIGINT in them; Ctrl-C's own
     # handling is what is tested here, so the command gets the default back
-    proc = subprocess.Popen(
-        [*cmd, "--jobs", "2", "--quiet"],
-        env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    with open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen(
+            [*cmd, "--jobs", "2", "--quiet"],
+            env=env,
+            stderr=err,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
 
     def started() -> int:
         return len(count.read_text().split()) if count.exists() else 0
@@ -231,25 +241,51 @@ def test_ctrl_c_stops_the_busy_workers_at_once_and_releases_their_cells(
             time.sleep(0.05)
         pids = [int(x) for x in count.read_text().split()]
         assert len(pids) == 2, "both workers should be running a cell"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         t0 = time.time()
-        assert proc.wait(timeout=60) != 0
-        # a busy worker is stopped, not waited for (the former wait was 5 s per busy worker)
+        code = proc.wait(timeout=60)
+        # a busy worker is stopped, not waited for; a killed coordinator's workers die with it
+        while time.time() - t0 < 5 and any(_alive(pid) for pid in pids):
+            time.sleep(0.05)
         assert time.time() - t0 < 5
     finally:
         proc.kill()
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-    assert not list(out.glob("counted-quadratic*.json"))
-    assert not list((out / ".running").iterdir())  # a rerun runs them: nobody holds them
+    assert not any(_alive(pid) for pid in pids)
+    assert not list(out.glob("stalled-quadratic*.json"))
+    claims = list((out / ".running").iterdir())
+    if sig == signal.SIGKILL:  # no cleanup can run: the claims stay, held by a dead process
+        assert code == -signal.SIGKILL and len(claims) == 2
+        status = CliRunner().invoke(app, ["suite", "status", str(out)])
+        assert "2 interrupted" in status.output
+    else:
+        assert code != 0 and not claims  # a rerun runs them: nobody holds them
+    if sig == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM
+        assert "stopped by SIGTERM" in (tmp_path / "stderr").read_text()
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path) -> None:
     # counted-quadratic takes 10 ms a step, so 400 steps outlast the kill on any machine
-    args = ["run", "--plugin", str(PLUGINS), "--opt", "ademamix", "--task", "counted-quadratic",
-            "--set", "preset=tiny", "--steps", "400", "--set", "eval_interval=10", "--set",
-            "checkpoint_minutes=1e-9", "--device", "cpu", "--quiet"]
+    args = [
+        "run",
+        "--plugin",
+        str(PLUGINS),
+        "--opt",
+        "ademamix",
+        "--task",
+        "counted-quadratic",
+        "--set",
+        "preset=tiny",
+        "--steps",
+        "400",
+        "--set",
+        "eval_interval=10",
+        "--set",
+        "checkpoint_minutes=1e-9",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_TEST_COUNT": str(tmp_path / "n")}
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "bench_cli", *args, "--out", str(out)], env=env)

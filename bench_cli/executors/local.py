@@ -57,8 +57,22 @@ def _environ(**values: str | None):
                 os.environ[k] = v
 
 
-def _serve(inbox, outbox, threads: int | None, log: dict | None) -> None:
+def _die_with(parent: int) -> None:
+    """Have the kernel stop this worker when its coordinator dies, however it dies (Linux):
+    a coordinator killed with SIGKILL must not leave workers training on. Elsewhere only the
+    progress events notice (``worker.Events``), at a run's next logged step."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(1)
+
+
+def _serve(inbox, outbox, threads: int | None, log: dict | None, parent: int) -> None:
     """A worker process: run the cells it is sent until it gets None."""
+    _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
     worker.set_threads(threads)
     while True:
@@ -212,7 +226,9 @@ class LocalExecutor:
             CUDA_VISIBLE_DEVICES=gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
         ):
             p = self.ctx.Process(
-                target=_serve, args=(inbox, outbox, slot.threads, self.log), daemon=True
+                target=_serve,
+                args=(inbox, outbox, slot.threads, self.log, os.getpid()),
+                daemon=True,
             )
             p.start()
         return _Worker(slot, p, inbox)
