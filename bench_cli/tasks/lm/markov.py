@@ -178,9 +178,10 @@ class LMMarkov(GPTTask):
     grad clip 1.0; evaluation every 250 steps on 16 fixed batches (1,024 windows).
     Target: gap <= 0.5 (AdamW, seed 0, crosses it at step 4,250 on an H200, after 58 s of
     training at 1.2M tokens/s; floor 2.93, bigram 3.83, unigram 4.15 nats; PERFORMANCE.md).
-    ``long``: the same language and model for 60,000 steps (983M tokens); target gap <= 0.4,
-    provisional: not measured at 60,000 steps (cut to 15,000 steps, 246M tokens, AdamW's median
-    best gap was 0.28 over six seeds; docs/results.md). ``tiny``: V = 8,
+    ``long``: the same language and model for 120,000 steps (1.97B tokens, 18-27 min on one H200
+    at 1.2-1.8M tokens/s); target gap <= 0.4, provisional: not measured at this length (cut to
+    15,000 steps, 246M tokens, AdamW's median best gap was 0.28 over six seeds;
+    docs/results.md). ``tiny``: V = 8,
     k = 2, a one-layer GPT, seconds on a CPU.
     Metrics: val_loss and its standard error, ``floor`` (the Bayes-optimal loss on the same
     validation windows, from the true conditionals), ``gap`` = val_loss - floor (the target) and
@@ -206,7 +207,7 @@ class LMMarkov(GPTTask):
             Target(metric="gap", value=0.5),
         ),
         "long": Preset(
-            run_settings(60_000, 2500, warmup_steps=1000, log_interval=50),
+            run_settings(120_000, 2500, warmup_steps=1000, log_interval=50),
             Target(metric="gap", value=0.4),
         ),
         "tiny": Preset(
