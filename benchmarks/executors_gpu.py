@@ -9,10 +9,12 @@ seconds, over the cells (an upper bound: the command's own start-up is in it, an
 set-up: model, optimizer, first step).
 Part ``multi``: the same suite on two GPUs against one (``--runs-per-gpu 4``), and ``lm-gpt2``
 (GPT-2 small) on generated token shards with DDP on two GPUs against one GPU at the same global
-batch (tokens/s from the records).
+batch (tokens/s from the records). Part ``gpt2``: that comparison alone (``--gpt2-compile``: both
+runs with ``--compile``).
 
     python benchmarks/executors_gpu.py pool --data tinyshakespeare.txt --out results/
     python benchmarks/executors_gpu.py multi --data tinyshakespeare.txt --out results/
+    python benchmarks/executors_gpu.py gpt2 --data tinyshakespeare.txt --out results/ --gpt2-compile
 """
 
 from __future__ import annotations
@@ -116,16 +118,23 @@ def multi(args) -> dict:
         res[name], res[f"{name}_head"], res[f"{name}_tail"] = t["wall"], t["head"], t["tail"]
         print(name, t, flush=True)
     res["speedup_two_gpus"] = res["one_gpu"] / res["two_gpus"]
+    return {**res, **gpt2(args)}
+
+
+def gpt2(args) -> dict:
+    res = {}
     for batch in args.gpt2_batch:
-        ddp = gpt2_ddp(args.out / f"gpt2_b{batch}", steps=60, train_tokens=20_000_000, batch=batch)
+        ddp = gpt2_ddp(
+            args.out / f"gpt2_b{batch}", 60, 20_000_000, batch, compiled=args.gpt2_compile
+        )
         res.update({f"{k}_b{batch}": v for k, v in ddp.items()})
     return res
 
 
-def gpt2_ddp(out: Path, steps: int, train_tokens: int, batch: int = 32) -> dict:
+def gpt2_ddp(out: Path, steps: int, train_tokens: int, batch: int = 32, compiled=False) -> dict:
     """``lm-gpt2`` on generated token shards for ``steps`` steps, on one GPU and with DDP on
     two at the same global batch of ``batch`` sequences (the task's default is 32): tokens/s of
-    each (from the records) and the final losses."""
+    each (from the records) and the final losses. ``compiled``: both with ``--compile``."""
     import numpy as np
 
     from bench_cli.tasks.lm.tokens import write_shard
@@ -138,7 +147,7 @@ def gpt2_ddp(out: Path, steps: int, train_tokens: int, batch: int = 32) -> dict:
     common = [
         "run", "--opt", "adamw", "--task", "lm-gpt2", "--data", str(shards), "--steps", str(steps),
         "--set", f"eval_interval={steps}", "--set", "eval_batches=4", "--set", f"batch_size={batch}",
-        "--quiet",
+        "--quiet", *(["--compile"] if compiled else []),
     ]  # fmt: skip
     bench(*common, "--out", str(out / "gpt2_one"), "--gpus", "0")
     t0 = time.perf_counter()
@@ -160,15 +169,16 @@ def gpt2_ddp(out: Path, steps: int, train_tokens: int, batch: int = 32) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["pool", "multi"])
+    p.add_argument("part", choices=["pool", "multi", "gpt2"])
     p.add_argument("--data", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
         "--gpt2-batch", type=int, nargs="+", default=[32], help="global batches for lm-gpt2 DDP"
     )
+    p.add_argument("--gpt2-compile", action="store_true", help="lm-gpt2 with --compile")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    res = pool(args) if args.part == "pool" else multi(args)
+    res = {"pool": pool, "multi": multi, "gpt2": gpt2}[args.part](args)
     import torch
 
     res["device"] = torch.cuda.get_device_name(0)
