@@ -1,5 +1,6 @@
 """The ``bench`` command: each command declares its options and hands off to ``bench_cli.api``."""
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -153,6 +154,7 @@ class _Terminated(SystemExit):
 
 
 def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
     raise _Terminated(128 + signum)
 
 
@@ -161,8 +163,11 @@ def main() -> None:
 
     keep_bytecode()  # before anything imports torch: see bench_cli/bytecode.py
     # SIGTERM stops like Ctrl-C: running cells stop with their workers, claims are released
-    # and finished records stay; without this the process dies at once and its workers run on
-    signal.signal(signal.SIGTERM, _terminate)
+    # and finished records stay; without this the process dies at once and its workers run on.
+    # Not in a rank under torchrun: a rank blocked in a collective could not run the handler,
+    # and torchrun stops its ranks with SIGTERM
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except _Terminated:
@@ -171,6 +176,8 @@ def main() -> None:
             file=sys.stderr,
         )
         raise
+    finally:  # the interpreter's own shutdown is not interrupted by a late SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -99,7 +99,9 @@ def test_every_command_and_flag_in_the_docs_exists() -> None:
 
 def test_readme_lists_every_optimizer_and_task() -> None:
     readme = (ROOT / "README.md").read_text()
-    for name in OPTIMIZERS.names():
-        assert f"| `{name}` |" in readme, name
-    for name in TASKS.names():
-        assert f"| `{name}` |" in readme, name
+    # the project's own: tests that run suites in this process register their plug-ins too
+    for registry in (OPTIMIZERS, TASKS):
+        names = [n for n, obj in registry.items() if obj.__module__.startswith("bench_cli.")]
+        assert len(names) >= 8
+        for name in names:
+            assert f"| `{name}` |" in readme, name

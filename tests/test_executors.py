@@ -213,44 +213,53 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _stop_mid_run(tmp_path: Path, args: list[str], sig: int, runs: int = 2, env=None):
+    """Start ``bench ARGS`` on stalled-quadratic cells, send ``sig`` once ``runs`` of them are in
+    their ten-minute set-up; its exit code, the pids that ran them, and its stderr."""
+    count = tmp_path / "n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_TEST_COUNT": str(count), **(env or {})}
+    # a shell that starts the tests in the background ignores SIGINT in them; Ctrl-C's own
+    # handling is what is tested here, so the command gets the default back
+    with open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench_cli", *args],
+            env=env,
+            stderr=err,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(pids := _pids(count)) < runs:
+            time.sleep(0.05)
+        assert len(pids) == runs, "the runs should have started"
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    return code, pids, (tmp_path / "stderr").read_text()
+
+
+def _pids(count: Path) -> list[int]:
+    return [int(x) for x in count.read_text().split()] if count.exists() else []
+
+
+def _gone(pids: list[int], seconds: float) -> bool:
+    t0 = time.time()
+    while time.time() - t0 < seconds and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    return not any(_alive(pid) for pid in pids)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_a_stopped_coordinator_stops_its_busy_workers_at_once(tmp_path, sig) -> None:
     # stalled-quadratic spends ten minutes in set-up, where a run sends no progress
     path = write_suite(tmp_path / "stop.yaml", "stalled-quadratic", "[0]")
-    count = tmp_path / "n"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_TEST_COUNT": str(count)}
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "bench_cli", "suite", "run", str(path), "--out", str(out)]
-    # a shell that starts the tests in the background ignores SIGINT in them; Ctrl-C's own
-    # handling is what is tested here, so the command gets the default back
-    with open(tmp_path / "stderr", "w") as err:
-        proc = subprocess.Popen(
-            [*cmd, "--jobs", "2", "--quiet"],
-            env=env,
-            stderr=err,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-
-    def started() -> int:
-        return len(count.read_text().split()) if count.exists() else 0
-
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and started() < 2:
-            time.sleep(0.05)
-        pids = [int(x) for x in count.read_text().split()]
-        assert len(pids) == 2, "both workers should be running a cell"
-        proc.send_signal(sig)
-        t0 = time.time()
-        code = proc.wait(timeout=60)
-        # a busy worker is stopped, not waited for; a killed coordinator's workers die with it
-        while time.time() - t0 < 5 and any(_alive(pid) for pid in pids):
-            time.sleep(0.05)
-        assert time.time() - t0 < 5
-    finally:
-        proc.kill()
-    assert not any(_alive(pid) for pid in pids)
+    args = ["suite", "run", str(path), "--out", str(out), "--jobs", "2", "--quiet"]
+    code, pids, stderr = _stop_mid_run(tmp_path, args, sig)
+    # a busy worker is stopped, not waited for; a killed coordinator's workers die with it
+    assert _gone(pids, 5)
     assert not list(out.glob("stalled-quadratic*.json"))
     claims = list((out / ".running").iterdir())
     if sig == signal.SIGKILL:  # no cleanup can run: the claims stay, held by a dead process
@@ -260,8 +269,44 @@ def test_a_stopped_coordinator_stops_its_busy_workers_at_once(tmp_path, sig) -> 
     else:
         assert code != 0 and not claims  # a rerun runs them: nobody holds them
     if sig == signal.SIGTERM:
-        assert code == 128 + signal.SIGTERM
-        assert "stopped by SIGTERM" in (tmp_path / "stderr").read_text()
+        assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr
+        assert "Traceback" not in stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_stopped_slurm_coordinator_cancels_its_jobs(tmp_path) -> None:
+    pytest.importorskip("submitit")
+    path = write_suite(tmp_path / "stop.yaml", "stalled-quadratic", "[0]")
+    out = tmp_path / "out"
+    args = ["suite", "run", str(path), "--out", str(out), "--quiet"]
+    args += ["--executor", "slurm", "--slurm-cluster", "local", "--threads", "1"]
+    code, pids, stderr = _stop_mid_run(tmp_path, args, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM
+    assert _gone(pids, 30)  # its claims are released, so its jobs must not run on
+    assert not list((out / ".running").iterdir())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_under_torchrun_sigterm_keeps_its_default_action(tmp_path) -> None:
+    # torchrun stops its ranks with SIGTERM; a rank blocked in a collective could not run a
+    # Python handler, so a rank keeps the default action: to die at once
+    args = ["run", "--plugin", str(PLUGINS), "--opt", "adamw", "--task", "stalled-quadratic"]
+    args += ["--set", "preset=tiny", "--device", "cpu", "--quiet", "--out", str(tmp_path / "o")]
+    env = {"TORCHELASTIC_RUN_ID": "test"}
+    code, pids, stderr = _stop_mid_run(tmp_path, args, signal.SIGTERM, runs=1, env=env)
+    assert code == -signal.SIGTERM and "stopped by SIGTERM" not in stderr
+
+
+def test_workers_started_by_forkserver_run_their_cells(tmp_path, monkeypatch) -> None:
+    # a worker checks that its coordinator is alive by its parent pid only when that parent is
+    # the coordinator itself (spawn); under forkserver its parent is the fork server
+    import multiprocessing
+
+    real = multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: real("forkserver"))
+    path = write_suite(tmp_path / "fs.yaml", "noisy-quadratic", "[0, 1]")
+    summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2, "threads": 1})
+    assert summary.records and {r.status for r in summary.records} == {"done"}
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path) -> None:

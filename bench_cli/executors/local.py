@@ -57,10 +57,13 @@ def _environ(**values: str | None):
                 os.environ[k] = v
 
 
-def _die_with(parent: int) -> None:
-    """Have the kernel stop this worker when its coordinator dies, however it dies (Linux):
-    a coordinator killed with SIGKILL must not leave workers training on. Elsewhere only the
-    progress events notice (``worker.Events``), at a run's next logged step."""
+def _die_with(parent: int | None) -> None:
+    """Have the kernel stop this worker when its coordinator ``parent`` dies, however it dies
+    (Linux): a coordinator killed with SIGKILL must not leave workers training on. Elsewhere, or
+    when the worker is not the coordinator's own child (``parent`` None: a start method other
+    than spawn), only the progress events notice (``worker.Events``), at a run's next step."""
+    if parent is None:
+        return
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -70,7 +73,7 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _serve(inbox, outbox, threads: int | None, log: dict | None, parent: int) -> None:
+def _serve(inbox, outbox, threads: int | None, log: dict | None, parent: int | None) -> None:
     """A worker process: run the cells it is sent until it gets None."""
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
@@ -222,12 +225,13 @@ class LocalExecutor:
     def _start(self, slot: Slot, outbox) -> _Worker:
         inbox = self.ctx.Queue()
         gpu = str(slot.gpu) if slot.gpu is not None else None
+        parent = os.getpid() if self.ctx.get_start_method() == "spawn" else None
         with _environ(
             CUDA_VISIBLE_DEVICES=gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
         ):
             p = self.ctx.Process(
                 target=_serve,
-                args=(inbox, outbox, slot.threads, self.log, os.getpid()),
+                args=(inbox, outbox, slot.threads, self.log, parent),
                 daemon=True,
             )
             p.start()

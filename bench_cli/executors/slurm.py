@@ -4,7 +4,7 @@ Partition, time, GPUs, account and extra sbatch flags come from the suite file's
 ``executor.slurm`` or the command line. ``--slurm-cluster local`` uses submitit's local executor
 (for tests and a single machine). A preempted or timed-out job is requeued by submitit
 (``checkpoint``) and its run resumes from its last checkpoint. This process waits for the array,
-keeping the cells' claims fresh.
+keeping the cells' claims fresh; stopped (Ctrl-C, SIGTERM), it cancels the jobs still running.
 """
 
 from __future__ import annotations
@@ -87,6 +87,19 @@ class SlurmExecutor:
         for cell, _ in pending:
             progress.started(cell)
         ran = []
+        try:
+            self._wait(pending, folder, progress, ran)
+        except BaseException:  # Ctrl-C or SIGTERM: the claims are released, so stop the jobs
+            for _, job in pending:
+                if not job.done():
+                    try:
+                        job.cancel(check=False)
+                    except OSError:  # no scancel here: the cluster's own limits end them
+                        pass
+            raise
+        return ran
+
+    def _wait(self, pending, folder: Folder, progress, ran: list[str]) -> None:
         while pending:
             still = []
             for cell, job in pending:
@@ -106,7 +119,6 @@ class SlurmExecutor:
                 folder.release(cell.run_id)
                 ran.append(cell.run_id)
                 progress.finished(cell, status)
-            pending = still
+            pending[:] = still
             if pending:
                 time.sleep(self.POLL)
-        return ran
