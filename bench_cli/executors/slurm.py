@@ -86,9 +86,8 @@ class SlurmExecutor:
         pending = self.submit(cells, folder, claim)
         for cell, _ in pending:
             progress.started(cell)
-        ran = []
         try:
-            self._wait(pending, folder, progress, ran)
+            return self._wait(pending, folder, progress)
         except BaseException:  # Ctrl-C or SIGTERM: the claims are released, so stop the jobs
             for _, job in pending:
                 if not job.done():
@@ -97,9 +96,9 @@ class SlurmExecutor:
                     except OSError:  # no scancel here: the cluster's own limits end them
                         pass
             raise
-        return ran
 
-    def _wait(self, pending, folder: Folder, progress, ran: list[str]) -> None:
+    def _wait(self, pending, folder: Folder, progress) -> list[str]:
+        ran = []
         while pending:
             still = []
             for cell, job in pending:
@@ -119,6 +118,7 @@ class SlurmExecutor:
                 folder.release(cell.run_id)
                 ran.append(cell.run_id)
                 progress.finished(cell, status)
-            pending[:] = still
+            pending = still
             if pending:
                 time.sleep(self.POLL)
+        return ran

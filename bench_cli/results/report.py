@@ -102,15 +102,19 @@ def figures(records: Sequence[RunRecord], baseline: str) -> list[tuple[str, list
     return sections
 
 
-def probe_tables(records: Sequence[RunRecord], baseline: str) -> list[tuple[str, str]]:
-    """``bench probe``'s tables, one per task with a forgetting probe (none without one)."""
+def probe_tables(records: Sequence[RunRecord], baseline: str) -> tuple[list[tuple[str, str]], str]:
+    """``bench probe``'s tables, one per task with a forgetting probe, and the legend; where
+    runs carry a probe but ``bench probe`` refuses them, no table and its reason instead."""
+    if not any(probe.has_probe(r) for r in records):
+        return [], ""
     try:
         df = probe.table(records, baseline)
-    except BenchError:  # no scored probe runs (or none comparable): the page goes without
-        return []
-    return [
+    except BenchError as exc:  # e.g. probe runs in tuning only: the page says why
+        return [], f"No probe table: {exc}."
+    tables = [
         (t, table.to_html(index=False, classes="data", border=0)) for t, table in probe.pivots(df)
     ]
+    return tables, probe.legend(baseline)
 
 
 def _environment(directory: Path, records: Sequence[RunRecord]) -> str:
@@ -154,8 +158,7 @@ def build_report(
         task_tables=task_tables,
         ranking=table_html(lb.ranking),
         figure_sections=figures(records, baseline),
-        probe_tables=probe_tables(records, baseline),
-        probe_legend=probe.legend(baseline),
+        probe=probe_tables(records, baseline),
         rules=rules,
         references=references,
         suite=suite_file.read_text() if suite_file.is_file() else None,

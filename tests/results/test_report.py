@@ -88,6 +88,21 @@ def test_report_holds_tables_figures_rules_suite_and_environment(results: Path) 
     assert not re.search(r"<script|<link|<iframe|<img|src=|@import|url\((?!#)", html)
 
 
+def test_probe_runs_the_probe_table_refuses_are_named_with_the_reason(results: Path) -> None:
+    # lion's runs put the probe batch elsewhere: no table, and the page says why
+    records = [
+        r.model_copy(update={"task_options": {"probe_batch_step": 40}})
+        if r.optimizer == "lion" and r.task == "lm"
+        else r
+        for r in rich_records()
+    ]
+    html = build_report(records, "adamw", docstrings(), results)
+    assert html.count('<table class="dataframe data">') == 3  # lm, valley, overall
+    assert (
+        "No probe table: task lm: its runs put the probe batch at different steps (30, 40)" in html
+    )
+
+
 def test_svg_ids_are_unique_across_figures(results: Path) -> None:
     html = build_report(rich_records(), "adamw", docstrings(), results)
     ids = re.findall(r'\sid="([^"]+)"', html)
