@@ -1,10 +1,16 @@
-"""NVIDIA MPS for runs sharing a GPU: when it is used, and what happens when it cannot start.
-A stand-in ``nvidia-cuda-mps-control`` on PATH records how it is called."""
+"""NVIDIA MPS for runs sharing a GPU: when it is used, how its daemon starts and stops, and what
+happens when it cannot start. A stand-in ``nvidia-cuda-mps-control`` on PATH records how it is
+called: with ``-f`` it is the daemon (until a client sends ``quit``), otherwise a client, which
+fails while no daemon is up."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +19,19 @@ from bench_cli.errors import BenchError
 from bench_cli.executors.local import Slot, gpu_slots, mps_daemon, use_mps
 
 FAKE = """#!/bin/sh
-echo "$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat -)" >> "{log}"
-exit {code}
+in=$(cat -)
+echo "$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$in" >> "{log}"
+[ {code} -ne 0 ] && exit {code}
+P="$CUDA_MPS_PIPE_DIRECTORY"
+if [ "$1" = "-f" ]; then
+  echo $$ > "{log}.pid"
+  sleep 0.2; touch "$P/up"
+  while [ ! -e "$P/down" ]; do sleep 0.02; done
+  exit 0
+fi
+[ -e "$P/up" ] || exit 1
+[ "$in" = quit ] && touch "$P/down"
+exit 0
 """
 
 
@@ -41,14 +58,60 @@ def test_default_is_on_only_when_runs_share_a_gpu_and_mps_is_installed(tmp_path,
     assert not use_mps(True, [Slot(None, 1)])
 
 
-def test_daemon_gets_private_pipes_and_is_stopped(tmp_path, monkeypatch):
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def test_daemon_gets_private_pipes_answers_before_use_and_is_stopped(tmp_path, monkeypatch):
     log = _fake_control(tmp_path, monkeypatch, 0)
     with mps_daemon():
         pipe = os.environ["CUDA_MPS_PIPE_DIRECTORY"]  # the workers started here inherit it
-    start, stop = log.read_text().splitlines()
-    assert start.startswith("-d pipe=") and start.split("pipe=")[1].split()[0] == pipe
-    assert stop.endswith("stdin=quit") and pipe in stop
+        assert (Path(pipe) / "up").exists()  # it answered before any worker could start
+        pid = int(Path(f"{log}.pid").read_text())
+        assert _alive(pid)
+    calls = log.read_text().splitlines()
+    [daemon] = [c for c in calls if c.startswith("-f ")]
+    assert daemon.split("pipe=")[1].split()[0] == pipe
+    assert all(pipe in c for c in calls)
+    assert calls[-2].endswith("stdin=get_server_list") and calls[-1].endswith("stdin=quit")
+    assert not _alive(pid)
     assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and not Path(pipe).exists()
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("setpriv") is None,
+    reason="the parent-death signal needs Linux's setpriv",
+)
+def test_daemon_dies_with_a_coordinator_killed_with_sigkill(tmp_path, monkeypatch):
+    log = _fake_control(tmp_path, monkeypatch, 0)
+    code = (
+        "import time\n"
+        "from bench_cli.executors.local import mps_daemon\n"
+        "with mps_daemon():\n"
+        "    print('up', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    coordinator = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert coordinator.stdout.readline().strip() == "up"
+    pid = int(Path(f"{log}.pid").read_text())
+    assert _alive(pid)
+    coordinator.kill()
+    coordinator.wait()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
 
 
 def test_daemon_that_cannot_start(tmp_path, monkeypatch, capsys):
@@ -63,9 +126,7 @@ def test_daemon_that_cannot_start(tmp_path, monkeypatch, capsys):
     assert "time-sliced" in capsys.readouterr().err
 
 
-def test_an_error_of_the_runs_is_not_chained_to_a_daemon_that_did_not_start(
-    tmp_path, monkeypatch
-):
+def test_an_error_of_the_runs_is_not_chained_to_a_daemon_that_did_not_start(tmp_path, monkeypatch):
     _fake_control(tmp_path, monkeypatch, 1)
     with pytest.raises(RuntimeError) as info:
         with mps_daemon(required=False):

@@ -108,23 +108,56 @@ def use_mps(asked: bool | None, slots: list[Slot]) -> bool:
     return len(gpus) > len(set(gpus)) and shutil.which("nvidia-cuda-mps-control") is not None
 
 
+def _control(args: list[str], env: dict, stdin: str = "") -> int:
+    """One call of NVIDIA's MPS control client; its exit code."""
+    cmd = ["nvidia-cuda-mps-control", *args]
+    done = subprocess.run(cmd, input=stdin, text=True, env=env, timeout=30, capture_output=True)
+    return done.returncode
+
+
+def _start_control_daemon(env: dict, log: Path) -> subprocess.Popen:
+    """The MPS control daemon in the foreground, as this process's child, once it answers. On
+    Linux it gets SIGTERM when this process dies however it dies (``setpriv --pdeathsig``), so a
+    coordinator killed with SIGKILL leaves no daemon behind; ``-d`` would detach it for good.
+    Its own session keeps a terminal's Ctrl-C for the coordinator, which stops it last."""
+    cmd = ["nvidia-cuda-mps-control", "-f"]
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv:
+        cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
+    with open(log, "wb") as err:
+        daemon = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
+        )
+    deadline = time.monotonic() + 30
+    while daemon.poll() is None and time.monotonic() < deadline:
+        if _control([], env, "get_server_list\n") == 0:  # a CUDA context made now uses it
+            return daemon
+        time.sleep(0.05)
+    if daemon.poll() is None:
+        daemon.kill()
+        raise subprocess.SubprocessError("it did not answer within 30 s")
+    detail = log.read_text(errors="replace").strip().splitlines()
+    raise subprocess.SubprocessError(
+        f"exit code {daemon.returncode}" + (f": {detail[-1]}" if detail else "")
+    )
+
+
 @contextmanager
 def mps_daemon(required: bool = True):
     """NVIDIA's Multi-Process Service for this executor's workers: its own pipe and log folders
     (so it never touches another user's daemon), stopped when the phase ends. When it cannot
     start: an error if it was asked for, else one warning and the runs go on time-sliced."""
     pipes = Path(tempfile.mkdtemp(prefix="bench-mps-"))
-    env = {
+    mps = {
         "CUDA_MPS_PIPE_DIRECTORY": str(pipes / "pipe"),
         "CUDA_MPS_LOG_DIRECTORY": str(pipes / "log"),
     }
-    for d in env.values():
+    for d in mps.values():
         Path(d).mkdir(parents=True, exist_ok=True)
-    failure = None
+    env = {**os.environ, **mps}
+    failure = daemon = None
     try:
-        subprocess.run(
-            ["nvidia-cuda-mps-control", "-d"], env={**os.environ, **env}, check=True, timeout=30
-        )
+        daemon = _start_control_daemon(env, pipes / "control.out")
     except (OSError, subprocess.SubprocessError) as exc:
         failure = f"cannot start the CUDA MPS daemon (nvidia-cuda-mps-control: {exc})"
     if failure is not None:  # outside the except block: the runs' own errors stay unchained
@@ -135,20 +168,14 @@ def mps_daemon(required: bool = True):
         yield
         return
     try:
-        with _environ(**env):
+        with _environ(**mps):
             yield
     finally:
         try:
-            subprocess.run(
-                ["nvidia-cuda-mps-control"],
-                input="quit\n",
-                text=True,
-                env={**os.environ, **env},
-                timeout=30,
-                check=False,
-            )
+            _control([], env, "quit\n")
+            daemon.wait(timeout=30)
         except (OSError, subprocess.SubprocessError):
-            pass  # a daemon that will not quit must not hide the runs' own outcome
+            daemon.kill()  # a daemon that will not quit must not hide the runs' own outcome
         shutil.rmtree(pipes, ignore_errors=True)
 
 
