@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,8 +23,40 @@ import time
 LOADS = ("matmul", "copy", "launch")
 
 
-def child(load: str, seconds: float) -> None:
+def pin_cpus(how: str, gpu: int) -> set[int] | None:
+    """The CPUs a process driving ``gpu`` is pinned to: ``node``, every CPU of the GPU's NUMA
+    node; ``core``, one physical core of that node (its hyperthreads), a different one per GPU;
+    ``none``, no pinning."""
+    if how == "none":
+        return None
+    query = ["nvidia-smi", "-i", str(gpu), "--query-gpu=pci.bus_id", "--format=csv,noheader"]
+    bus = subprocess.check_output(query, text=True).strip().lower()[-12:]  # 0000:xx:yy.z
+    node = max(0, int(open(f"/sys/bus/pci/devices/{bus}/numa_node").read()))
+    text = open(f"/sys/devices/system/node/node{node}/cpulist").read().strip()
+    cpus = sorted(
+        c
+        for part in text.split(",")
+        for c in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)
+    )
+    cpus = [c for c in cpus if c in os.sched_getaffinity(0)]
+    if how == "node":
+        return set(cpus)
+    cores: list[set[int]] = []
+    for c in cpus:
+        path = f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list"
+        sib = {int(x) for x in re.split("[,-]", open(path).read().strip())}
+        if sib not in cores:
+            cores.append(sib)
+    return cores[(2 * gpu + 1) % len(cores)] & set(cpus)
+
+
+def child(load: str, seconds: float, pin: str = "none", gpu: int = 0) -> None:
     import torch
+
+    cpus = pin_cpus(pin, gpu)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+        print(f"pinned to {sorted(cpus)}", file=sys.stderr, flush=True)
 
     dev = torch.device("cuda", 0)
     if load == "matmul":
@@ -94,10 +127,13 @@ def parse_clocks(text: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def together(load: str, gpus: list[int], seconds: float) -> tuple[list[float], dict]:
+def together(
+    load: str, gpus: list[int], seconds: float, pin: str = "none"
+) -> tuple[list[float], dict]:
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--child", load, "--seconds", str(seconds)],
+            [sys.executable, __file__, "--child", load, "--seconds", str(seconds),
+             "--pin", pin, "--gpu", str(g)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env={**os.environ, "CUDA_VISIBLE_DEVICES": str(g)},
         )  # fmt: skip
@@ -122,16 +158,18 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--loads", nargs="+", default=list(LOADS), choices=LOADS)
     p.add_argument("--child", choices=LOADS)
+    p.add_argument("--pin", choices=["none", "node", "core"], default="none")
+    p.add_argument("--gpu", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out")
     args = p.parse_args()
     if args.child:
-        child(args.child, args.seconds)
+        child(args.child, args.seconds, args.pin, args.gpu)
         return
     units = {"matmul": "TFLOP/s", "copy": "TB/s", "launch": "M launches/s"}
     res = {}
     for load in args.loads:
-        [alone], clocks_alone = together(load, [0], args.seconds)
-        pair, clocks_pair = together(load, [0, 1], args.seconds)
+        [alone], clocks_alone = together(load, [0], args.seconds, args.pin)
+        pair, clocks_pair = together(load, [0, 1], args.seconds, args.pin)
         res[load] = {
             "unit": units[load], "alone": alone, "pair": pair,
             "pair_over_alone": [r / alone for r in pair],
