@@ -20,7 +20,7 @@ import yaml
 
 from bench_cli.config import ExecutorSettings, SuiteFile, read_yaml
 from bench_cli.errors import BenchError
-from bench_cli.executors import execute
+from bench_cli.executors import Executors, execute
 from bench_cli.folder import CALIBRATION, RESOLVED, RUNS, SELECTION, Folder
 from bench_cli.plan import Cell, Plan, build_plan
 from bench_cli.results.metrics import to_target
@@ -149,9 +149,17 @@ def run_plan(
     rerun: bool = False,
     log: dict | None = None,
 ) -> SuiteSummary:
-    """Run the phases of ``plan`` into ``folder``."""
+    """Run the phases of ``plan`` into ``folder``, all with one executor (so a local pool's
+    workers start once, not once per phase)."""
     for name in (CALIBRATION, SELECTION):  # damaged: reported before any work, not after it
         folder.read_json(name)
+    with Executors(executor, log) as executors:
+        return _run_phases(plan, folder, executors, progress, rerun)
+
+
+def _run_phases(
+    plan: Plan, folder: Folder, executors: Executors, progress: Any, rerun: bool
+) -> SuiteSummary:
     cells: list[Cell] = []
     records: list[RunRecord] = []
     ran = 0
@@ -159,7 +167,7 @@ def run_plan(
     def phase(name: str, todo: list[Cell]) -> list[RunRecord]:
         nonlocal ran
         progress.phase(name, len(todo))
-        got, n = execute(todo, folder, executor, progress, rerun, log)
+        got, n = execute(todo, folder, executors, progress, rerun)
         ran += n
         cells.extend(todo)
         records.extend(got)

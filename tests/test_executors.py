@@ -130,6 +130,36 @@ def test_a_killed_worker_leaves_an_error_record_and_the_suite_goes_on(tmp_path) 
     assert not list((tmp_path / "out" / ".running").iterdir())
 
 
+def test_workers_start_once_for_every_phase_of_a_suite(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "phases.yaml"
+    path.write_text(
+        f"""
+name: phases
+seeds: [0, 1, 2]
+device: cpu
+plugins: [{PLUGINS}]
+tasks:
+  - name: counted-quadratic
+    options: {{preset: tiny}}
+    budget: {{steps: 30, eval_interval: 10}}
+optimizers:
+  - name: adamw
+    sweep: {{lr: [0.01, 0.03]}}
+  - name: lion
+    sweep: {{lr: [0.0001, 0.0003]}}
+"""
+    )
+    count = tmp_path / "count.txt"
+    monkeypatch.setenv("BENCH_TEST_COUNT", str(count))
+    summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2})
+    roles = {r.role for r in summary.records}
+    assert {"tune", "score"} <= roles  # two phases, each with cells for both workers
+    pids = count.read_text().splitlines()
+    assert len(pids) == len(summary.records) == summary.ran
+    assert os.getpid() not in map(int, pids)  # the cells ran in workers
+    assert len(set(pids)) == 2  # one worker per job, started once for both phases
+
+
 def test_two_coordinators_on_one_folder_run_each_cell_exactly_once(tmp_path) -> None:
     path = write_suite(tmp_path / "count.yaml", "counted-quadratic", "[0, 1, 2, 3, 4, 5]")
     count = tmp_path / "count.txt"

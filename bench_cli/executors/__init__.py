@@ -30,11 +30,51 @@ def make_executor(settings: ExecutorSettings, cells: list[Cell], log: dict | Non
         return SlurmExecutor(settings, log)
     from bench_cli.executors import local
 
-    gpus = settings.gpus if settings.gpus is not None else _visible_gpus(cells)
+    gpus, need = _local_shape(settings, cells)
     if gpus:
-        k = settings.runs_per_gpu or local.default_runs_per_gpu(gpus, _memory_need(cells))
+        k = settings.runs_per_gpu or local.default_runs_per_gpu(gpus, need)
         return local.LocalExecutor(local.gpu_slots(gpus, k), log, settings.mps)
     return local.LocalExecutor(local.cpu_slots(settings.jobs, settings.threads), log)
+
+
+class Executors:
+    """The executor of one run of a plan (``bench run``, ``bench suite run``): made for the first
+    cells that need running and kept for the phases after, so that a local pool's workers start
+    once per command, not once per phase, and keep their tasks' prepared data. Cells that need
+    other workers (other GPUs, a larger memory need) get a new one. Closed at the end."""
+
+    def __init__(self, settings: ExecutorSettings, log: dict | None = None):
+        self.settings, self.log = settings, log
+        self._executor: Any = None
+        self._key: tuple | None = None
+
+    def for_cells(self, cells: list[Cell]):
+        kind = self.settings.kind
+        key = (kind, *_local_shape(self.settings, cells)) if kind == "local" else (kind,)
+        key = tuple(tuple(k) if isinstance(k, list) else k for k in key)
+        if self._executor is None or key != self._key:
+            self.close()
+            self._executor, self._key = make_executor(self.settings, cells, self.log), key
+        return self._executor
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None and hasattr(executor, "close"):
+            executor.close()
+
+    def __enter__(self) -> Executors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _local_shape(settings: ExecutorSettings, cells: list[Cell]) -> tuple[list[int], float | None]:
+    """The GPUs a local pool for ``cells`` uses (none: CPU workers) and, when it chooses the runs
+    per GPU, the cells' largest memory need."""
+    gpus = settings.gpus if settings.gpus is not None else _visible_gpus(cells)
+    need = _memory_need(cells) if gpus and not settings.runs_per_gpu else None
+    return gpus, need
 
 
 def _visible_gpus(cells: list[Cell]) -> list[int]:
@@ -61,10 +101,9 @@ def _memory_need(cells: list[Cell]) -> float:
 def execute(
     cells: list[Cell],
     folder: Folder,
-    settings: ExecutorSettings,
+    executors: Executors,
     progress: Any,
     rerun: bool = False,
-    log: dict | None = None,
 ) -> tuple[list[RunRecord], int]:
     """Run every cell of ``cells`` into ``folder`` (or reuse its record); return the records in
     the cells' order and how many ran now."""
@@ -77,7 +116,6 @@ def execute(
             progress.reused(c)
         elif folder.damaged(c.run_id):
             progress.warn(f"{c.run_id}: its record is damaged; running the cell again")
-    executor = None
     ran = 0
 
     def claim(cell: Cell) -> bool:
@@ -94,9 +132,7 @@ def execute(
         todo = [c for c in cells if c.run_id not in records]
         if not todo:
             break
-        if executor is None:
-            executor = make_executor(settings, todo, log)
-        done = executor.run(todo, folder, progress, claim)
+        done = executors.for_cells(todo).run(todo, folder, progress, claim)
         ran += len(done)
         replace -= set(done)
         if not done:  # every cell left is held by another live coordinator

@@ -2,10 +2,11 @@
 
 On CUDA, ``runs_per_gpu`` workers per visible GPU (each sees one GPU through
 ``CUDA_VISIBLE_DEVICES``); on a CPU, ``jobs`` workers, each with ``cores // jobs`` threads. A worker
-lives for the whole phase and keeps each task's prepared data between cells. A worker that dies
-(killed, crashed, out of host memory) leaves an ``error`` record for its cell naming the reason,
-and a new worker takes its place. With one worker, or one cell, the cells run in this process
-(no start-up of a second process).
+starts when a cell is first claimed for it, lives through every phase of the command and keeps
+each task's prepared data between cells. A worker that dies (killed, crashed, out of host memory)
+leaves an ``error`` record for its cell naming the reason, and a new worker takes its place. With
+one worker, or one cell and no worker started yet, the cells run in this process (no start-up of
+a second process).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,73 +182,105 @@ def mps_daemon(required: bool = True):
 
 @dataclass
 class LocalExecutor:
+    """A pool of workers, one per slot, each started when a cell is first claimed for it. The
+    workers, their prepared data and the MPS daemon stay from one ``run`` to the next (the
+    phases of a suite) until ``close``."""
+
     slots: list[Slot]
     log: dict | None = None
     mps: bool | None = None
     ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
+    _workers: list[_Worker | None] = field(default_factory=list, init=False)
+    _outbox: Any = field(default=None, init=False)
+    _daemon: ExitStack = field(default_factory=ExitStack, init=False)
+    _mps_on: bool = field(default=False, init=False)
 
     def run(
         self, cells: list[Cell], folder: Folder, progress, claim: Callable[[Cell], bool]
     ) -> list[str]:
         """Run the cells of ``cells`` that ``claim`` grants; return the run ids it ran."""
-        if len(self.slots) == 1 or len(cells) == 1:  # no second process to start: run here
-            return self._run_inline(cells, folder, progress, claim)
-        if use_mps(self.mps, self.slots):
-            with mps_daemon(required=bool(self.mps)):
-                return self._run_pool(cells, folder, progress, claim)
-        return self._run_pool(cells, folder, progress, claim)
+        started = any(w is not None for w in self._workers)
+        if len(self.slots) == 1 or (len(cells) == 1 and not started):
+            return self._run_inline(cells, folder, progress, claim)  # no process to start
+        try:
+            return self._run_pool(cells, folder, progress, claim)
+        except BaseException:
+            self.close()  # an interruption (Ctrl-C, SIGTERM) or a failure: stop the busy cells
+            raise
 
     def _run_pool(self, cells, folder, progress, claim) -> list[str]:
-        outbox = self.ctx.Queue()
-        workers: list[_Worker] = []
+        if not self._workers:
+            self._workers = [None] * len(self.slots)
+            self._outbox = self.ctx.Queue()
+        workers = self._workers
         todo = list(cells)
         ran: list[str] = []
-        try:
-            workers = [self._start(slot, outbox) for slot in self.slots]
-            while True:
-                for w in workers:
-                    while w.cell is None and todo:
-                        cell = todo.pop(0)
-                        if claim(cell):
-                            w.cell = cell
-                            w.inbox.put((cell, str(folder.path)))
-                            progress.started(cell)
-                if all(w.cell is None for w in workers):
-                    return ran
-                try:
-                    kind, run_id, *rest = outbox.get(timeout=1.0)
-                except queue.Empty:
-                    kind, run_id, rest = None, None, []
-                if kind in ("start", "step"):
-                    progress.step(run_id, rest[0], rest[1])
-                elif kind == "end":
-                    w = next(w for w in workers if w.cell and w.cell.run_id == run_id)
-                    cell, w.cell = w.cell, None
-                    folder.release(cell.run_id)
-                    if rest[0] == "fail":
-                        raise BenchError(f"{cell.spec.task_id} {cell.spec.optimizer}: {rest[1]}")
-                    ran.append(cell.run_id)
-                    progress.finished(cell, rest[0])
-                for i, w in enumerate(workers):
-                    if w.cell is not None and not w.process.is_alive():
-                        ran.append(w.cell.run_id)
-                        self._died(w, folder, progress)
-                        workers[i] = self._start(w.slot, outbox)
-        finally:
-            # idle workers are told to stop; busy ones only remain on the way out of an
-            # interruption (Ctrl-C) or a failure, so their cells stop now: the folder releases
-            # their claims, and a rerun runs them (from a checkpoint when there is one)
-            for w in workers:
-                if w.process.is_alive():
-                    if w.cell is None:
-                        w.inbox.put(None)
-                    else:
-                        w.process.terminate()
-            deadline = time.monotonic() + 5
-            for w in workers:
-                w.process.join(timeout=max(0.0, deadline - time.monotonic()))
-                if w.process.is_alive():
-                    w.process.kill()
+        while True:
+            for i in range(len(workers)):
+                while (workers[i] is None or workers[i].cell is None) and todo:
+                    cell = todo.pop(0)
+                    if claim(cell):
+                        try:
+                            w = workers[i] = self._ready(i)
+                        except BaseException:
+                            folder.release(cell.run_id)  # never started: free to run later
+                            raise
+                        w.cell = cell
+                        w.inbox.put((cell, str(folder.path)))
+                        progress.started(cell)
+            busy = [w for w in workers if w is not None and w.cell is not None]
+            if not busy:
+                return ran
+            try:
+                kind, run_id, *rest = self._outbox.get(timeout=1.0)
+            except queue.Empty:
+                kind, run_id, rest = None, None, []
+            if kind in ("start", "step"):
+                progress.step(run_id, rest[0], rest[1])
+            elif kind == "end":
+                w = next(w for w in busy if w.cell.run_id == run_id)
+                cell, w.cell = w.cell, None
+                folder.release(cell.run_id)
+                if rest[0] == "fail":
+                    raise BenchError(f"{cell.spec.task_id} {cell.spec.optimizer}: {rest[1]}")
+                ran.append(cell.run_id)
+                progress.finished(cell, rest[0])
+            for i, w in enumerate(workers):
+                if w is not None and w.cell is not None and not w.process.is_alive():
+                    ran.append(w.cell.run_id)
+                    self._died(w, folder, progress)
+                    workers[i] = None  # a new worker takes the slot's next cell
+
+    def _ready(self, i: int) -> _Worker:
+        """Slot ``i``'s idle worker, started now if it has none or its worker has died."""
+        w = self._workers[i]
+        if w is not None and w.process.is_alive():
+            return w
+        if not self._mps_on and use_mps(self.mps, self.slots):  # before the pool's first worker
+            self._daemon.enter_context(mps_daemon(required=bool(self.mps)))
+            self._mps_on = True
+        return self._start(self.slots[i], self._outbox)
+
+    def close(self) -> None:
+        """Stop the pool. Idle workers are told to stop; busy ones only remain on the way out
+        of an interruption (Ctrl-C, SIGTERM) or a failure, so their cells stop now: their claims
+        read as interrupted, and a rerun takes them over (from a checkpoint when there is one).
+        Then the MPS daemon, once no worker is left."""
+        workers = [w for w in self._workers if w is not None]
+        self._workers = []
+        for w in workers:
+            if w.process.is_alive():
+                if w.cell is None:
+                    w.inbox.put(None)
+                else:
+                    w.process.terminate()
+        deadline = time.monotonic() + 5
+        for w in workers:
+            w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                w.process.kill()
+        self._daemon.close()
+        self._mps_on = False
 
     def _start(self, slot: Slot, outbox) -> _Worker:
         inbox = self.ctx.Queue()
