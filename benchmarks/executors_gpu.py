@@ -7,7 +7,8 @@ between the two runs of 4 (the GPU's own run-to-run difference), and the per-cel
 a warm process: the wall clock of ``--runs-per-gpu 1`` less the cells' training and evaluation
 seconds, over the cells (an upper bound: the command's own start-up is in it, and each cell's
 set-up: model, optimizer, first step).
-Part ``multi``: the same suite on two GPUs against one (``--runs-per-gpu 4``), and ``lm-gpt2``
+Part ``multi``: the same suite on two GPUs against one (``--runs-per-gpu 4``; after a warm-up,
+``--repeat`` times in alternating order), and ``lm-gpt2``
 (GPT-2 small) on generated token shards with DDP on two GPUs against one GPU at the same global
 batch (tokens/s from the records). Part ``gpt2``: that comparison alone (``--gpt2-compile``: both
 runs with ``--compile``).
@@ -90,6 +91,7 @@ def write_suite(args) -> Path:
 
 def pool(args) -> dict:
     suite = write_suite(args)
+    warm_up(args, "0")
     res = {}
     for name, k in (("rpg1", "1"), ("rpg4", "4"), ("rpg4_again", "4")):
         t = timed_suite(suite, args.out / name, "--gpus", "0", "--runs-per-gpu", k)
@@ -110,14 +112,34 @@ def pool(args) -> dict:
     return res
 
 
+def warm_up(args, gpus: str) -> None:
+    """A short suite on the GPUs first, so that no measured suite pays a fresh machine's
+    one-time costs (the bytecode cache's first fill, the driver's first MPS start)."""
+    suite = args.out / "warm.yaml"
+    text = SUITE.format(seeds="100, 101, 102, 103", data=args.data).replace("600", "50")
+    suite.write_text(text.replace("eval_interval: 300", "eval_interval: 50"))
+    timed_suite(suite, args.out / "warm", "--gpus", gpus, "--runs-per-gpu", "2")
+
+
 def multi(args) -> dict:
+    """The suite on one GPU and on two (``--runs-per-gpu 4``), after a warm-up, ``--repeat``
+    times in alternating order (one, two, two, one, ...); the speedup of each pair and of the
+    medians."""
     suite = write_suite(args)
-    res = {}
-    for name, gpus in (("one_gpu", "0"), ("two_gpus", "0,1")):
-        t = timed_suite(suite, args.out / name, "--gpus", gpus, "--runs-per-gpu", "4")
-        res[name], res[f"{name}_head"], res[f"{name}_tail"] = t["wall"], t["head"], t["tail"]
-        print(name, t, flush=True)
-    res["speedup_two_gpus"] = res["one_gpu"] / res["two_gpus"]
+    warm_up(args, "0,1")
+    res: dict = {"one_gpu": [], "two_gpus": []}
+    for rep in range(args.repeat):
+        order = (("one_gpu", "0"), ("two_gpus", "0,1"))
+        for name, gpus in order if rep % 2 == 0 else order[::-1]:
+            t = timed_suite(
+                suite, args.out / f"{name}_{rep}", "--gpus", gpus, "--runs-per-gpu", "4"
+            )
+            res[name].append(t)
+            print(name, rep, t, flush=True)
+    one = sorted(t["wall"] for t in res["one_gpu"])
+    two = sorted(t["wall"] for t in res["two_gpus"])
+    res["speedup_each"] = [a["wall"] / b["wall"] for a, b in zip(res["one_gpu"], res["two_gpus"])]
+    res["speedup_two_gpus"] = one[len(one) // 2] / two[len(two) // 2]
     return {**res, **gpt2(args)}
 
 
@@ -173,9 +195,14 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
-        "--gpt2-batch", type=int, nargs="+", default=[32], help="global batches for lm-gpt2 DDP"
+        "--gpt2-batch",
+        type=int,
+        nargs="*",
+        default=[32],
+        help="global batches for lm-gpt2 DDP (none: skip it)",
     )
     p.add_argument("--gpt2-compile", action="store_true", help="lm-gpt2 with --compile")
+    p.add_argument("--repeat", type=int, default=1, help="multi: how many times each suite runs")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     res = {"pool": pool, "multi": multi, "gpt2": gpt2}[args.part](args)
