@@ -2,7 +2,8 @@
 
 ``killer-quadratic``: the run of seed 1 kills its own process at its 5th step, as a crash or an
 out-of-memory kill would. ``counted-quadratic``: every run appends a line to the file named by
-``$BENCH_TEST_COUNT`` and takes a little time per step, so that concurrent coordinators overlap;
+``$BENCH_TEST_COUNT`` (its process id, and the value of the variable that
+``$BENCH_TEST_ENV`` names, if any) and takes a little time per step, so that concurrent coordinators overlap;
 ``stalled-quadratic`` counts its run and then spends ten minutes building its model.
 """
 
@@ -36,8 +37,9 @@ class CountedQuadratic(NoisyQuadratic):
     """The noisy quadratic, counting its runs."""
 
     def build_model(self):
+        extra = os.environ.get(os.environ.get("BENCH_TEST_ENV", ""), "")
         with open(os.environ["BENCH_TEST_COUNT"], "a") as fh:
-            fh.write(f"{os.getpid()}\n")
+            fh.write(f"{os.getpid()} {extra}".rstrip() + "\n")
         return super().build_model()
 
     def loss(self, model, batch):

@@ -132,3 +132,44 @@ def test_an_error_of_the_runs_is_not_chained_to_a_daemon_that_did_not_start(tmp_
         with mps_daemon(required=False):
             raise RuntimeError("a run failed")
     assert info.value.__context__ is None
+
+
+def test_one_daemon_serves_every_phase_of_a_suite_and_stops_at_its_end(tmp_path, monkeypatch):
+    """Two runs sharing "GPU 0" (CPU cells; the daemon is the stand-in) through a suite with a
+    tuning and a scoring phase: the daemon starts once, before the pool's first worker, its
+    pipes reach the workers, and it is stopped when the suite ends."""
+    from bench_cli import suite
+
+    plugins = Path(__file__).with_name("executor_plugins.py")
+    log = _fake_control(tmp_path, monkeypatch, 0)
+    path = tmp_path / "phases.yaml"
+    path.write_text(
+        f"""
+name: phases
+seeds: [0, 1]
+device: cpu
+plugins: [{plugins}]
+tasks:
+  - name: counted-quadratic
+    options: {{preset: tiny}}
+    budget: {{steps: 20, eval_interval: 10}}
+optimizers:
+  - name: adamw
+    sweep: {{lr: [0.01, 0.03]}}
+  - name: lion
+    sweep: {{lr: [0.0001, 0.0003]}}
+"""
+    )
+    monkeypatch.setenv("BENCH_TEST_COUNT", str(tmp_path / "count.txt"))
+    monkeypatch.setenv("BENCH_TEST_ENV", "CUDA_MPS_PIPE_DIRECTORY")
+    summary = suite.run_suite(
+        path, out=tmp_path / "out", executor={"gpus": [0], "runs_per_gpu": 2, "mps": True}
+    )
+    assert {r.role for r in summary.records} == {"tune", "score"}
+    calls = log.read_text().splitlines()
+    [daemon] = [c for c in calls if c.startswith("-f ")]
+    pipe = daemon.split("pipe=")[1].split()[0]
+    assert calls[-1].endswith("stdin=quit") and pipe in calls[-1]
+    assert not _alive(int(Path(f"{log}.pid").read_text()))
+    seen = {line.split()[1] for line in (tmp_path / "count.txt").read_text().splitlines()}
+    assert seen == {pipe}  # every cell ran in a worker under this daemon
