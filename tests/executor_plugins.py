@@ -4,7 +4,8 @@
 out-of-memory kill would. ``counted-quadratic``: every run appends a line to the file named by
 ``$BENCH_TEST_COUNT`` (its process id, and the value of the variable that
 ``$BENCH_TEST_ENV`` names, if any) and takes a little time per step, so that concurrent coordinators overlap;
-``stalled-quadratic`` counts its run and then spends ten minutes building its model.
+``stalled-quadratic`` counts its run and then spends ten minutes building its model;
+``big-quadratic`` counts its run and declares a memory need of 8 GiB.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class CountedQuadratic(NoisyQuadratic):
     def loss(self, model, batch):
         time.sleep(0.01)
         return super().loss(model, batch)
+
+
+@TASKS.register("big-quadratic")
+class BigQuadratic(CountedQuadratic):
+    """The counted quadratic, declaring that a run needs 8 GiB of GPU memory."""
+
+    memory_gib = 8.0
 
 
 @TASKS.register("stalled-quadratic")

@@ -63,7 +63,18 @@ def bench(*args: str, env: dict | None = None, cwd: Path | None = None):
     )
 
 
-def write_suite(path: Path, task: str, seeds: str = "[0, 1, 2]", extra: str = "") -> Path:
+PLAIN = "  - name: adamw\n  - name: lion\n"
+TUNED = "  - name: adamw\n    sweep: {lr: [0.01, 0.03]}\n"
+
+
+def write_suite(
+    path: Path,
+    task: str,
+    seeds: str = "[0, 1, 2]",
+    extra: str = "",
+    optimizers: str = PLAIN,
+    steps: int = 30,
+) -> Path:
     path.write_text(
         f"""
 name: {path.stem}
@@ -73,14 +84,19 @@ plugins: [{PLUGINS}]
 tasks:
   - name: {task}
     options: {{preset: tiny}}
-    budget: {{steps: 30, eval_interval: 10}}
+    budget: {{steps: {steps}, eval_interval: 10}}
 optimizers:
-  - name: adamw
-  - name: lion
-{extra}
+{optimizers}{extra}
 """
     )
     return path
+
+
+def tuned_suite(path: Path, seeds: str = "[0, 1, 2]", steps: int = 30, lion: bool = True) -> Path:
+    """``counted-quadratic`` with a tuning phase (AdamW's two learning rates, and Lion's) and a
+    scoring phase."""
+    lion_sweep = "  - name: lion\n    sweep: {lr: [0.0001, 0.0003]}\n" if lion else ""
+    return write_suite(path, "counted-quadratic", seeds, "", TUNED + lion_sweep, steps)
 
 
 def test_jobs_2_gives_the_records_of_jobs_1_on_the_smoke_suite(tmp_path, shared_data) -> None:
@@ -131,24 +147,7 @@ def test_a_killed_worker_leaves_an_error_record_and_the_suite_goes_on(tmp_path) 
 
 
 def test_workers_start_once_for_every_phase_of_a_suite(tmp_path, monkeypatch) -> None:
-    path = tmp_path / "phases.yaml"
-    path.write_text(
-        f"""
-name: phases
-seeds: [0, 1, 2]
-device: cpu
-plugins: [{PLUGINS}]
-tasks:
-  - name: counted-quadratic
-    options: {{preset: tiny}}
-    budget: {{steps: 30, eval_interval: 10}}
-optimizers:
-  - name: adamw
-    sweep: {{lr: [0.01, 0.03]}}
-  - name: lion
-    sweep: {{lr: [0.0001, 0.0003]}}
-"""
-    )
+    path = tuned_suite(tmp_path / "phases.yaml")
     count = tmp_path / "count.txt"
     monkeypatch.setenv("BENCH_TEST_COUNT", str(count))
     summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2})
@@ -158,6 +157,87 @@ optimizers:
     assert len(pids) == len(summary.records) == summary.ran
     assert os.getpid() not in map(int, pids)  # the cells ran in workers
     assert len(set(pids)) == 2  # one worker per job, started once for both phases
+
+
+def test_a_phase_that_needs_less_memory_keeps_the_pool(tmp_path, monkeypatch) -> None:
+    """Calibration runs only the calibrated (small) task; tuning and scoring run the big one
+    too. The pool chose its runs per GPU from the larger need and serves every phase."""
+    from bench_cli.executors import local
+
+    needs = []
+    monkeypatch.setattr(local, "default_runs_per_gpu", lambda gpus, need: needs.append(need) or 2)
+    path = tmp_path / "need.yaml"
+    path.write_text(
+        f"""
+name: need
+seeds: [0, 1]
+device: cpu
+plugins: [{PLUGINS}]
+tasks:
+  - name: counted-quadratic
+    options: {{preset: tiny}}
+    budget: {{steps: 20, eval_interval: 10}}
+    target: calibrate
+  - name: big-quadratic
+    options: {{preset: tiny}}
+    budget: {{steps: 20, eval_interval: 10}}
+optimizers:
+  - name: adamw
+    sweep: {{lr: [0.01, 0.03]}}
+"""
+    )
+    count = tmp_path / "count.txt"
+    monkeypatch.setenv("BENCH_TEST_COUNT", str(count))
+    summary = suite.run_suite(path, out=tmp_path / "out", executor={"gpus": [0], "mps": False})
+    assert {r.role for r in summary.records} == {"tune", "calibrate", "score"}
+    assert needs == [8.0]  # one pool, sized for the big task
+    assert len(set(count.read_text().splitlines())) == 2  # its two workers ran every cell
+
+
+def test_an_idle_worker_killed_before_its_end_was_read_leaves_the_next_phase_alone(
+    tmp_path, monkeypatch
+) -> None:
+    """Both workers finish their tuning cells and send "end"; before the coordinator reads
+    those messages both are killed (the OOM killer, a user). The cells keep their records and
+    statuses, and the scoring phase runs on new workers, unbothered by the stale messages."""
+    import multiprocessing as mp
+
+    from bench_cli.folder import Folder
+    from bench_cli.progress import Progress
+
+    class SlowOnce(Progress):
+        def __init__(self, out: Path):
+            super().__init__(quiet=True)
+            self.out, self.cells, self.stalled, self.finished_as = out, [], False, []
+
+        def started(self, cell):
+            self.cells.append(cell)
+            super().started(cell)
+
+        def step(self, run_id, step, total):
+            if not self.stalled and len(self.cells) == 2:
+                self.stalled = True
+                folder, deadline = Folder(self.out), time.monotonic() + 120
+                while any(folder.record(c.run_id) is None for c in self.cells):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+                time.sleep(1.0)  # their "end" messages are in the queue
+                for p in mp.active_children():
+                    os.kill(p.pid, signal.SIGKILL)
+                time.sleep(0.5)
+            super().step(run_id, step, total)
+
+        def finished(self, cell, status):
+            self.finished_as.append((cell.spec.role, status))
+            super().finished(cell, status)
+
+    path = tuned_suite(tmp_path / "stale.yaml", lion=False)
+    monkeypatch.setenv("BENCH_TEST_COUNT", str(tmp_path / "count.txt"))
+    progress = SlowOnce(tmp_path / "out")
+    summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2}, progress=progress)
+    assert progress.stalled
+    assert {r.status for r in summary.records} == {"done"}
+    assert progress.finished_as == [("tune", "done")] * 2 + [("score", "done")] * 3
 
 
 def test_two_coordinators_on_one_folder_run_each_cell_exactly_once(tmp_path) -> None:

@@ -25,22 +25,25 @@ echo "$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$in" >> "{log}"
 P="$CUDA_MPS_PIPE_DIRECTORY"
 if [ "$1" = "-f" ]; then
   echo $$ > "{log}.pid"
-  sleep 0.2; touch "$P/up"
+  sleep {up_after}; touch "$P/up"
   while [ ! -e "$P/down" ]; do sleep 0.02; done
   exit 0
 fi
+[ "$in" = get_server_list ] && sleep {client_sleep}
 [ -e "$P/up" ] || exit 1
 [ "$in" = quit ] && touch "$P/down"
 exit 0
 """
 
 
-def _fake_control(tmp_path: Path, monkeypatch, code: int) -> Path:
+def _fake_control(
+    tmp_path: Path, monkeypatch, code: int, up_after: float = 0.2, client_sleep: float = 0
+) -> Path:
     log = tmp_path / "calls.log"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     exe = bin_dir / "nvidia-cuda-mps-control"
-    exe.write_text(FAKE.format(log=log, code=code))
+    exe.write_text(FAKE.format(log=log, code=code, up_after=up_after, client_sleep=client_sleep))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return log
@@ -139,27 +142,10 @@ def test_one_daemon_serves_every_phase_of_a_suite_and_stops_at_its_end(tmp_path,
     tuning and a scoring phase: the daemon starts once, before the pool's first worker, its
     pipes reach the workers, and it is stopped when the suite ends."""
     from bench_cli import suite
+    from tests.test_executors import tuned_suite
 
-    plugins = Path(__file__).with_name("executor_plugins.py")
     log = _fake_control(tmp_path, monkeypatch, 0)
-    path = tmp_path / "phases.yaml"
-    path.write_text(
-        f"""
-name: phases
-seeds: [0, 1]
-device: cpu
-plugins: [{plugins}]
-tasks:
-  - name: counted-quadratic
-    options: {{preset: tiny}}
-    budget: {{steps: 20, eval_interval: 10}}
-optimizers:
-  - name: adamw
-    sweep: {{lr: [0.01, 0.03]}}
-  - name: lion
-    sweep: {{lr: [0.0001, 0.0003]}}
-"""
-    )
+    path = tuned_suite(tmp_path / "phases.yaml", seeds="[0, 1]", steps=20)
     monkeypatch.setenv("BENCH_TEST_COUNT", str(tmp_path / "count.txt"))
     monkeypatch.setenv("BENCH_TEST_ENV", "CUDA_MPS_PIPE_DIRECTORY")
     summary = suite.run_suite(
@@ -173,3 +159,41 @@ optimizers:
     assert not _alive(int(Path(f"{log}.pid").read_text()))
     seen = {line.split()[1] for line in (tmp_path / "count.txt").read_text().splitlines()}
     assert seen == {pipe}  # every cell ran in a worker under this daemon
+
+
+def _own_tmp(tmp_path: Path, monkeypatch) -> Path:
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return tmp
+
+
+def test_ctrl_c_while_the_daemon_starts_leaves_no_daemon_and_no_folder(tmp_path, monkeypatch):
+    import signal
+    import threading
+
+    log = _fake_control(tmp_path, monkeypatch, 0, up_after=60)  # it never answers in time
+    tmp = _own_tmp(tmp_path, monkeypatch)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        with mps_daemon():
+            pass
+    assert not _alive(int(Path(f"{log}.pid").read_text()))
+    assert not list(tmp.glob("bench-mps-*"))
+
+
+def test_a_daemon_whose_client_hangs_is_stopped_at_the_deadline(tmp_path, monkeypatch):
+    from bench_cli.executors.local import _start_control_daemon
+
+    log = _fake_control(tmp_path, monkeypatch, 0, up_after=0, client_sleep=20)
+    pipe = tmp_path / "pipe"
+    pipe.mkdir()
+    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(pipe)}
+    t0 = time.monotonic()
+    with pytest.raises(subprocess.SubprocessError, match="did not answer within 1 s"):
+        _start_control_daemon(env, tmp_path / "control.out", wait=1)
+    assert time.monotonic() - t0 < 10  # the deadline bounds the wait, not the client's timeout
+    assert not _alive(int(Path(f"{log}.pid").read_text()))

@@ -8,6 +8,7 @@ holder is gone. The executor (``local``, ``ray`` or ``slurm``) decides where cla
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -28,9 +29,13 @@ def make_executor(settings: ExecutorSettings, cells: list[Cell], log: dict | Non
         from bench_cli.executors.slurm import SlurmExecutor
 
         return SlurmExecutor(settings, log)
+    gpus = _gpus(settings, cells)
+    return _local(settings, gpus, _memory_need(cells) if gpus else 1.0, log)
+
+
+def _local(settings: ExecutorSettings, gpus: list[int], need: float, log: dict | None):
     from bench_cli.executors import local
 
-    gpus, need = _local_shape(settings, cells)
     if gpus:
         k = settings.runs_per_gpu or local.default_runs_per_gpu(gpus, need)
         return local.LocalExecutor(local.gpu_slots(gpus, k), log, settings.mps)
@@ -40,21 +45,28 @@ def make_executor(settings: ExecutorSettings, cells: list[Cell], log: dict | Non
 class Executors:
     """The executor of one run of a plan (``bench run``, ``bench suite run``): made for the first
     cells that need running and kept for the phases after, so that a local pool's workers start
-    once per command, not once per phase, and keep their tasks' prepared data. Cells that need
-    other workers (other GPUs, a larger memory need) get a new one. Closed at the end."""
+    once per command, not once per phase, and keep their tasks' prepared data. A local pool is
+    made again only for cells on other GPUs, or, when it chose its runs per GPU from the cells'
+    memory need, for cells that need more. Closed at the end."""
 
     def __init__(self, settings: ExecutorSettings, log: dict | None = None):
         self.settings, self.log = settings, log
         self._executor: Any = None
-        self._key: tuple | None = None
+        self._gpus: list[int] | None = None
+        self._need = 0.0  # the memory need the local pool was made for
+        self._needs: dict = {}  # each task's
 
     def for_cells(self, cells: list[Cell]):
-        kind = self.settings.kind
-        key = (kind, *_local_shape(self.settings, cells)) if kind == "local" else (kind,)
-        key = tuple(tuple(k) if isinstance(k, list) else k for k in key)
-        if self._executor is None or key != self._key:
+        if self.settings.kind != "local":
+            if self._executor is None:
+                self._executor = make_executor(self.settings, cells, self.log)
+            return self._executor
+        gpus = _gpus(self.settings, cells)
+        need = _memory_need(cells, self._needs) if gpus and not self.settings.runs_per_gpu else 0.0
+        if self._executor is None or gpus != self._gpus or need > self._need:
             self.close()
-            self._executor, self._key = make_executor(self.settings, cells, self.log), key
+            self._executor = _local(self.settings, gpus, need, self.log)
+            self._gpus, self._need = gpus, need
         return self._executor
 
     def close(self) -> None:
@@ -69,12 +81,9 @@ class Executors:
         self.close()
 
 
-def _local_shape(settings: ExecutorSettings, cells: list[Cell]) -> tuple[list[int], float | None]:
-    """The GPUs a local pool for ``cells`` uses (none: CPU workers) and, when it chooses the runs
-    per GPU, the cells' largest memory need."""
-    gpus = settings.gpus if settings.gpus is not None else _visible_gpus(cells)
-    need = _memory_need(cells) if gpus and not settings.runs_per_gpu else None
-    return gpus, need
+def _gpus(settings: ExecutorSettings, cells: list[Cell]) -> list[int]:
+    """The GPUs a local pool for ``cells`` uses (none: CPU workers)."""
+    return list(settings.gpus) if settings.gpus is not None else _visible_gpus(cells)
 
 
 def _visible_gpus(cells: list[Cell]) -> list[int]:
@@ -87,15 +96,19 @@ def _visible_gpus(cells: list[Cell]) -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
-def _memory_need(cells: list[Cell]) -> float:
+def _memory_need(cells: list[Cell], known: dict | None = None) -> float:
+    """The largest declared memory need (GiB) of the cells' tasks; ``known`` keeps each task's
+    (by name and options) so that it is made once."""
     from bench_cli import api
 
-    needs = {}
+    known = {} if known is None else known
+    keys = set()
     for c in cells:
-        key = (c.spec.task, repr(sorted(c.spec.task_options.items())))
-        if key not in needs:
-            needs[key] = api.make_task(c.spec.task, c.spec.task_options).memory_gib
-    return max(needs.values(), default=1.0)
+        key = (c.spec.task, json.dumps(c.spec.task_options, sort_keys=True, default=str))
+        if key not in known:
+            known[key] = api.make_task(c.spec.task, c.spec.task_options).memory_gib
+        keys.add(key)
+    return max((known[k] for k in keys), default=1.0)
 
 
 def execute(

@@ -109,18 +109,21 @@ def use_mps(asked: bool | None, slots: list[Slot]) -> bool:
     return len(gpus) > len(set(gpus)) and shutil.which("nvidia-cuda-mps-control") is not None
 
 
-def _control(args: list[str], env: dict, stdin: str = "") -> int:
+def _control(args: list[str], env: dict, stdin: str = "", timeout: float = 30) -> int:
     """One call of NVIDIA's MPS control client; its exit code."""
     cmd = ["nvidia-cuda-mps-control", *args]
-    done = subprocess.run(cmd, input=stdin, text=True, env=env, timeout=30, capture_output=True)
+    done = subprocess.run(
+        cmd, input=stdin, text=True, env=env, timeout=timeout, capture_output=True
+    )
     return done.returncode
 
 
-def _start_control_daemon(env: dict, log: Path) -> subprocess.Popen:
+def _start_control_daemon(env: dict, log: Path, wait: float = 30) -> subprocess.Popen:
     """The MPS control daemon in the foreground, as this process's child, once it answers. On
     Linux it gets SIGTERM when this process dies however it dies (``setpriv --pdeathsig``), so a
     coordinator killed with SIGKILL leaves no daemon behind; ``-d`` would detach it for good.
-    Its own session keeps a terminal's Ctrl-C for the coordinator, which stops it last."""
+    Its own session keeps a terminal's Ctrl-C for the coordinator, which stops it last. If it
+    does not answer within ``wait`` seconds, or the wait is interrupted, it is stopped."""
     cmd = ["nvidia-cuda-mps-control", "-f"]
     setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
     if setpriv:
@@ -129,14 +132,22 @@ def _start_control_daemon(env: dict, log: Path) -> subprocess.Popen:
         daemon = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
         )
-    deadline = time.monotonic() + 30
-    while daemon.poll() is None and time.monotonic() < deadline:
-        if _control([], env, "get_server_list\n") == 0:  # a CUDA context made now uses it
-            return daemon
-        time.sleep(0.05)
-    if daemon.poll() is None:
+    deadline = time.monotonic() + wait
+    try:
+        while daemon.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.SubprocessError(f"it did not answer within {wait:g} s")
+            try:  # a CUDA context made once it answers uses it
+                if _control([], env, "get_server_list\n", timeout=left) == 0:
+                    return daemon
+            except subprocess.TimeoutExpired:
+                continue  # the deadline decides
+            time.sleep(0.05)
+    except BaseException:  # not answering, Ctrl-C, SIGTERM: no daemon is left running
         daemon.kill()
-        raise subprocess.SubprocessError("it did not answer within 30 s")
+        daemon.wait()
+        raise
     detail = log.read_text(errors="replace").strip().splitlines()
     raise subprocess.SubprocessError(
         f"exit code {daemon.returncode}" + (f": {detail[-1]}" if detail else "")
@@ -161,6 +172,9 @@ def mps_daemon(required: bool = True):
         daemon = _start_control_daemon(env, pipes / "control.out")
     except (OSError, subprocess.SubprocessError) as exc:
         failure = f"cannot start the CUDA MPS daemon (nvidia-cuda-mps-control: {exc})"
+    except BaseException:  # interrupted while it started: its folder goes with it
+        shutil.rmtree(pipes, ignore_errors=True)
+        raise
     if failure is not None:  # outside the except block: the runs' own errors stay unchained
         shutil.rmtree(pipes, ignore_errors=True)
         if required:
@@ -194,13 +208,13 @@ class LocalExecutor:
     _outbox: Any = field(default=None, init=False)
     _daemon: ExitStack = field(default_factory=ExitStack, init=False)
     _mps_on: bool = field(default=False, init=False)
+    _started: bool = field(default=False, init=False)
 
     def run(
         self, cells: list[Cell], folder: Folder, progress, claim: Callable[[Cell], bool]
     ) -> list[str]:
         """Run the cells of ``cells`` that ``claim`` grants; return the run ids it ran."""
-        started = any(w is not None for w in self._workers)
-        if len(self.slots) == 1 or (len(cells) == 1 and not started):
+        if len(self.slots) == 1 or (len(cells) == 1 and not self._started):
             return self._run_inline(cells, folder, progress, claim)  # no process to start
         try:
             return self._run_pool(cells, folder, progress, claim)
@@ -228,17 +242,19 @@ class LocalExecutor:
                         w.cell = cell
                         w.inbox.put((cell, str(folder.path)))
                         progress.started(cell)
-            busy = [w for w in workers if w is not None and w.cell is not None]
+            busy = {w.cell.run_id: w for w in workers if w is not None and w.cell is not None}
             if not busy:
                 return ran
             try:
                 kind, run_id, *rest = self._outbox.get(timeout=1.0)
             except queue.Empty:
                 kind, run_id, rest = None, None, []
-            if kind in ("start", "step"):
+            if run_id not in busy:
+                pass  # no message, or one from a worker that died before it was read
+            elif kind in ("start", "step"):
                 progress.step(run_id, rest[0], rest[1])
             elif kind == "end":
-                w = next(w for w in busy if w.cell.run_id == run_id)
+                w = busy[run_id]
                 cell, w.cell = w.cell, None
                 folder.release(cell.run_id)
                 if rest[0] == "fail":
@@ -259,6 +275,7 @@ class LocalExecutor:
         if not self._mps_on and use_mps(self.mps, self.slots):  # before the pool's first worker
             self._daemon.enter_context(mps_daemon(required=bool(self.mps)))
             self._mps_on = True
+        self._started = True
         return self._start(self.slots[i], self._outbox)
 
     def close(self) -> None:
@@ -280,7 +297,7 @@ class LocalExecutor:
             if w.process.is_alive():
                 w.process.kill()
         self._daemon.close()
-        self._mps_on = False
+        self._mps_on = self._started = False
 
     def _start(self, slot: Slot, outbox) -> _Worker:
         inbox = self.ctx.Queue()
@@ -305,14 +322,16 @@ class LocalExecutor:
             if code is not None and code < 0
             else f"exit code {code}"
         )
-        if folder.record(cell.run_id) is None:
+        record = folder.record(cell.run_id)
+        if record is None:
             reason = (
                 f"the worker process running this cell died ({how}); it may have run out of "
                 "memory or been killed"
             )
-            folder.write(worker.failed_record(cell.spec, reason))
+            record = worker.failed_record(cell.spec, reason)
+            folder.write(record)
         folder.release(cell.run_id)
-        progress.finished(cell, "error")
+        progress.finished(cell, record.status)  # it may have died after writing its record
 
     def _run_inline(self, cells, folder, progress, claim) -> list[str]:
         slot = self.slots[0]
