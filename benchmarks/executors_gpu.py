@@ -36,7 +36,7 @@ device: cuda
 tasks:
   - name: lm-medium
     options: {{data: {data}}}
-    budget: {{steps: 600, eval_interval: 300}}
+    budget: {{steps: {steps}, eval_interval: {interval}}}
 optimizers:
   - name: adamw
 """
@@ -85,7 +85,8 @@ def max_loss_difference(a: dict, b: dict) -> float:
 
 def write_suite(args) -> Path:
     suite = args.out / "pool16.yaml"
-    suite.write_text(SUITE.format(seeds=", ".join(map(str, range(16))), data=args.data))
+    seeds = ", ".join(map(str, range(16)))
+    suite.write_text(SUITE.format(seeds=seeds, data=args.data, steps=600, interval=300))
     return suite
 
 
@@ -116,8 +117,8 @@ def warm_up(args, gpus: str) -> None:
     """A short suite on the GPUs first, so that no measured suite pays a fresh machine's
     one-time costs (the bytecode cache's first fill, the driver's first MPS start)."""
     suite = args.out / "warm.yaml"
-    text = SUITE.format(seeds="100, 101, 102, 103", data=args.data).replace("600", "50")
-    suite.write_text(text.replace("eval_interval: 300", "eval_interval: 50"))
+    seeds = "100, 101, 102, 103"
+    suite.write_text(SUITE.format(seeds=seeds, data=args.data, steps=50, interval=50))
     timed_suite(suite, args.out / "warm", "--gpus", gpus, "--runs-per-gpu", "2")
 
 

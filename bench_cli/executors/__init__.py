@@ -20,17 +20,15 @@ from bench_cli.results.record import RunRecord
 POLL_SECONDS = 2.0
 
 
-def make_executor(settings: ExecutorSettings, cells: list[Cell], log: dict | None = None):
+def _other(settings: ExecutorSettings, log: dict | None):
+    """The Ray or SLURM executor."""
     if settings.kind == "ray":
         from bench_cli.executors.ray import RayExecutor
 
         return RayExecutor(settings, log)
-    if settings.kind == "slurm":
-        from bench_cli.executors.slurm import SlurmExecutor
+    from bench_cli.executors.slurm import SlurmExecutor
 
-        return SlurmExecutor(settings, log)
-    gpus = _gpus(settings, cells)
-    return _local(settings, gpus, _memory_need(cells) if gpus else 1.0, log)
+    return SlurmExecutor(settings, log)
 
 
 def _local(settings: ExecutorSettings, gpus: list[int], need: float, log: dict | None):
@@ -59,9 +57,10 @@ class Executors:
     def for_cells(self, cells: list[Cell]):
         if self.settings.kind != "local":
             if self._executor is None:
-                self._executor = make_executor(self.settings, cells, self.log)
+                self._executor = _other(self.settings, self.log)
             return self._executor
-        gpus = _gpus(self.settings, cells)
+        s = self.settings
+        gpus = list(s.gpus) if s.gpus is not None else _visible_gpus(cells)  # none: CPU workers
         need = _memory_need(cells, self._needs) if gpus and not self.settings.runs_per_gpu else 0.0
         if self._executor is None or gpus != self._gpus or need > self._need:
             self.close()
@@ -81,11 +80,6 @@ class Executors:
         self.close()
 
 
-def _gpus(settings: ExecutorSettings, cells: list[Cell]) -> list[int]:
-    """The GPUs a local pool for ``cells`` uses (none: CPU workers)."""
-    return list(settings.gpus) if settings.gpus is not None else _visible_gpus(cells)
-
-
 def _visible_gpus(cells: list[Cell]) -> list[int]:
     """Every visible GPU when the cells run on CUDA (device auto or cuda), else none."""
     devices = {c.spec.settings.device for c in cells}
@@ -96,12 +90,11 @@ def _visible_gpus(cells: list[Cell]) -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
-def _memory_need(cells: list[Cell], known: dict | None = None) -> float:
+def _memory_need(cells: list[Cell], known: dict) -> float:
     """The largest declared memory need (GiB) of the cells' tasks; ``known`` keeps each task's
     (by name and options) so that it is made once."""
     from bench_cli import api
 
-    known = {} if known is None else known
     keys = set()
     for c in cells:
         key = (c.spec.task, json.dumps(c.spec.task_options, sort_keys=True, default=str))

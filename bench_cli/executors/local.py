@@ -109,11 +109,15 @@ def use_mps(asked: bool | None, slots: list[Slot]) -> bool:
     return len(gpus) > len(set(gpus)) and shutil.which("nvidia-cuda-mps-control") is not None
 
 
-def _control(args: list[str], env: dict, stdin: str = "", timeout: float = 30) -> int:
-    """One call of NVIDIA's MPS control client; its exit code."""
-    cmd = ["nvidia-cuda-mps-control", *args]
+def _control(command: str, env: dict, timeout: float = 30) -> int:
+    """One command to the MPS control daemon through its client; the client's exit code."""
     done = subprocess.run(
-        cmd, input=stdin, text=True, env=env, timeout=timeout, capture_output=True
+        ["nvidia-cuda-mps-control"],
+        input=command + "\n",
+        text=True,
+        env=env,
+        timeout=timeout,
+        capture_output=True,
     )
     return done.returncode
 
@@ -139,7 +143,7 @@ def _start_control_daemon(env: dict, log: Path, wait: float = 30) -> subprocess.
             if left <= 0:
                 raise subprocess.SubprocessError(f"it did not answer within {wait:g} s")
             try:  # a CUDA context made once it answers uses it
-                if _control([], env, "get_server_list\n", timeout=left) == 0:
+                if _control("get_server_list", env, timeout=left) == 0:
                     return daemon
             except subprocess.TimeoutExpired:
                 continue  # the deadline decides
@@ -157,7 +161,7 @@ def _start_control_daemon(env: dict, log: Path, wait: float = 30) -> subprocess.
 @contextmanager
 def mps_daemon(required: bool = True):
     """NVIDIA's Multi-Process Service for this executor's workers: its own pipe and log folders
-    (so it never touches another user's daemon), stopped when the phase ends. When it cannot
+    (so it never touches another user's daemon), stopped when the pool closes. When it cannot
     start: an error if it was asked for, else one warning and the runs go on time-sliced."""
     pipes = Path(tempfile.mkdtemp(prefix="bench-mps-"))
     mps = {
@@ -187,10 +191,11 @@ def mps_daemon(required: bool = True):
             yield
     finally:
         try:
-            _control([], env, "quit\n")
+            _control("quit", env)
             daemon.wait(timeout=30)
         except (OSError, subprocess.SubprocessError):
             daemon.kill()  # a daemon that will not quit must not hide the runs' own outcome
+            daemon.wait()
         shutil.rmtree(pipes, ignore_errors=True)
 
 
@@ -207,7 +212,6 @@ class LocalExecutor:
     _workers: list[_Worker | None] = field(default_factory=list, init=False)
     _outbox: Any = field(default=None, init=False)
     _daemon: ExitStack = field(default_factory=ExitStack, init=False)
-    _mps_on: bool = field(default=False, init=False)
     _started: bool = field(default=False, init=False)
 
     def run(
@@ -272,9 +276,8 @@ class LocalExecutor:
         w = self._workers[i]
         if w is not None and w.process.is_alive():
             return w
-        if not self._mps_on and use_mps(self.mps, self.slots):  # before the pool's first worker
+        if not self._started and use_mps(self.mps, self.slots):  # before the pool's first worker
             self._daemon.enter_context(mps_daemon(required=bool(self.mps)))
-            self._mps_on = True
         self._started = True
         return self._start(self.slots[i], self._outbox)
 
@@ -297,7 +300,7 @@ class LocalExecutor:
             if w.process.is_alive():
                 w.process.kill()
         self._daemon.close()
-        self._mps_on = self._started = False
+        self._started = False
 
     def _start(self, slot: Slot, outbox) -> _Worker:
         inbox = self.ctx.Queue()
