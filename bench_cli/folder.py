@@ -104,6 +104,11 @@ class Folder:
     def write(self, record: RunRecord) -> None:
         write_record(record, self.path)
 
+    def discard(self, run_id: str) -> None:
+        """Remove the cell's record, so that the cell runs again (its run was lost to a failure
+        outside it)."""
+        record_path(self.path, run_id).unlink(missing_ok=True)
+
     def read_json(self, name: str) -> dict[str, Any]:
         path = self.path / name
         if not path.exists():

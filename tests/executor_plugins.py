@@ -5,7 +5,11 @@ out-of-memory kill would. ``counted-quadratic``: every run appends a line to the
 ``$BENCH_TEST_COUNT`` (its process id, and the value of the variable that
 ``$BENCH_TEST_ENV`` names, if any) and takes a little time per step, so that concurrent coordinators overlap;
 ``stalled-quadratic`` counts its run and then spends ten minutes building its model;
-``big-quadratic`` counts its run and declares a memory need of 8 GiB.
+``big-quadratic`` counts its run and declares a memory need of 8 GiB. Under a stand-in MPS
+daemon: ``mps-lost-quadratic`` counts its run; at the 5th step of seed 0 it fails as CUDA does
+when the MPS server fails under it, the first time only (``$BENCH_TEST_MPS=once``, a marker file
+beside the count) or every time (``always``), or kills the daemon whose pid is in
+``$BENCH_TEST_MPS_PID`` and goes on, slowly (``kill``, the first time only).
 """
 
 from __future__ import annotations
@@ -53,6 +57,32 @@ class BigQuadratic(CountedQuadratic):
     """The counted quadratic, declaring that a run needs 8 GiB of GPU memory."""
 
     memory_gib = 8.0
+
+
+@TASKS.register("mps-lost-quadratic")
+class MpsLostQuadratic(CountedQuadratic):
+    """The counted quadratic, whose seed 0 loses its MPS server at its 5th step."""
+
+    def batches(self, seed: int):
+        self._seed, self._steps = seed, 0
+        return super().batches(seed)
+
+    def loss(self, model, batch):
+        self._steps += 1
+        how = os.environ["BENCH_TEST_MPS"]
+        marker = f"{os.environ['BENCH_TEST_COUNT']}.lost"
+        if self._seed == 0 and self._steps == 5 and (how == "always" or not os.path.exists(marker)):
+            open(marker, "w").close()
+            if how == "kill":
+                with open(os.environ["BENCH_TEST_MPS_PID"]) as fh:
+                    os.kill(int(fh.read()), signal.SIGKILL)
+                time.sleep(5)  # still running when the pool finds the daemon gone
+            else:
+                raise RuntimeError(
+                    "CUDA error: the remote procedural call between the MPS server and the MPS "
+                    "client failed"
+                )
+        return super().loss(model, batch)
 
 
 @TASKS.register("stalled-quadratic")

@@ -240,6 +240,42 @@ def test_an_idle_worker_killed_before_its_end_was_read_leaves_the_next_phase_alo
     assert progress.finished_as == [("tune", "done")] * 2 + [("score", "done")] * 3
 
 
+def test_a_second_ctrl_c_while_the_pool_closes_leaves_no_worker_and_stops_the_daemon() -> None:
+    """Ctrl-C during the wait for the workers to stop: every worker left is killed and the MPS
+    daemon stopped before the interruption goes on."""
+    from bench_cli.executors import local
+
+    class Process:  # a worker that does not stop while it is waited for
+        alive = True
+
+        def is_alive(self):
+            return self.alive
+
+        def terminate(self):
+            pass
+
+        def join(self, timeout=None):
+            raise KeyboardInterrupt
+
+        def kill(self):
+            self.alive = False
+
+    class Daemon:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    pool = local.LocalExecutor([local.Slot(None, 1)] * 3)
+    workers = [local._Worker(s, Process(), inbox=None, cell="busy") for s in pool.slots]
+    pool._workers = list(workers)
+    pool._mps = daemon = Daemon()
+    with pytest.raises(KeyboardInterrupt):
+        pool.close()
+    assert not any(w.process.is_alive() for w in workers)
+    assert daemon.closed
+
+
 def test_two_coordinators_on_one_folder_run_each_cell_exactly_once(tmp_path) -> None:
     path = write_suite(tmp_path / "count.yaml", "counted-quadratic", "[0, 1, 2, 3, 4, 5]")
     count = tmp_path / "count.txt"

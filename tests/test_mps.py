@@ -1,12 +1,15 @@
-"""NVIDIA MPS for runs sharing a GPU: when it is used, how its daemon starts and stops, and what
-happens when it cannot start. A stand-in ``nvidia-cuda-mps-control`` on PATH records how it is
+"""NVIDIA MPS for runs sharing a GPU: when it is used, how its daemon starts, stops and starts
+again, what happens when it cannot start, and which folders it leaves. A stand-in ``nvidia-cuda-mps-control`` on PATH records how it is
 called: with ``-f`` it is the daemon (until a client sends ``quit``), otherwise a client, which
 fails while no daemon is up."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -16,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from bench_cli.errors import BenchError
-from bench_cli.executors.local import Slot, gpu_slots, mps_daemon, use_mps
+from bench_cli.executors import mps
+from bench_cli.executors.local import Slot, gpu_slots
+from bench_cli.executors.mps import use_mps
 
 FAKE = """#!/bin/sh
 in=$(cat -)
@@ -41,7 +46,7 @@ def _fake_control(
 ) -> Path:
     log = tmp_path / "calls.log"
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)  # made again: the stand-in changes
     exe = bin_dir / "nvidia-cuda-mps-control"
     exe.write_text(FAKE.format(log=log, code=code, up_after=up_after, client_sleep=client_sleep))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
@@ -78,32 +83,37 @@ def _state(pid: int) -> str:
 
 def test_daemon_gets_private_pipes_answers_before_use_and_is_stopped(tmp_path, monkeypatch):
     log = _fake_control(tmp_path, monkeypatch, 0)
-    with mps_daemon():
-        pipe = os.environ["CUDA_MPS_PIPE_DIRECTORY"]  # the workers started here inherit it
-        assert (Path(pipe) / "up").exists()  # it answered before any worker could start
-        pid = int(Path(f"{log}.pid").read_text())
-        assert _alive(pid)
+    daemon = mps.start(required=True)
+    pipe = daemon.env["CUDA_MPS_PIPE_DIRECTORY"]  # what the workers started now get
+    assert (Path(pipe) / "up").exists()  # it answered before any worker could start
+    assert daemon.folder.name.startswith(f"bench-mps-{os.getpid()}-")
+    pid = int(Path(f"{log}.pid").read_text())
+    assert _alive(pid) and daemon.alive()
+    daemon.close()
     calls = log.read_text().splitlines()
-    [daemon] = [c for c in calls if c.startswith("-f ")]
-    assert daemon.split("pipe=")[1].split()[0] == pipe
+    [started] = [c for c in calls if c.startswith("-f ")]
+    assert started.split("pipe=")[1].split()[0] == pipe
     assert all(pipe in c for c in calls)
     assert calls[-2].endswith("stdin=get_server_list") and calls[-1].endswith("stdin=quit")
     assert not _alive(pid)
-    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and not Path(pipe).exists()
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and not daemon.folder.exists()
 
 
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or shutil.which("setpriv") is None,
     reason="the parent-death signal needs Linux's setpriv",
 )
-def test_daemon_dies_with_a_coordinator_killed_with_sigkill(tmp_path, monkeypatch):
+def test_daemon_dies_with_a_coordinator_killed_with_sigkill_and_its_folder_goes_later(
+    tmp_path, monkeypatch
+):
     log = _fake_control(tmp_path, monkeypatch, 0)
+    tmp = _own_tmp(tmp_path, monkeypatch)
     code = (
         "import time\n"
-        "from bench_cli.executors.local import mps_daemon\n"
-        "with mps_daemon():\n"
-        "    print('up', flush=True)\n"
-        "    time.sleep(60)\n"
+        "from bench_cli.executors import mps\n"
+        "mps.start(required=True)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
     )
     coordinator = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert coordinator.stdout.readline().strip() == "up"
@@ -115,26 +125,40 @@ def test_daemon_dies_with_a_coordinator_killed_with_sigkill(tmp_path, monkeypatc
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+    [left] = tmp.glob(f"bench-mps-{coordinator.pid}-*")  # nothing removed it
+    daemon = mps.start(required=True)  # the next daemon's start does
+    daemon.close()
+    assert not left.exists()
+
+
+def test_only_this_users_folders_of_coordinators_that_are_gone_are_removed(tmp_path, monkeypatch):
+    _fake_control(tmp_path, monkeypatch, 0)
+    tmp = _own_tmp(tmp_path, monkeypatch)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid is no process's now
+    dead = tmp / f"bench-mps-{gone.pid}-abc_1234"
+    live = tmp / f"bench-mps-{os.getpid()}-xyz_5678"
+    unnamed = tmp / "bench-mps-12345678"  # no coordinator's pid in its name
+    for d in (dead, live, unnamed):
+        (d / "pipe").mkdir(parents=True)
+    with monkeypatch.context() as m:  # seen by another user, the folder is not theirs
+        m.setattr(os, "geteuid", lambda: dead.stat().st_uid + 1)
+        mps._remove_left_folders(tmp)
+    assert dead.exists()
+    daemon = mps.start(required=True)
+    assert not dead.exists() and live.exists() and unnamed.exists()
+    daemon.close()
+    assert sorted(tmp.iterdir()) == sorted([live, unnamed])
 
 
 def test_daemon_that_cannot_start(tmp_path, monkeypatch, capsys):
     _fake_control(tmp_path, monkeypatch, 1)
+    tmp = _own_tmp(tmp_path, monkeypatch)
     with pytest.raises(BenchError, match="cannot start the CUDA MPS daemon.*; run with --no-mps"):
-        with mps_daemon(required=True):
-            pass
-    ran = []
-    with mps_daemon(required=False):  # the default: warn and go on time-sliced
-        ran.append("CUDA_MPS_PIPE_DIRECTORY" in os.environ)
-    assert ran == [False]
+        mps.start(required=True)
+    assert mps.start(required=False) is None  # the default: warn and go on time-sliced
     assert "time-sliced" in capsys.readouterr().err
-
-
-def test_an_error_of_the_runs_is_not_chained_to_a_daemon_that_did_not_start(tmp_path, monkeypatch):
-    _fake_control(tmp_path, monkeypatch, 1)
-    with pytest.raises(RuntimeError) as info:
-        with mps_daemon(required=False):
-            raise RuntimeError("a run failed")
-    assert info.value.__context__ is None
+    assert not list(tmp.iterdir())
 
 
 def test_one_daemon_serves_every_phase_of_a_suite_and_stops_at_its_end(tmp_path, monkeypatch):
@@ -179,14 +203,13 @@ def test_ctrl_c_while_the_daemon_starts_leaves_no_daemon_and_no_folder(tmp_path,
     tmp = _own_tmp(tmp_path, monkeypatch)
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
-        with mps_daemon():
-            pass
+        mps.start(required=True)
     assert not _alive(int(Path(f"{log}.pid").read_text()))
     assert not list(tmp.glob("bench-mps-*"))
 
 
 def test_a_daemon_whose_client_hangs_is_stopped_at_the_deadline(tmp_path, monkeypatch):
-    from bench_cli.executors.local import _start_control_daemon
+    from bench_cli.executors.mps import _start_control_daemon
 
     log = _fake_control(tmp_path, monkeypatch, 0, up_after=0, client_sleep=20)
     pipe = tmp_path / "pipe"
@@ -197,3 +220,143 @@ def test_a_daemon_whose_client_hangs_is_stopped_at_the_deadline(tmp_path, monkey
         _start_control_daemon(env, tmp_path / "control.out", wait=1)
     assert time.monotonic() - t0 < 10  # the deadline bounds the wait, not the client's timeout
     assert not _alive(int(Path(f"{log}.pid").read_text()))
+
+
+@pytest.mark.parametrize(
+    "asked, again",
+    [(True, True), (None, True), (True, False), (None, False)],
+    ids=["asked", "default", "asked-cannot-start", "default-cannot-start"],
+)
+def test_a_daemon_that_exits_is_started_again_before_the_next_worker(
+    tmp_path, monkeypatch, capsys, asked, again
+):
+    """Two runs sharing "GPU 0" through a suite with a tuning and a scoring phase (CPU cells,
+    the stand-in daemon). When the scoring phase begins, the daemon is killed. The pool replaces
+    its idle workers (their CUDA contexts went with the daemon) and starts a new daemon with a
+    pipe folder of its own, which the new workers get. When it cannot start: an error if MPS was
+    asked for (``--mps``), else the new workers run without MPS."""
+    from bench_cli import suite
+    from bench_cli.progress import Progress
+    from tests.test_executors import tuned_suite
+
+    log = _fake_control(tmp_path, monkeypatch, 0)
+    tmp = _own_tmp(tmp_path, monkeypatch)
+    killed = []
+
+    class KillBeforeScoring(Progress):
+        def phase(self, name: str, n: int) -> None:
+            if name == "score":
+                pid = int(Path(f"{log}.pid").read_text())
+                os.kill(pid, signal.SIGKILL)
+                while _alive(pid):
+                    time.sleep(0.02)
+                killed.append(pid)
+                if not again:
+                    _fake_control(tmp_path, monkeypatch, 1)
+            super().phase(name, n)
+
+    path = tuned_suite(tmp_path / "phases.yaml", lion=False)  # 2 tuning cells, 3 scoring cells
+    count = tmp_path / "count.txt"
+    monkeypatch.setenv("BENCH_TEST_COUNT", str(count))
+    monkeypatch.setenv("BENCH_TEST_ENV", "CUDA_MPS_PIPE_DIRECTORY")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    executor = {"gpus": [0], "runs_per_gpu": 2, "mps": asked}
+
+    def run():
+        return suite.run_suite(
+            path, out=tmp_path / "out", executor=executor, progress=KillBeforeScoring(quiet=True)
+        )
+
+    if asked and not again:
+        with pytest.raises(
+            BenchError, match="cannot start the CUDA MPS daemon.*; run with --no-mps"
+        ):
+            run()
+    else:
+        assert {r.status for r in run().records} == {"done"}
+    pipes = [c.split("pipe=")[1].split()[0] for c in log.read_text().splitlines() if c[:3] == "-f "]
+    runs = [(line.split() + [""])[:2] for line in count.read_text().splitlines()]
+    seen = [env for _, env in runs]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(killed) == 1 and seen[:2] == [pipes[0]] * 2  # the tuning cells had the first
+    assert err[0] == (
+        "warning: the CUDA MPS daemon exited (killed by signal SIGKILL); starting it again, "
+        "with new workers"
+    )
+    assert not {pid for pid, _ in runs[:2]} & {pid for pid, _ in runs[2:]}  # workers replaced
+    if again:
+        assert len(pipes) == 2 and pipes[1] != pipes[0]
+        assert seen[2:] == [pipes[1]] * 3  # the new workers got the new daemon
+        assert len(err) == 1
+        assert not _alive(int(Path(f"{log}.pid").read_text()))  # stopped at the suite's end
+    elif asked:
+        assert len(seen) == 2  # no scoring cell ran
+        assert not list((tmp_path / "out" / ".running").iterdir())
+        assert len(err) == 1
+    else:
+        assert seen[2:] == [""] * 3  # no MPS, not the dead daemon's pipes
+        assert len(err) == 2 and err[1].endswith("the runs sharing a GPU are time-sliced")
+    assert not list(tmp.glob("bench-mps-*"))  # no folder is left
+
+
+@pytest.mark.parametrize("how", ["once", "kill", "always"])
+def test_cells_that_lose_their_mps_server_run_again_on_new_workers(
+    tmp_path, monkeypatch, capsys, how
+):
+    """Eight cells (seeds 0-3, two optimizers) on two runs sharing "GPU 0" (CPU cells, the stand-in daemon). Seed 0 loses its
+    MPS server at its 5th step: CUDA's MPS error while the daemon lives (``once``), or the daemon
+    killed under it (``kill``). The workers are replaced, the daemon started again if it exited,
+    the cells that were running run again, and every cell ends ``done``. A server that fails
+    every time (``always``) stops the command at the third failure, with no error record left
+    for the lost cells, so that a rerun takes them."""
+    from bench_cli import suite
+    from bench_cli.progress import Progress
+    from tests.test_executors import write_suite
+
+    log = _fake_control(tmp_path, monkeypatch, 0)
+    tmp = _own_tmp(tmp_path, monkeypatch)
+    path = write_suite(tmp_path / "lost.yaml", "mps-lost-quadratic", "[0, 1, 2, 3]")
+    count = tmp_path / "count.txt"
+    monkeypatch.setenv("BENCH_TEST_COUNT", str(count))
+    monkeypatch.setenv("BENCH_TEST_ENV", "CUDA_MPS_PIPE_DIRECTORY")
+    monkeypatch.setenv("BENCH_TEST_MPS", how)
+    monkeypatch.setenv("BENCH_TEST_MPS_PID", f"{log}.pid")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    out = tmp_path / "out"
+
+    def run():
+        executor = {"gpus": [0], "runs_per_gpu": 2}
+        return suite.run_suite(path, out=out, executor=executor, progress=Progress(quiet=True))
+
+    if how == "always":
+        with pytest.raises(BenchError, match=r"\(3 MPS failures in this command\); rerun"):
+            run()
+    else:
+        records = run().records
+        assert {r.status for r in records} == {"done"}
+    pipes = [c.split("pipe=")[1].split()[0] for c in log.read_text().splitlines() if c[:3] == "-f "]
+    runs = [line.split() for line in count.read_text().splitlines()]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    lost = r"; the (cell that was running runs|\d cells that were running run) again$"
+    if how == "kill":
+        assert len(pipes) == 2 and len(err) == 1
+        assert re.match(
+            r"warning: the CUDA MPS daemon exited \(killed by signal SIGKILL\); starting it "
+            r"again, with new workers" + lost,
+            err[0],
+        )
+        assert runs[-1][1] == pipes[1]  # the last cell ran under the new daemon
+    else:
+        assert len(pipes) == 1  # the daemon lived: only its server failed
+        assert len(err) == (2 if how == "always" else 1)
+        for line in err:
+            assert re.match(
+                r"warning: the CUDA MPS server failed under a run; new workers replace the old"
+                + lost,
+                line,
+            )
+    assert len({pid for pid, _ in runs}) > 2  # new workers took the first two's places
+    statuses = [json.loads(p.read_text())["status"] for p in out.glob("mps-lost-quadratic*.json")]
+    assert "error" not in statuses and (how == "always" or len(statuses) == len(records))
+    assert not list((out / ".running").iterdir())
+    assert not list(tmp.glob("bench-mps-*"))

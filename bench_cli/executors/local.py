@@ -6,7 +6,8 @@ starts when a cell is first claimed for it, lives through every phase of the com
 each task's prepared data between cells. A worker that dies (killed, crashed, out of host memory)
 leaves an ``error`` record for its cell naming the reason, and a new worker takes its place. With
 one worker, or one cell and no worker started yet, the cells run in this process (no start-up of
-a second process).
+a second process). When MPS is used (``mps.use_mps``), workers that share a GPU run under the
+pool's own MPS daemon, whose pipe folder each gets through its environment when it starts.
 """
 
 from __future__ import annotations
@@ -14,20 +15,16 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bench_cli.errors import BenchError
-from bench_cli.executors import worker
+from bench_cli.executors import mps, worker
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
 
@@ -100,103 +97,8 @@ class _Worker:
     cell: Cell | None = None
 
 
-def use_mps(asked: bool | None, slots: list[Slot]) -> bool:
-    """MPS when asked; by default when runs share a GPU and NVIDIA's MPS control is installed
-    (without it, processes on one GPU are time-sliced and run about a third slower together)."""
-    gpus = [s.gpu for s in slots if s.gpu is not None]
-    if asked is not None:
-        return asked and bool(gpus)
-    return len(gpus) > len(set(gpus)) and shutil.which("nvidia-cuda-mps-control") is not None
-
-
-def _control(command: str, env: dict, timeout: float = 30) -> int:
-    """One command to the MPS control daemon through its client; the client's exit code."""
-    done = subprocess.run(
-        ["nvidia-cuda-mps-control"],
-        input=command + "\n",
-        text=True,
-        env=env,
-        timeout=timeout,
-        capture_output=True,
-    )
-    return done.returncode
-
-
-def _start_control_daemon(env: dict, log: Path, wait: float = 30) -> subprocess.Popen:
-    """The MPS control daemon in the foreground, as this process's child, once it answers. On
-    Linux it gets SIGTERM when this process dies however it dies (``setpriv --pdeathsig``), so a
-    coordinator killed with SIGKILL leaves no daemon behind; ``-d`` would detach it for good.
-    Its own session keeps a terminal's Ctrl-C for the coordinator, which stops it last. If it
-    does not answer within ``wait`` seconds, or the wait is interrupted, it is stopped."""
-    cmd = ["nvidia-cuda-mps-control", "-f"]
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    if setpriv:
-        cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
-    with open(log, "wb") as err:
-        daemon = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
-        )
-    deadline = time.monotonic() + wait
-    try:
-        while daemon.poll() is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.SubprocessError(f"it did not answer within {wait:g} s")
-            try:  # a CUDA context made once it answers uses it
-                if _control("get_server_list", env, timeout=left) == 0:
-                    return daemon
-            except subprocess.TimeoutExpired:
-                continue  # the deadline decides
-            time.sleep(0.05)
-    except BaseException:  # not answering, Ctrl-C, SIGTERM: no daemon is left running
-        daemon.kill()
-        daemon.wait()
-        raise
-    detail = log.read_text(errors="replace").strip().splitlines()
-    raise subprocess.SubprocessError(
-        f"exit code {daemon.returncode}" + (f": {detail[-1]}" if detail else "")
-    )
-
-
-@contextmanager
-def mps_daemon(required: bool = True):
-    """NVIDIA's Multi-Process Service for this executor's workers: its own pipe and log folders
-    (so it never touches another user's daemon), stopped when the pool closes. When it cannot
-    start: an error if it was asked for, else one warning and the runs go on time-sliced."""
-    pipes = Path(tempfile.mkdtemp(prefix="bench-mps-"))
-    mps = {
-        "CUDA_MPS_PIPE_DIRECTORY": str(pipes / "pipe"),
-        "CUDA_MPS_LOG_DIRECTORY": str(pipes / "log"),
-    }
-    for d in mps.values():
-        Path(d).mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **mps}
-    failure = daemon = None
-    try:
-        daemon = _start_control_daemon(env, pipes / "control.out")
-    except (OSError, subprocess.SubprocessError) as exc:
-        failure = f"cannot start the CUDA MPS daemon (nvidia-cuda-mps-control: {exc})"
-    except BaseException:  # interrupted while it started: its folder goes with it
-        shutil.rmtree(pipes, ignore_errors=True)
-        raise
-    if failure is not None:  # outside the except block: the runs' own errors stay unchained
-        shutil.rmtree(pipes, ignore_errors=True)
-        if required:
-            raise BenchError(f"{failure}; run with --no-mps")
-        print(f"warning: {failure}; the runs sharing a GPU are time-sliced", file=sys.stderr)
-        yield
-        return
-    try:
-        with _environ(**mps):
-            yield
-    finally:
-        try:
-            _control("quit", env)
-            daemon.wait(timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            daemon.kill()  # a daemon that will not quit must not hide the runs' own outcome
-            daemon.wait()
-        shutil.rmtree(pipes, ignore_errors=True)
+#: how many times the MPS daemon may exit, or its server fail, in one command
+MPS_FAILURES = 3
 
 
 @dataclass
@@ -211,7 +113,8 @@ class LocalExecutor:
     ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
     _workers: list[_Worker | None] = field(default_factory=list, init=False)
     _outbox: Any = field(default=None, init=False)
-    _daemon: ExitStack = field(default_factory=ExitStack, init=False)
+    _mps: mps.Daemon | None = field(default=None, init=False)
+    _mps_failures: int = field(default=0, init=False)
     _started: bool = field(default=False, init=False)
 
     def run(
@@ -234,6 +137,8 @@ class LocalExecutor:
         todo = list(cells)
         ran: list[str] = []
         while True:
+            if self._mps is not None and not self._mps.alive():
+                todo[:0] = self._mps_lost(folder, progress, ran)
             for i in range(len(workers)):
                 while (workers[i] is None or workers[i].cell is None) and todo:
                     cell = todo.pop(0)
@@ -257,6 +162,9 @@ class LocalExecutor:
                 pass  # no message, or one from a worker that died before it was read
             elif kind in ("start", "step"):
                 progress.step(run_id, rest[0], rest[1])
+            elif kind == "end" and rest[0] == "error" and self._mps_failed(folder, run_id):
+                todo[:0] = self._mps_lost(folder, progress, ran)
+                continue
             elif kind == "end":
                 w = busy[run_id]
                 cell, w.cell = w.cell, None
@@ -276,8 +184,8 @@ class LocalExecutor:
         w = self._workers[i]
         if w is not None and w.process.is_alive():
             return w
-        if not self._started and use_mps(self.mps, self.slots):  # before the pool's first worker
-            self._daemon.enter_context(mps_daemon(required=bool(self.mps)))
+        if not self._started and mps.use_mps(self.mps, self.slots):  # before the first worker
+            self._mps = mps.start(required=bool(self.mps))
         self._started = True
         return self._start(self.slots[i], self._outbox)
 
@@ -285,29 +193,36 @@ class LocalExecutor:
         """Stop the pool. Idle workers are told to stop; busy ones only remain on the way out
         of an interruption (Ctrl-C, SIGTERM) or a failure, so their cells stop now: their claims
         read as interrupted, and a rerun takes them over (from a checkpoint when there is one).
-        Then the MPS daemon, once no worker is left."""
+        Workers still running after 5 s are killed, and so is every worker left when the wait is
+        interrupted (a second Ctrl-C). Then the MPS daemon, once no worker is left."""
         workers = [w for w in self._workers if w is not None]
         self._workers = []
-        for w in workers:
-            if w.process.is_alive():
-                if w.cell is None:
-                    w.inbox.put(None)
-                else:
-                    w.process.terminate()
-        deadline = time.monotonic() + 5
-        for w in workers:
-            w.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if w.process.is_alive():
-                w.process.kill()
-        self._daemon.close()
-        self._started = False
+        try:
+            for w in workers:
+                if w.process.is_alive():
+                    if w.cell is None:
+                        w.inbox.put(None)
+                    else:
+                        w.process.terminate()
+            deadline = time.monotonic() + 5
+            for w in workers:
+                w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            for w in workers:
+                if w.process.is_alive():
+                    w.process.kill()
+            daemon, self._mps = self._mps, None
+            if daemon is not None:
+                daemon.close()
+            self._started = False
 
     def _start(self, slot: Slot, outbox) -> _Worker:
         inbox = self.ctx.Queue()
         gpu = str(slot.gpu) if slot.gpu is not None else None
         parent = os.getpid() if self.ctx.get_start_method() == "spawn" else None
         with _environ(
-            CUDA_VISIBLE_DEVICES=gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
+            CUDA_VISIBLE_DEVICES=gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES"),
+            **(self._mps.env if self._mps is not None else {}),
         ):
             p = self.ctx.Process(
                 target=_serve,
@@ -316,6 +231,62 @@ class LocalExecutor:
             )
             p.start()
         return _Worker(slot, p, inbox)
+
+    def _mps_failed(self, folder: Folder, run_id: str) -> bool:
+        """Whether the run ``run_id``, which ended with an error, failed because the MPS server
+        or daemon did under it."""
+        record = folder.record(run_id) if self._mps is not None else None
+        return record is not None and mps.failed(record.error)
+
+    def _mps_lost(self, folder: Folder, progress, ran: list[str]) -> list[Cell]:
+        """The MPS daemon has exited, or its server failed under a run: every worker's CUDA
+        context is gone with it. Every worker is stopped (new ones take their slots), the daemon
+        is started again if it has exited, and the cells that were running go back to run again
+        (the error record one wrote on the way is removed; one that finished keeps its record).
+        The third such failure in one command is an error, which leaves those cells to a rerun."""
+        self._mps_failures += 1
+        again: list[Cell] = []
+        for i, w in enumerate(self._workers):
+            if w is None:
+                continue
+            w.process.kill()
+            w.process.join()
+            self._workers[i] = None
+            cell = w.cell
+            if cell is None:
+                continue
+            record = folder.record(cell.run_id)
+            if record is None or mps.failed(record.error):
+                folder.discard(cell.run_id)
+                again.append(cell)
+            else:
+                ran.append(cell.run_id)
+                progress.finished(cell, record.status)
+            folder.release(cell.run_id)
+        self._outbox = self.ctx.Queue()  # a worker killed while it wrote may hold the old one
+        exited = not self._mps.alive()
+        what = (
+            f"the CUDA MPS daemon exited ({self._mps.exit_reason()})"
+            if exited
+            else "the CUDA MPS server failed under a run"
+        )
+        if self._mps_failures >= MPS_FAILURES:
+            raise BenchError(
+                f"{what} ({MPS_FAILURES} MPS failures in this command); rerun the command to "
+                "resume, or run with --no-mps"
+            )
+        then = "starting it again, with new workers" if exited else "new workers replace the old"
+        cells = (
+            "; the cell that was running runs again"
+            if len(again) == 1
+            else f"; the {len(again)} cells that were running run again"
+            if again
+            else ""
+        )
+        print(f"warning: {what}; {then}{cells}", file=sys.stderr)
+        if exited:
+            self._mps = self._mps.restart()
+        return again
 
     def _died(self, w: _Worker, folder: Folder, progress) -> None:
         cell, w.cell = w.cell, None

@@ -1,0 +1,197 @@
+"""NVIDIA's Multi-Process Service (MPS) for the local pool's workers that share a GPU.
+
+The pool starts its own control daemon (``start``) before its first worker, in a folder of its
+own, ``bench-mps-<pid>-<random>`` in the temporary directory, holding the daemon's pipe and log
+folders (so it never touches another user's daemon); a worker gets them through its environment
+when it starts (``Daemon.env``). When the daemon exits, or a run fails because the MPS server
+failed under it (``failed``), the pool replaces its workers and starts the daemon again if it has
+exited (``Daemon.restart``); it stops the daemon when it closes. Starting a daemon first removes
+the folders that coordinators killed with SIGKILL left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench_cli.errors import BenchError
+
+if TYPE_CHECKING:
+    from bench_cli.executors.local import Slot
+
+#: a daemon's folder: the pid of the coordinator that made it, then tempfile's random part
+_FOLDER = re.compile(r"bench-mps-(\d+)-[a-z0-9_]+")
+
+
+def use_mps(asked: bool | None, slots: list[Slot]) -> bool:
+    """MPS when asked; by default when runs share a GPU and NVIDIA's MPS control is installed
+    (without it, processes on one GPU are time-sliced and run about a third slower together)."""
+    gpus = [s.gpu for s in slots if s.gpu is not None]
+    if asked is not None:
+        return asked and bool(gpus)
+    return len(gpus) > len(set(gpus)) and shutil.which("nvidia-cuda-mps-control") is not None
+
+
+def _control(command: str, env: dict, timeout: float = 30) -> int:
+    """One command to the MPS control daemon through its client; the client's exit code."""
+    done = subprocess.run(
+        ["nvidia-cuda-mps-control"],
+        input=command + "\n",
+        text=True,
+        env=env,
+        timeout=timeout,
+        capture_output=True,
+    )
+    return done.returncode
+
+
+def _start_control_daemon(env: dict, log: Path, wait: float = 30) -> subprocess.Popen:
+    """The MPS control daemon in the foreground, as this process's child, once it answers. On
+    Linux it gets SIGTERM when this process dies however it dies (``setpriv --pdeathsig``), so a
+    coordinator killed with SIGKILL leaves no daemon behind; ``-d`` would detach it for good.
+    Its own session keeps a terminal's Ctrl-C for the coordinator, which stops it last. If it
+    does not answer within ``wait`` seconds, or the wait is interrupted, it is stopped."""
+    cmd = ["nvidia-cuda-mps-control", "-f"]
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv:
+        cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
+    with open(log, "wb") as err:
+        daemon = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
+        )
+    deadline = time.monotonic() + wait
+    try:
+        while daemon.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.SubprocessError(f"it did not answer within {wait:g} s")
+            try:  # a CUDA context made once it answers uses it
+                if _control("get_server_list", env, timeout=left) == 0:
+                    return daemon
+            except subprocess.TimeoutExpired:
+                continue  # the deadline decides
+            time.sleep(0.05)
+    except BaseException:  # not answering, Ctrl-C, SIGTERM: no daemon is left running
+        daemon.kill()
+        daemon.wait()
+        raise
+    detail = log.read_text(errors="replace").strip().splitlines()
+    raise subprocess.SubprocessError(
+        f"exit code {daemon.returncode}" + (f": {detail[-1]}" if detail else "")
+    )
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts; so does a number that is no pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        pass
+    return True
+
+
+def _remove_left_folders(tmp: Path) -> None:
+    """Remove this user's daemon folders in ``tmp`` whose coordinator is gone: one killed with
+    SIGKILL takes its daemon with it (the parent-death signal) but leaves the folder."""
+    for path in tmp.glob("bench-mps-*"):
+        found = _FOLDER.fullmatch(path.name)
+        if found is None or _running(int(found[1])):
+            continue
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def failed(error: str | None) -> bool:
+    """Whether a run's error is the CUDA runtime's report that the MPS server or its daemon
+    failed under it (each of those errors names the MPS: "the remote procedural call between
+    the MPS server and the MPS client failed", "the MPS client has been terminated by the
+    server", ...). The worker's CUDA context is lost with it; the run itself was not at fault."""
+    first = (error or "").split("\n", 1)[0]
+    return "CUDA error" in first and re.search(r"\bMPS\b", first) is not None
+
+
+def _mps_env(folder: Path) -> dict[str, str]:
+    return {
+        "CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"),
+        "CUDA_MPS_LOG_DIRECTORY": str(folder / "log"),
+    }
+
+
+class Daemon:
+    """A running MPS control daemon (this process's child) and its folder. ``required``: MPS was
+    asked for, so a daemon that cannot start again is an error."""
+
+    def __init__(self, process: subprocess.Popen, folder: Path, required: bool):
+        self.process, self.folder, self.required = process, folder, required
+        #: what a worker's environment gets, so that its CUDA uses this daemon
+        self.env = _mps_env(folder)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def exit_reason(self) -> str:
+        """How the daemon, which has exited, ended."""
+        code = self.process.returncode
+        return f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
+    def restart(self) -> Daemon | None:
+        """A new daemon in place of this one, which has exited; when the new one cannot start,
+        an error or None, as from ``start``."""
+        self.close()
+        return start(self.required)
+
+    def close(self) -> None:
+        """Stop the daemon, asked to quit (killed if it will not, or if this is interrupted),
+        and remove its folder."""
+        try:
+            if self.alive():
+                _control("quit", {**os.environ, **self.env})
+                self.process.wait(timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            pass  # a daemon that will not quit must not hide the runs' own outcome: it is killed
+        finally:
+            if self.alive():
+                self.process.kill()
+            self.process.wait()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start(required: bool) -> Daemon | None:
+    """A new daemon in a new folder, once it answers. When it cannot start: an error if MPS was
+    asked for (``required``), else one warning and None (the runs sharing a GPU are
+    time-sliced)."""
+    tmp = Path(tempfile.gettempdir())
+    _remove_left_folders(tmp)
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-mps-{os.getpid()}-", dir=tmp))
+    env = _mps_env(folder)
+    for d in env.values():
+        Path(d).mkdir()
+    try:
+        process = _start_control_daemon({**os.environ, **env}, folder / "control.out")
+    except (OSError, subprocess.SubprocessError) as exc:
+        failure = f"cannot start the CUDA MPS daemon (nvidia-cuda-mps-control: {exc})"
+    except BaseException:  # interrupted while it started: its folder goes with it
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    else:
+        return Daemon(process, folder, required)
+    shutil.rmtree(folder, ignore_errors=True)
+    if required:  # outside the except block: the error stands alone
+        raise BenchError(f"{failure}; run with --no-mps")
+    print(f"warning: {failure}; the runs sharing a GPU are time-sliced", file=sys.stderr)
+    return None
