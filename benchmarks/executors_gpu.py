@@ -10,11 +10,13 @@ set-up: model, optimizer, first step).
 Part ``multi``: the same suite on two GPUs against one (``--runs-per-gpu 4``; after a warm-up,
 ``--repeat`` times in alternating order), and ``lm-gpt2``
 (GPT-2 small) on generated token shards with DDP on two GPUs against one GPU at the same global
-batch (tokens/s from the records). Part ``gpt2``: that comparison alone (``--gpt2-compile``: both
-runs with ``--compile``).
+batch (tokens/s from the records); ``--timeline``: each suite under ``suite_timeline.py``, which
+adds where its seconds went, process by process. Part ``gpt2``: that comparison alone
+(``--gpt2-compile``: both runs with ``--compile``).
 
     python benchmarks/executors_gpu.py pool --data tinyshakespeare.txt --out results/
     python benchmarks/executors_gpu.py multi --data tinyshakespeare.txt --out results/
+    python benchmarks/executors_gpu.py multi --data ... --out ... --repeat 2 --timeline --gpt2-batch
     python benchmarks/executors_gpu.py gpt2 --data tinyshakespeare.txt --out results/ --gpt2-compile
 """
 
@@ -28,6 +30,8 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+
+import suite_timeline  # the sibling script (this folder is on sys.path)
 
 SUITE = """
 name: pool16
@@ -50,17 +54,24 @@ def bench(*args: str, env: dict | None = None) -> float:
     return time.perf_counter() - t0
 
 
-def timed_suite(suite: Path, out: Path, *extra: str) -> dict:
+def timed_suite(suite: Path, out: Path, *extra: str, timeline: bool = False) -> dict:
     """Wall clock of one ``bench suite run`` and where it went: from the command to the first
     cell's start (``head``), and from the last cell's end to the command's exit (``tail``), from
-    the records' timestamps (whole seconds, so each is within about 1 s)."""
+    the records' timestamps (whole seconds, so each is within about 1 s). ``timeline``: run it
+    under ``suite_timeline.py`` and add its summary (``out``.log), to the hundredth of a second."""
+    args = ("suite", "run", str(suite), "--out", str(out), "--quiet", *extra)
     start = time.time()
-    wall = bench("suite", "run", str(suite), "--out", str(out), "--quiet", *extra)
+    if timeline:
+        log = out.with_suffix(".log")
+        wall = suite_timeline.run(log, list(args))
+    else:
+        wall = bench(*args)
     end = start + wall
     recs = records(out).values()
     first = min(datetime.fromisoformat(r["started_at"]).timestamp() for r in recs)
     last = max(datetime.fromisoformat(r["finished_at"]).timestamp() for r in recs)
-    return {"wall": wall, "head": first - start, "tail": end - last}
+    res = {"wall": wall, "head": first - start, "tail": end - last}
+    return {**res, "timeline": suite_timeline.summary(log)} if timeline else res
 
 
 def records(folder: Path) -> dict[str, dict]:
@@ -133,7 +144,10 @@ def multi(args) -> dict:
         order = (("one_gpu", "0"), ("two_gpus", "0,1"))
         for name, gpus in order if rep % 2 == 0 else order[::-1]:
             t = timed_suite(
-                suite, args.out / f"{name}_{rep}", "--gpus", gpus, "--runs-per-gpu", "4"
+                suite,
+                args.out / f"{name}_{rep}",
+                *("--gpus", gpus, "--runs-per-gpu", "4"),
+                timeline=args.timeline,
             )
             res[name].append(t)
             print(name, rep, t, flush=True)
@@ -204,6 +218,9 @@ def main() -> None:
     )
     p.add_argument("--gpt2-compile", action="store_true", help="lm-gpt2 with --compile")
     p.add_argument("--repeat", type=int, default=1, help="multi: how many times each suite runs")
+    p.add_argument(
+        "--timeline", action="store_true", help="multi: where each suite's time goes, by process"
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     res = {"pool": pool, "multi": multi, "gpt2": gpt2}[args.part](args)
