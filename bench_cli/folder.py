@@ -97,6 +97,16 @@ class Folder:
             return None
         return record if record.run_id == run_id else None
 
+    def record_since(self, run_id: str, since: float) -> RunRecord | None:
+        """The cell's record if it was written at ``since`` (a Unix time) or later, within a
+        second for file systems with coarse times: the record of the run started then, not one
+        that ``--rerun`` is replacing."""
+        try:
+            written = record_path(self.path, run_id).stat().st_mtime
+        except OSError:
+            return None
+        return self.record(run_id) if written >= since - 1.0 else None
+
     def damaged(self, run_id: str) -> bool:
         path = record_path(self.path, run_id)
         return path.exists() and self.record(run_id) is None

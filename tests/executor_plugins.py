@@ -9,7 +9,7 @@ out-of-memory kill would. ``counted-quadratic``: every run appends a line to the
 daemon: ``mps-lost-quadratic`` counts its run; at the 5th step of seed 0 it fails as CUDA does
 when the MPS server fails under it, the first time only (``$BENCH_TEST_MPS=once``, a marker file
 beside the count) or every time (``always``), or kills the daemon whose pid is in
-``$BENCH_TEST_MPS_PID`` and goes on, slowly (``kill``, the first time only).
+``$BENCH_TEST_MPS_PID`` and goes on, slowly (``kill``, the first time only); ``off``: never.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class MpsLostQuadratic(CountedQuadratic):
         self._steps += 1
         how = os.environ["BENCH_TEST_MPS"]
         marker = f"{os.environ['BENCH_TEST_COUNT']}.lost"
-        if self._seed == 0 and self._steps == 5 and (how == "always" or not os.path.exists(marker)):
+        first = how in ("once", "kill") and not os.path.exists(marker)
+        if self._seed == 0 and self._steps == 5 and (first or how == "always"):
             open(marker, "w").close()
             if how == "kill":
                 with open(os.environ["BENCH_TEST_MPS_PID"]) as fh:

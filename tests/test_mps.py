@@ -23,6 +23,8 @@ from bench_cli.executors import mps
 from bench_cli.executors.local import Slot, gpu_slots
 from bench_cli.executors.mps import use_mps
 
+PLUGINS = Path(__file__).parent / "executor_plugins.py"
+
 FAKE = """#!/bin/sh
 in=$(cat -)
 echo "$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$in" >> "{log}"
@@ -145,10 +147,34 @@ def test_only_this_users_folders_of_coordinators_that_are_gone_are_removed(tmp_p
         m.setattr(os, "geteuid", lambda: dead.stat().st_uid + 1)
         mps._remove_left_folders(tmp)
     assert dead.exists()
+    held = mps._lock(dead)  # a live coordinator's lock: its pid may be in another namespace
+    mps._remove_left_folders(tmp)
+    assert dead.exists()
+    os.close(held)
     daemon = mps.start(required=True)
     assert not dead.exists() and live.exists() and unnamed.exists()
     daemon.close()
     assert sorted(tmp.iterdir()) == sorted([live, unnamed])
+
+
+def test_a_daemon_settles_once_it_answers_or_has_exited(tmp_path, monkeypatch):
+    """After a failure of its server, the daemon is waited for: one that answers lives, one
+    that has exited does not, and one that neither answers nor exits is killed at the end of
+    the wait."""
+    _fake_control(tmp_path, monkeypatch, 0)
+    _own_tmp(tmp_path, monkeypatch)
+    daemon = mps.start(required=True)
+    assert daemon.settled(wait=5)
+    (daemon.folder / "pipe" / "up").unlink()  # the stand-in stops answering but lives
+    t0 = time.monotonic()
+    assert not daemon.settled(wait=0.5)
+    assert 0.5 <= time.monotonic() - t0 < 5 and not daemon.alive()
+    daemon.close()
+    daemon = mps.start(required=True)
+    daemon.process.kill()
+    daemon.process.wait()
+    assert not daemon.settled(wait=5)
+    daemon.close()
 
 
 def test_daemon_that_cannot_start(tmp_path, monkeypatch, capsys):
@@ -360,3 +386,68 @@ def test_cells_that_lose_their_mps_server_run_again_on_new_workers(
     assert "error" not in statuses and (how == "always" or len(statuses) == len(records))
     assert not list((out / ".running").iterdir())
     assert not list(tmp.glob("bench-mps-*"))
+
+
+def test_a_rerun_that_loses_its_mps_server_runs_its_cells_again(tmp_path, monkeypatch):
+    """``bench run --rerun`` into a folder holding records of the same cells, and the daemon
+    killed under seed 0: the records the rerun replaces are not taken for the lost cells' own,
+    so every cell ends with a record of this command."""
+    from bench_cli import api
+    from bench_cli.progress import Progress
+
+    _fake_control(tmp_path, monkeypatch, 0)
+    tmp = _own_tmp(tmp_path, monkeypatch)
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("BENCH_TEST_COUNT", str(tmp_path / "count.txt"))
+    monkeypatch.setenv("BENCH_TEST_MPS_PID", f"{log}.pid")
+    req = api.RunRequest(
+        task="mps-lost-quadratic",
+        optimizers=["adamw", "lion"],
+        seeds=[0, 1],
+        steps=30,
+        device="cpu",
+        task_options={"preset": "tiny"},
+        plugins=[str(PLUGINS)],
+    )
+    out = tmp_path / "out"
+    executor = {"gpus": [0], "runs_per_gpu": 2}
+    monkeypatch.setenv("BENCH_TEST_MPS", "off")
+    first = api.run(req, out, Progress(quiet=True), executor)
+    time.sleep(1.5)  # the first records are older than the rerun by more than a second
+    monkeypatch.setenv("BENCH_TEST_MPS", "kill")
+    t0 = time.time()
+    again = api.run(req, out, Progress(quiet=True), executor, rerun=True)
+    assert len(again) == len(first) == 4 and {r.status for r in again} == {"done"}
+    written = [p.stat().st_mtime for p in out.glob("mps-lost-quadratic*.json")]
+    assert len(written) == 4 and min(written) >= t0
+    assert not list(tmp.glob("bench-mps-*"))
+
+
+def test_a_run_lost_with_its_mps_server_keeps_its_checkpoint(tmp_path, monkeypatch):
+    """The cell runs again from its last checkpoint, so its worker leaves the checkpoint of a
+    run that failed with CUDA's MPS error, and removes that of a run that failed otherwise."""
+    from bench_cli import api
+    from bench_cli.executors import worker
+    from bench_cli.folder import CHECKPOINTS
+    from bench_cli.plan import build_plan
+
+    monkeypatch.setenv("BENCH_TEST_COUNT", str(tmp_path / "count.txt"))
+    monkeypatch.setenv("BENCH_TEST_MPS", "always")
+    req = api.RunRequest(
+        task="mps-lost-quadratic",
+        optimizers=["adamw"],
+        seeds=[0, 1],
+        steps=30,
+        device="cpu",
+        task_options={"preset": "tiny"},
+        plugins=[str(PLUGINS)],
+    )
+    cells = build_plan(api.request_suite(req)).score_cells({}, {})
+    out = tmp_path / "out"
+    (out / CHECKPOINTS).mkdir(parents=True)
+    for cell in cells:
+        (out / CHECKPOINTS / f"{cell.run_id}.pt").write_bytes(b"a checkpoint")
+        worker.execute_cell(cell, out)
+    lost, done = (cells[0], cells[1]) if cells[0].spec.seed == 0 else (cells[1], cells[0])
+    assert (out / CHECKPOINTS / f"{lost.run_id}.pt").exists()
+    assert not (out / CHECKPOINTS / f"{done.run_id}.pt").exists()

@@ -95,6 +95,7 @@ class _Worker:
     process: Any
     inbox: Any
     cell: Cell | None = None
+    since: float = 0.0  # when its cell was sent: an older record (before --rerun) is not its
 
 
 #: how many times the MPS daemon may exit, or its server fail, in one command
@@ -148,7 +149,7 @@ class LocalExecutor:
                         except BaseException:
                             folder.release(cell.run_id)  # never started: free to run later
                             raise
-                        w.cell = cell
+                        w.cell, w.since = cell, time.time()
                         w.inbox.put((cell, str(folder.path)))
                         progress.started(cell)
             busy = {w.cell.run_id: w for w in workers if w is not None and w.cell is not None}
@@ -162,7 +163,7 @@ class LocalExecutor:
                 pass  # no message, or one from a worker that died before it was read
             elif kind in ("start", "step"):
                 progress.step(run_id, rest[0], rest[1])
-            elif kind == "end" and rest[0] == "error" and self._mps_failed(folder, run_id):
+            elif kind == "end" and rest[0] == "error" and self._mps_failed(folder, busy[run_id]):
                 todo[:0] = self._mps_lost(folder, progress, ran)
                 continue
             elif kind == "end":
@@ -232,31 +233,42 @@ class LocalExecutor:
             p.start()
         return _Worker(slot, p, inbox)
 
-    def _mps_failed(self, folder: Folder, run_id: str) -> bool:
-        """Whether the run ``run_id``, which ended with an error, failed because the MPS server
-        or daemon did under it."""
-        record = folder.record(run_id) if self._mps is not None else None
+    def _mps_failed(self, folder: Folder, w: _Worker) -> bool:
+        """Whether the run of ``w``'s cell, which ended with an error, failed because the MPS
+        daemon or server did under it: the daemon has exited, or the error is CUDA's report of
+        the MPS (a run's first failing call can be another library's, once the server is
+        gone)."""
+        if self._mps is None:
+            return False
+        if not self._mps.alive():
+            return True
+        record = folder.record_since(w.cell.run_id, w.since)
         return record is not None and mps.failed(record.error)
 
     def _mps_lost(self, folder: Folder, progress, ran: list[str]) -> list[Cell]:
         """The MPS daemon has exited, or its server failed under a run: every worker's CUDA
         context is gone with it. Every worker is stopped (new ones take their slots), the daemon
-        is started again if it has exited, and the cells that were running go back to run again
-        (the error record one wrote on the way is removed; one that finished keeps its record).
-        The third such failure in one command is an error, which leaves those cells to a rerun."""
+        is started again once it has exited (one that is shutting down is waited for), and the
+        cells that were running go back to run again: those with no record of this run, or an
+        ``error`` one (removed; with the daemon gone any error is taken as its doing), while a
+        cell that finished keeps its record. The third such failure in one command is an error,
+        which leaves those cells to a rerun."""
         self._mps_failures += 1
+        for w in self._workers:
+            if w is not None:
+                w.process.kill()
+        exited = not self._mps.settled()
         again: list[Cell] = []
         for i, w in enumerate(self._workers):
             if w is None:
                 continue
-            w.process.kill()
-            w.process.join()
+            w.process.join(timeout=5)  # killed: it writes nothing more, even if it lingers
             self._workers[i] = None
             cell = w.cell
             if cell is None:
                 continue
-            record = folder.record(cell.run_id)
-            if record is None or mps.failed(record.error):
+            record = folder.record_since(cell.run_id, w.since)
+            if record is None or record.status == "error" and (exited or mps.failed(record.error)):
                 folder.discard(cell.run_id)
                 again.append(cell)
             else:
@@ -264,7 +276,6 @@ class LocalExecutor:
                 progress.finished(cell, record.status)
             folder.release(cell.run_id)
         self._outbox = self.ctx.Queue()  # a worker killed while it wrote may hold the old one
-        exited = not self._mps.alive()
         what = (
             f"the CUDA MPS daemon exited ({self._mps.exit_reason()})"
             if exited
@@ -296,7 +307,7 @@ class LocalExecutor:
             if code is not None and code < 0
             else f"exit code {code}"
         )
-        record = folder.record(cell.run_id)
+        record = folder.record_since(cell.run_id, w.since)
         if record is None:
             reason = (
                 f"the worker process running this cell died ({how}); it may have run out of "

@@ -101,9 +101,37 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _lock(folder: Path) -> int:
+    """A file in ``folder``, open and locked for as long as this process keeps it open: the
+    folder is in use. (A coordinator in another pid namespace, or on another host sharing the
+    temporary directory, can look dead by its pid; its lock still holds.)"""
+    import fcntl
+
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _locked(folder: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(folder / "lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _remove_left_folders(tmp: Path) -> None:
-    """Remove this user's daemon folders in ``tmp`` whose coordinator is gone: one killed with
-    SIGKILL takes its daemon with it (the parent-death signal) but leaves the folder."""
+    """Remove this user's daemon folders in ``tmp`` whose coordinator is gone (its pid is not
+    running, and the folder's lock is free): one killed with SIGKILL takes its daemon with it
+    (the parent-death signal) but leaves the folder."""
     for path in tmp.glob("bench-mps-*"):
         found = _FOLDER.fullmatch(path.name)
         if found is None or _running(int(found[1])):
@@ -112,7 +140,7 @@ def _remove_left_folders(tmp: Path) -> None:
             info = path.lstat()
         except OSError:
             continue
-        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not _locked(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -136,13 +164,32 @@ class Daemon:
     """A running MPS control daemon (this process's child) and its folder. ``required``: MPS was
     asked for, so a daemon that cannot start again is an error."""
 
-    def __init__(self, process: subprocess.Popen, folder: Path, required: bool):
-        self.process, self.folder, self.required = process, folder, required
+    def __init__(self, process: subprocess.Popen, folder: Path, lock: int, required: bool):
+        self.process, self.folder, self.lock, self.required = process, folder, lock, required
         #: what a worker's environment gets, so that its CUDA uses this daemon
         self.env = _mps_env(folder)
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def settled(self, wait: float = 10) -> bool:
+        """Whether the daemon lives, once it has either exited or answered a client. A daemon
+        whose server failed may be shutting down: it is waited for, up to ``wait`` seconds, and
+        then killed (one that does not answer serves no worker)."""
+        deadline = time.monotonic() + wait
+        while self.alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.process.kill()
+                self.process.wait()
+                break
+            try:
+                if _control("get_server_list", {**os.environ, **self.env}, timeout=left) == 0:
+                    return True
+            except (OSError, subprocess.SubprocessError):
+                pass
+            time.sleep(0.1)
+        return False
 
     def exit_reason(self) -> str:
         """How the daemon, which has exited, ended."""
@@ -169,6 +216,9 @@ class Daemon:
                 self.process.kill()
             self.process.wait()
             shutil.rmtree(self.folder, ignore_errors=True)
+            if self.lock >= 0:
+                os.close(self.lock)
+                self.lock = -1
 
 
 def start(required: bool) -> Daemon | None:
@@ -178,6 +228,7 @@ def start(required: bool) -> Daemon | None:
     tmp = Path(tempfile.gettempdir())
     _remove_left_folders(tmp)
     folder = Path(tempfile.mkdtemp(prefix=f"bench-mps-{os.getpid()}-", dir=tmp))
+    lock = _lock(folder)
     env = _mps_env(folder)
     for d in env.values():
         Path(d).mkdir()
@@ -187,10 +238,12 @@ def start(required: bool) -> Daemon | None:
         failure = f"cannot start the CUDA MPS daemon (nvidia-cuda-mps-control: {exc})"
     except BaseException:  # interrupted while it started: its folder goes with it
         shutil.rmtree(folder, ignore_errors=True)
+        os.close(lock)
         raise
     else:
-        return Daemon(process, folder, required)
+        return Daemon(process, folder, lock, required)
     shutil.rmtree(folder, ignore_errors=True)
+    os.close(lock)
     if required:  # outside the except block: the error stands alone
         raise BenchError(f"{failure}; run with --no-mps")
     print(f"warning: {failure}; the runs sharing a GPU are time-sliced", file=sys.stderr)

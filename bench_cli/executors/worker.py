@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench_cli.executors import mps
 from bench_cli.folder import CHECKPOINTS, Folder, now
 from bench_cli.plan import Cell
 from bench_cli.results.record import Env, RunRecord, TrainPoint
@@ -140,5 +141,6 @@ def execute_cell(
             f"cannot write the record of {spec.run_id} to {folder.path} "
             f"({exc.strerror or exc}); free some space and rerun the command to resume"
         ) from None
-    (folder.path / CHECKPOINTS / f"{spec.run_id}.pt").unlink(missing_ok=True)
+    if not mps.failed(record.error):  # a run lost with its MPS server runs again from here
+        (folder.path / CHECKPOINTS / f"{spec.run_id}.pt").unlink(missing_ok=True)
     return record.status
