@@ -22,9 +22,8 @@ from bench_cli.tasks import TASKS
 from bench_cli.tasks.valleys import NoisyQuadratic
 
 
-@TASKS.register("killer-quadratic")
-class KillerQuadratic(NoisyQuadratic):
-    """The noisy quadratic; seed 1 dies at step 5."""
+class _AtStep:
+    """Calls ``at_step(seed, step)`` before each training loss of a run (steps from 1)."""
 
     def batches(self, seed: int):
         self._seed, self._steps = seed, 0
@@ -32,9 +31,17 @@ class KillerQuadratic(NoisyQuadratic):
 
     def loss(self, model, batch):
         self._steps += 1
-        if self._seed == 1 and self._steps == 5:
-            os.kill(os.getpid(), signal.SIGKILL)
+        self.at_step(self._seed, self._steps)
         return super().loss(model, batch)
+
+
+@TASKS.register("killer-quadratic")
+class KillerQuadratic(_AtStep, NoisyQuadratic):
+    """The noisy quadratic; seed 1 dies at step 5."""
+
+    def at_step(self, seed: int, step: int) -> None:
+        if seed == 1 and step == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 @TASKS.register("counted-quadratic")
@@ -60,30 +67,25 @@ class BigQuadratic(CountedQuadratic):
 
 
 @TASKS.register("mps-lost-quadratic")
-class MpsLostQuadratic(CountedQuadratic):
+class MpsLostQuadratic(_AtStep, CountedQuadratic):
     """The counted quadratic, whose seed 0 loses its MPS server at its 5th step."""
 
-    def batches(self, seed: int):
-        self._seed, self._steps = seed, 0
-        return super().batches(seed)
-
-    def loss(self, model, batch):
-        self._steps += 1
+    def at_step(self, seed: int, step: int) -> None:
         how = os.environ["BENCH_TEST_MPS"]
         marker = f"{os.environ['BENCH_TEST_COUNT']}.lost"
         first = how in ("once", "kill") and not os.path.exists(marker)
-        if self._seed == 0 and self._steps == 5 and (first or how == "always"):
-            open(marker, "w").close()
-            if how == "kill":
-                with open(os.environ["BENCH_TEST_MPS_PID"]) as fh:
-                    os.kill(int(fh.read()), signal.SIGKILL)
-                time.sleep(5)  # still running when the pool finds the daemon gone
-            else:
-                raise RuntimeError(
-                    "CUDA error: the remote procedural call between the MPS server and the MPS "
-                    "client failed"
-                )
-        return super().loss(model, batch)
+        if seed != 0 or step != 5 or not (first or how == "always"):
+            return
+        open(marker, "w").close()
+        if how == "kill":
+            with open(os.environ["BENCH_TEST_MPS_PID"]) as fh:
+                os.kill(int(fh.read()), signal.SIGKILL)
+            time.sleep(5)  # still running when the pool finds the daemon gone
+        else:
+            raise RuntimeError(
+                "CUDA error: the remote procedural call between the MPS server and the MPS "
+                "client failed"
+            )
 
 
 @TASKS.register("stalled-quadratic")

@@ -102,6 +102,13 @@ class _Worker:
 MPS_FAILURES = 3
 
 
+def _lost(record, daemon_gone: bool) -> bool:
+    """Whether a run under MPS, with this record of its own (or none), was lost to the MPS and
+    runs again: it wrote no record, or an ``error`` one that CUDA's MPS error explains, or any
+    ``error`` once the daemon is gone (a run's first failing call can be another library's)."""
+    return record is None or record.status == "error" and (daemon_gone or mps.failed(record.error))
+
+
 @dataclass
 class LocalExecutor:
     """A pool of workers, one per slot, each started when a cell is first claimed for it. The
@@ -234,24 +241,17 @@ class LocalExecutor:
         return _Worker(slot, p, inbox)
 
     def _mps_failed(self, folder: Folder, w: _Worker) -> bool:
-        """Whether the run of ``w``'s cell, which ended with an error, failed because the MPS
-        daemon or server did under it: the daemon has exited, or the error is CUDA's report of
-        the MPS (a run's first failing call can be another library's, once the server is
-        gone)."""
+        """Whether the run of ``w``'s cell, which ended with an error, was lost to the MPS."""
         if self._mps is None:
             return False
-        if not self._mps.alive():
-            return True
-        record = folder.record_since(w.cell.run_id, w.since)
-        return record is not None and mps.failed(record.error)
+        return _lost(folder.record_since(w.cell.run_id, w.since), not self._mps.alive())
 
     def _mps_lost(self, folder: Folder, progress, ran: list[str]) -> list[Cell]:
         """The MPS daemon has exited, or its server failed under a run: every worker's CUDA
         context is gone with it. Every worker is stopped (new ones take their slots), the daemon
         is started again once it has exited (one that is shutting down is waited for), and the
-        cells that were running go back to run again: those with no record of this run, or an
-        ``error`` one (removed; with the daemon gone any error is taken as its doing), while a
-        cell that finished keeps its record. The third such failure in one command is an error,
+        cells that were running go back to run again when they were lost (``_lost``; an error
+        record is removed), while a cell that finished keeps its record. The third such failure in one command is an error,
         which leaves those cells to a rerun."""
         self._mps_failures += 1
         for w in self._workers:
@@ -268,7 +268,7 @@ class LocalExecutor:
             if cell is None:
                 continue
             record = folder.record_since(cell.run_id, w.since)
-            if record is None or record.status == "error" and (exited or mps.failed(record.error)):
+            if _lost(record, exited):
                 folder.discard(cell.run_id)
                 again.append(cell)
             else:

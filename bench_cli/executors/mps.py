@@ -172,6 +172,9 @@ class Daemon:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def _ask(self, command: str, timeout: float = 30) -> int:
+        return _control(command, {**os.environ, **self.env}, timeout)
+
     def settled(self, wait: float = 10) -> bool:
         """Whether the daemon lives, once it has either exited or answered a client. A daemon
         whose server failed may be shutting down: it is waited for, up to ``wait`` seconds, and
@@ -184,7 +187,7 @@ class Daemon:
                 self.process.wait()
                 break
             try:
-                if _control("get_server_list", {**os.environ, **self.env}, timeout=left) == 0:
+                if self._ask("get_server_list", timeout=left) == 0:
                     return True
             except (OSError, subprocess.SubprocessError):
                 pass
@@ -207,7 +210,7 @@ class Daemon:
         and remove its folder."""
         try:
             if self.alive():
-                _control("quit", {**os.environ, **self.env})
+                self._ask("quit")
                 self.process.wait(timeout=30)
         except (OSError, subprocess.SubprocessError):
             pass  # a daemon that will not quit must not hide the runs' own outcome: it is killed
