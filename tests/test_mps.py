@@ -227,9 +227,15 @@ def test_ctrl_c_while_the_daemon_starts_leaves_no_daemon_and_no_folder(tmp_path,
 
     log = _fake_control(tmp_path, monkeypatch, 0, up_after=60)  # it never answers in time
     tmp = _own_tmp(tmp_path, monkeypatch)
+    # a shell that starts the tests in the background ignores SIGINT in them: Ctrl-C's own
+    # handler here, whatever the tests inherited
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        mps.start(required=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mps.start(required=True)
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert not _alive(int(Path(f"{log}.pid").read_text()))
     assert not list(tmp.glob("bench-mps-*"))
 
