@@ -337,6 +337,7 @@ def run(
 
 
 def run_summary(req, out_dir, progress=None, executor=None, rerun=False, log=None):
+    from bench_cli.executors import local
     from bench_cli.executors.worker import _prepared
     from bench_cli.folder import RUNS, Folder
     from bench_cli.plan import build_plan
@@ -345,6 +346,8 @@ def run_summary(req, out_dir, progress=None, executor=None, rerun=False, log=Non
     from bench_cli.suite import executor_settings
 
     suite = request_suite(req)
+    settings = executor_settings(suite.executor, dict(executor or {}))
+    local.prestart(settings)  # the workers' imports overlap the planning
     plan = build_plan(suite)
     first = plan.score_cells({}, {})[0].spec
     prepared = _prepared(first)  # a missing data file fails here, before anything is written
@@ -356,7 +359,6 @@ def run_summary(req, out_dir, progress=None, executor=None, rerun=False, log=Non
     text = resolved_text(plan)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     folder.claim_suite(text, name=f"{RUNS}/{suite.name}-{digest}.yaml")
-    settings = executor_settings(suite.executor, dict(executor or {}))
     log = {"kinds": [], "group": suite.name, **(log or {})}
     with folder, progress or Progress(quiet=True) as bar:
         return run_plan(plan, folder, settings, bar, rerun=rerun, log=log)

@@ -99,6 +99,10 @@ def run_suite(
             f"{path}: {sum(sizes.values())} cells ({', '.join(f'{v} {k}' for k, v in sizes.items())}"
             f"{when}) is more than --max-cells {max_cells}; raise --max-cells to confirm"
         )
+    from bench_cli.executors import local
+
+    settings = executor_settings(suite.executor, dict(executor or {}))
+    local.prestart(settings)  # the workers' imports overlap the planning
     plan = at_path(str(path), build_plan, suite, tier)
     whole = resolved_text(plan)
     if only:
@@ -117,7 +121,6 @@ def run_suite(
             f"{out} already holds records; resume (the default) to finish the suite there, or "
             "choose another --out"
         )
-    settings = executor_settings(suite.executor, dict(executor or {}))
     folder.claim_suite(whole)
     write_environment(folder, str(path), tier_name, suite.device or "auto")
     log = {"kinds": suite.log, "group": suite.name or Path(path).stem, **(log or {})}

@@ -1,7 +1,8 @@
 """Where one ``bench`` command's wall clock goes, process by process: the coordinator's start-up
-(Python, ``import torch``, planning), each worker's (a fresh interpreter, ``import torch``, the
-task's data and CUDA context), each cell's run loop (the first in a worker apart from the later
-ones, which run warm), and the end (the pool's close, the exit). ``timeline/sitecustomize.py``
+(Python, ``import torch``, planning), the fork server's (``import torch`` and the run loop's
+modules, once), each worker's (forked from it, or a fresh interpreter importing torch under
+spawn; the task's data and CUDA context), each cell's run loop (the first in a worker apart from
+the later ones, which run warm), and the end (the pool's close, the exit). ``timeline/sitecustomize.py``
 writes the events; nothing in ``bench`` is changed.
 
     python benchmarks/suite_timeline.py run one.log -- suite run s.yaml --out o1 --gpus 0 -q
@@ -57,8 +58,10 @@ def summary(log: Path) -> dict:
         return [b - a for a, b in zip([t for n, t in procs[pid] if n == "runloop>"], ends)]
 
     workers = [p for p in procs if p != coordinator and loops(p)]
+    servers = [p for p in procs if p != coordinator and p not in workers]
     out = {
         "coordinator_torch_imported": first(coordinator, "torch<"),
+        "forkserver_torch_imported": [first(p, "torch<") for p in servers if first(p, "torch<")],
         "plan_done": first(coordinator, "plan<"),
         "first_spawn": first(coordinator, "spawn>"),
         "workers": len(workers),
@@ -69,8 +72,7 @@ def summary(log: Path) -> dict:
     }
     if workers:
         spans = {
-            "worker_start": [first(w, "start") for w in workers],
-            "worker_torch_imported": [first(w, "torch<") for w in workers],
+            "worker_serves": [first(w, "serve>") for w in workers],
             "first_cell": [first(w, "runloop>") for w in workers],
         }
         out.update({k: [min(v), max(v)] for k, v in spans.items()})

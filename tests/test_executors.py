@@ -443,16 +443,61 @@ def test_under_torchrun_sigterm_keeps_its_default_action(tmp_path) -> None:
     assert code == -signal.SIGTERM and "stopped by SIGTERM" not in stderr
 
 
-def test_workers_started_by_forkserver_run_their_cells(tmp_path, monkeypatch) -> None:
-    # a worker checks that its coordinator is alive by its parent pid only when that parent is
-    # the coordinator itself (spawn); under forkserver its parent is the fork server
-    import multiprocessing
+def test_workers_started_by_spawn_run_their_cells(tmp_path, monkeypatch) -> None:
+    # where there is no fork server, each worker is a fresh interpreter
+    from bench_cli.executors import local
 
-    real = multiprocessing.get_context
-    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: real("forkserver"))
+    monkeypatch.setattr(local.mp, "get_all_start_methods", lambda: ["spawn"])
+    assert local.LocalExecutor(local.cpu_slots(2, 1)).ctx.get_start_method() == "spawn"
     path = write_suite(tmp_path / "fs.yaml", "noisy-quadratic", "[0, 1]")
     summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2, "threads": 1})
     assert summary.records and {r.status for r in summary.records} == {"done"}
+
+
+PATH_PLUGIN = """
+import os
+from bench_cli.tasks import TASKS
+from bench_cli.tasks.valleys import NoisyQuadratic
+
+@TASKS.register("path-quadratic")
+class PathQuadratic(NoisyQuadratic):
+    def build_model(self):
+        with open(os.environ["BENCH_TEST_COUNT"], "a") as fh:
+            fh.write(f"{os.getpid()} {os.environ.get('BENCH_TEST_MARK', '-')}\\n")
+        return super().build_model()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server")
+def test_a_forked_worker_runs_with_the_coordinators_environment_and_path_of_its_start(
+    tmp_path, monkeypatch
+) -> None:
+    # the fork server keeps the environment and sys.path of its own start; the variables and the
+    # plug-in's folder below come later, and a worker forked from it must still see them
+    from multiprocessing import forkserver
+
+    from bench_cli.config import ExecutorSettings
+    from bench_cli.executors import local
+
+    local.prestart(ExecutorSettings(jobs=2))
+    forkserver.ensure_running()
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "path_plugin_for_workers.py").write_text(PATH_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    count = tmp_path / "count.txt"
+    monkeypatch.setenv("BENCH_TEST_COUNT", str(count))
+    monkeypatch.setenv("BENCH_TEST_MARK", "seen")
+    path = tmp_path / "env.yaml"
+    path.write_text(
+        "name: env\nseeds: [0, 1]\ndevice: cpu\nplugins: [path_plugin_for_workers]\n"
+        "tasks:\n  - name: path-quadratic\n    options: {preset: tiny}\n"
+        "    budget: {steps: 10, eval_interval: 5}\noptimizers:\n  - name: adamw\n"
+    )
+    summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2, "threads": 1})
+    assert [r.status for r in summary.records] == ["done", "done"]
+    lines = [line.split() for line in count.read_text().splitlines()]
+    assert len(lines) == 2 and all(mark == "seen" for _, mark in lines)
+    assert str(os.getpid()) not in {pid for pid, _ in lines}  # they ran in workers
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path) -> None:

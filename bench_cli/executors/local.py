@@ -6,7 +6,9 @@ starts when a cell is first claimed for it, lives through every phase of the com
 each task's prepared data between cells. A worker that dies (killed, crashed, out of host memory)
 leaves an ``error`` record for its cell naming the reason, and a new worker takes its place. With
 one worker, or one cell and no worker started yet, the cells run in this process (no start-up of
-a second process). When MPS is used (``mps.use_mps``), workers that share a GPU run under the
+a second process). Workers are forked from a fork server that imported torch and the run loop
+once (``_context``, started early by ``prestart``), and each exits when its coordinator is gone
+(``_die_with_coordinator``). When MPS is used (``mps.use_mps``), workers that share a GPU run under the
 pool's own MPS daemon, whose pipe folder each gets through its environment when it starts.
 """
 
@@ -17,10 +19,11 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from typing import Any
 
 from bench_cli.errors import BenchError
@@ -37,43 +40,60 @@ class Slot:
     threads: int | None
 
 
-@contextmanager
-def _environ(**values: str | None):
-    old = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+#: what the fork server imports once, so that a worker forked from it starts with them loaded
+PRELOAD = ["torch", "bench_cli.executors.worker", "bench_cli.api", "bench_cli.runner"]
 
 
-def _die_with(parent: int | None) -> None:
-    """Have the kernel stop this worker when its coordinator ``parent`` dies, however it dies
-    (Linux): a coordinator killed with SIGKILL must not leave workers training on. Elsewhere, or
-    when the worker is not the coordinator's own child (``parent`` None: a start method other
-    than spawn), only the progress events notice (``worker.Events``), at a run's next step."""
-    if parent is None:
+def _context():
+    """Where workers come from: a fork server (on Linux and macOS) that has imported torch and
+    the run loop once, so that a worker starts in a fraction of a second instead of a fresh
+    interpreter importing them all; ``spawn`` where there is none."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def prestart(settings) -> None:
+    """Start the fork server now when the command will likely start workers (a local executor
+    with several jobs, or an NVIDIA GPU that runs may share or split), so that its imports
+    overlap the command's own planning. It is started when the first worker starts otherwise."""
+    if settings.kind != "local":
         return
-    if sys.platform.startswith("linux"):
-        import ctypes
+    one_gpu_slot = (
+        settings.runs_per_gpu == 1 and settings.gpus is not None and len(settings.gpus) < 2
+    )
+    gpus = os.path.exists("/dev/nvidiactl") and not one_gpu_slot
+    if (settings.jobs > 1 or gpus) and "forkserver" in mp.get_all_start_methods():
+        from multiprocessing import forkserver
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the request was made
+        _context()
+        forkserver.ensure_running()
+
+
+def _die_with_coordinator() -> None:
+    """Stop this worker when the coordinator that started it is gone, however it went (killed
+    with SIGKILL too): a thread waits on multiprocessing's parent sentinel, a pipe whose other
+    end only the coordinator holds, and ends the process when it closes. (A fork server's child
+    has the fork server for a parent, so the parent's pid says nothing about the coordinator.)"""
+    sentinel = mp.parent_process().sentinel
+
+    def watch() -> None:
+        wait([sentinel])
         os._exit(1)
 
+    threading.Thread(target=watch, name="coordinator-watch", daemon=True).start()
 
-def _serve(inbox, outbox, threads: int | None, log: dict | None, parent: int | None) -> None:
-    """A worker process: run the cells it is sent until it gets None."""
-    _die_with(parent)
+
+def _serve(inbox, outbox, env: dict, threads: int | None, log: dict | None) -> None:
+    """A worker process: run the cells it is sent until it gets None. ``env`` is the
+    coordinator's environment when it asked for the worker, with this worker's GPU and MPS pipes:
+    a forked worker starts with its fork server's, and it is set before CUDA is first used.
+    (multiprocessing sets ``sys.path`` to the coordinator's.)"""
+    _die_with_coordinator()
+    os.environ.clear()
+    os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
     worker.set_threads(threads)
     while True:
@@ -118,7 +138,7 @@ class LocalExecutor:
     slots: list[Slot]
     log: dict | None = None
     mps: bool | None = None
-    ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
+    ctx: Any = field(default_factory=_context)
     _workers: list[_Worker | None] = field(default_factory=list, init=False)
     _outbox: Any = field(default=None, init=False)
     _mps: mps.Daemon | None = field(default=None, init=False)
@@ -226,18 +246,16 @@ class LocalExecutor:
 
     def _start(self, slot: Slot, outbox) -> _Worker:
         inbox = self.ctx.Queue()
-        gpu = str(slot.gpu) if slot.gpu is not None else None
-        parent = os.getpid() if self.ctx.get_start_method() == "spawn" else None
-        with _environ(
-            CUDA_VISIBLE_DEVICES=gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES"),
-            **(self._mps.env if self._mps is not None else {}),
-        ):
-            p = self.ctx.Process(
-                target=_serve,
-                args=(inbox, outbox, slot.threads, self.log, parent),
-                daemon=True,
-            )
-            p.start()
+        env = dict(os.environ)
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
+        env.update(self._mps.env if self._mps is not None else {})
+        p = self.ctx.Process(
+            target=_serve,
+            args=(inbox, outbox, env, slot.threads, self.log),
+            daemon=True,
+        )
+        p.start()
         return _Worker(slot, p, inbox)
 
     def _mps_failed(self, folder: Folder, w: _Worker) -> bool:

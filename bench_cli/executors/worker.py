@@ -8,7 +8,6 @@ record for each of its cells; nothing here raises for a failed run.
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from pathlib import Path
@@ -25,13 +24,10 @@ _PREPARED: dict[str, Any] = {}
 
 
 class Events(RunCallback):
-    """Sends progress to the coordinator: start, the step about once a second, end. Exits the
-    process if the coordinator that started it is gone (so no orphan finishes a re-claimed cell).
-    """
+    """Sends progress to the coordinator: start, the step about once a second, end."""
 
-    def __init__(self, send, run_id: str, total: int, watch_parent: bool = True):
+    def __init__(self, send, run_id: str, total: int):
         self.send, self.run_id, self.total = send, run_id, total
-        self.parent = os.getppid() if watch_parent else None
         self.last = 0.0
 
     def on_start(self, spec: RunSpec, unit: str) -> None:
@@ -41,8 +37,6 @@ class Events(RunCallback):
         if time.monotonic() - self.last >= 1.0:
             self.last = time.monotonic()
             self.send(("step", self.run_id, point.step, self.total))
-            if self.parent is not None and os.getppid() != self.parent:
-                os._exit(1)
 
 
 def set_threads(threads: int | None) -> None:

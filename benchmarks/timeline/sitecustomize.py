@@ -20,6 +20,7 @@ WATCHED = {
     "bench_cli.executors.local": [
         ("LocalExecutor._start", "spawn"),
         ("LocalExecutor.close", "close"),
+        ("_serve", "serve"),
     ],
     "bench_cli.executors.mps": [("_start_control_daemon", "mps")],
     "bench_cli.runner": [("run", "runloop")],
