@@ -337,17 +337,15 @@ def run(
 
 
 def run_summary(req, out_dir, progress=None, executor=None, rerun=False, log=None):
-    from bench_cli.executors import local
+    from bench_cli.config import executor_settings
     from bench_cli.executors.worker import _prepared
     from bench_cli.folder import RUNS, Folder
     from bench_cli.plan import build_plan
     from bench_cli.progress import Progress
     from bench_cli.protocol import resolved_text, run_plan
-    from bench_cli.suite import executor_settings
 
     suite = request_suite(req)
     settings = executor_settings(suite.executor, dict(executor or {}))
-    local.prestart(settings)  # the workers' imports overlap the planning
     plan = build_plan(suite)
     first = plan.score_cells({}, {})[0].spec
     prepared = _prepared(first)  # a missing data file fails here, before anything is written

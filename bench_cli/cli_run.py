@@ -165,14 +165,24 @@ def register(app: typer.Typer) -> None:
     ) -> None:  # fmt: skip
         """Train each optimizer on the task with the same seeds and data order; print one table.
         Rerunning the same command reuses the records in --out (--rerun replaces them)."""
+        from bench_cli.config import ExecutorSettings, executor_settings
+        from bench_cli.executors import forks
+
+        seeds = _seeds(seed)
+        optimizers = [o for o in opt.split(",") if o.strip()]
+        ex = executor_options(
+            executor, jobs, threads, gpus, runs_per_gpu, mps, ray_address, slurm_cluster,
+            slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
+        )  # fmt: skip
+        if not dry_run and len(optimizers) * max(len(seeds), 1) > 1:  # a pool may start
+            forks.prestart(executor_settings(ExecutorSettings(), dict(ex)))  # before torch loads
         from bench_cli import api, distributed
         from bench_cli.progress import Progress
 
-        seeds = _seeds(seed)
         settings = {"compile": True} if compile_ else {}
         req = api.RunRequest(
             task=task,
-            optimizers=[o for o in opt.split(",") if o.strip()],
+            optimizers=optimizers,
             sets=set_ or [],
             steps=steps,
             seed=seeds[0] if seeds else 0,
@@ -188,10 +198,6 @@ def register(app: typer.Typer) -> None:
         if distributed.world_size() > 1:
             _run_distributed(req, Path(out), rerun)
             return
-        ex = executor_options(
-            executor, jobs, threads, gpus, runs_per_gpu, mps, ray_address, slurm_cluster,
-            slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
-        )  # fmt: skip
         with Progress(stderr, quiet=quiet) as progress:
             summary = api.run_summary(
                 req, Path(out), progress, ex, rerun, log_options(log, mlflow_uri)

@@ -94,13 +94,17 @@ def run_(
     log: Log = None, mlflow_uri: MlflowUri = None,
 ) -> None:  # fmt: skip
     """Run a suite's phases (tune, calibrate, score) into one directory; rerun to resume."""
-    from bench_cli import suite
-    from bench_cli.progress import Progress
+    from bench_cli.config import executor_settings, load_suite
+    from bench_cli.executors import forks
 
     ex = executor_options(
         executor, jobs, threads, gpus, runs_per_gpu, mps, ray_address, slurm_cluster,
         slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
     )  # fmt: skip
+    forks.prestart(executor_settings(load_suite(file).executor, dict(ex)))  # before torch loads
+    from bench_cli import suite
+    from bench_cli.progress import Progress
+
     with Progress(stderr, quiet=quiet) as progress:
         summary = suite.run_suite(
             file, tier, out, resume, progress, ex, log_options(log, mlflow_uri), max_cells, only

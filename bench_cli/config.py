@@ -138,6 +138,7 @@ def validation_message(exc: ValidationError, what: str) -> str:
         lines.append(f"{what} {loc}: {err['msg']} (got {clip(repr(err.get('input')))})")
     return "; ".join(lines)
 
+
 # the suite schema, importable from here as before (imported last: it builds on RunSettings)
 from bench_cli.suite_schema import (  # noqa: E402, F401
     Budget,
@@ -149,6 +150,7 @@ from bench_cli.suite_schema import (  # noqa: E402, F401
     Tier,
     Tuning,
     apply_tier,
+    executor_settings,
     expand_grid,
     load_suite,
     parse_suite,

@@ -18,9 +18,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from bench_cli.config import ExecutorSettings, apply_tier, load_suite, validation_message
+from bench_cli.config import (  # noqa: F401 - executor_settings: the suite API in one place
+    apply_tier,
+    executor_settings,
+    load_suite,
+)
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.folder import CALIBRATION, ENVIRONMENT, Folder, now
 from bench_cli.plan import at_path, build_plan, count_cells
@@ -60,17 +62,6 @@ def write_environment(folder: Folder, source: str, tier: str | None, device: str
     folder.write_json(ENVIRONMENT, {**info, **env})
 
 
-def executor_settings(base: ExecutorSettings, overrides: dict[str, Any]) -> ExecutorSettings:
-    """The suite file's executor settings with the command line's on top."""
-    data = base.model_dump()
-    slurm = {**data.pop("slurm"), **overrides.pop("slurm", {})}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return ExecutorSettings(**data, slurm=slurm)
-    except ValidationError as exc:
-        raise ConfigError(validation_message(exc, "executor setting")) from exc
-
-
 def run_suite(
     path: str | Path,
     tier: str | None = None,
@@ -99,10 +90,7 @@ def run_suite(
             f"{path}: {sum(sizes.values())} cells ({', '.join(f'{v} {k}' for k, v in sizes.items())}"
             f"{when}) is more than --max-cells {max_cells}; raise --max-cells to confirm"
         )
-    from bench_cli.executors import local
-
     settings = executor_settings(suite.executor, dict(executor or {}))
-    local.prestart(settings)  # the workers' imports overlap the planning
     plan = at_path(str(path), build_plan, suite, tier)
     whole = resolved_text(plan)
     if only:

@@ -48,7 +48,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bench_cli.config import DEFAULT_MARGIN, RunSettings
+from bench_cli.config import DEFAULT_MARGIN, RunSettings, validation_message
 from bench_cli.errors import ConfigError
 from bench_cli.results.store import MAX_NAME, NAME_PATTERN, name_problem
 from bench_cli.yamlio import read_text_file, read_yaml, schema_message
@@ -198,6 +198,17 @@ class ExecutorSettings(_Strict):
     )
     ray_address: str | None = Field(None, description="an existing Ray cluster (default: local)")
     slurm: SlurmSettings = SlurmSettings()
+
+
+def executor_settings(base: ExecutorSettings, overrides: dict[str, Any]) -> ExecutorSettings:
+    """The suite file's executor settings with the command line's on top."""
+    data = base.model_dump()
+    slurm = {**data.pop("slurm"), **overrides.pop("slurm", {})}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ExecutorSettings(**data, slurm=slurm)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "executor setting")) from exc
 
 
 class SuiteFile(_Strict):

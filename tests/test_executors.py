@@ -445,9 +445,9 @@ def test_under_torchrun_sigterm_keeps_its_default_action(tmp_path) -> None:
 
 def test_workers_started_by_spawn_run_their_cells(tmp_path, monkeypatch) -> None:
     # where there is no fork server, each worker is a fresh interpreter
-    from bench_cli.executors import local
+    from bench_cli.executors import forks, local
 
-    monkeypatch.setattr(local.mp, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(forks.mp, "get_all_start_methods", lambda: ["spawn"])
     assert local.LocalExecutor(local.cpu_slots(2, 1)).ctx.get_start_method() == "spawn"
     path = write_suite(tmp_path / "fs.yaml", "noisy-quadratic", "[0, 1]")
     summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2, "threads": 1})
@@ -477,9 +477,9 @@ def test_a_forked_worker_runs_with_the_coordinators_environment_and_path_of_its_
     from multiprocessing import forkserver
 
     from bench_cli.config import ExecutorSettings
-    from bench_cli.executors import local
+    from bench_cli.executors import forks
 
-    local.prestart(ExecutorSettings(jobs=2))
+    forks.prestart(ExecutorSettings(jobs=2))
     forkserver.ensure_running()
     (tmp_path / "mods").mkdir()
     (tmp_path / "mods" / "path_plugin_for_workers.py").write_text(PATH_PLUGIN)

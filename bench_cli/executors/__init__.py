@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench_cli.config import ExecutorSettings
 from bench_cli.folder import Folder
-from bench_cli.plan import Cell
 from bench_cli.results.record import RunRecord
+
+if TYPE_CHECKING:  # the plan imports torch; ``forks`` must not
+    from bench_cli.plan import Cell
 
 POLL_SECONDS = 2.0
 

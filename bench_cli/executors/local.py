@@ -7,8 +7,7 @@ each task's prepared data between cells. A worker that dies (killed, crashed, ou
 leaves an ``error`` record for its cell naming the reason, and a new worker takes its place. With
 one worker, or one cell and no worker started yet, the cells run in this process (no start-up of
 a second process). Workers are forked from a fork server that imported torch and the run loop
-once (``_context``, started early by ``prestart``), and each exits when its coordinator is gone
-(``_die_with_coordinator``). When MPS is used (``mps.use_mps``), workers that share a GPU run under the
+once (``forks``), and each exits when its coordinator is gone (``_die_with_coordinator``). When MPS is used (``mps.use_mps``), workers that share a GPU run under the
 pool's own MPS daemon, whose pipe folder each gets through its environment when it starts.
 """
 
@@ -27,7 +26,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from bench_cli.errors import BenchError
-from bench_cli.executors import mps, worker
+from bench_cli.executors import forks, mps, worker
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
 
@@ -38,38 +37,6 @@ class Slot:
 
     gpu: int | None
     threads: int | None
-
-
-#: what the fork server imports once, so that a worker forked from it starts with them loaded
-PRELOAD = ["torch", "bench_cli.executors.worker", "bench_cli.api", "bench_cli.runner"]
-
-
-def _context():
-    """Where workers come from: a fork server (on Linux and macOS) that has imported torch and
-    the run loop once, so that a worker starts in a fraction of a second instead of a fresh
-    interpreter importing them all; ``spawn`` where there is none."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    return ctx
-
-
-def prestart(settings) -> None:
-    """Start the fork server now when the command will likely start workers (a local executor
-    with several jobs, or an NVIDIA GPU that runs may share or split), so that its imports
-    overlap the command's own planning. It is started when the first worker starts otherwise."""
-    if settings.kind != "local":
-        return
-    one_gpu_slot = (
-        settings.runs_per_gpu == 1 and settings.gpus is not None and len(settings.gpus) < 2
-    )
-    gpus = os.path.exists("/dev/nvidiactl") and not one_gpu_slot
-    if (settings.jobs > 1 or gpus) and "forkserver" in mp.get_all_start_methods():
-        from multiprocessing import forkserver
-
-        _context()
-        forkserver.ensure_running()
 
 
 def _die_with_coordinator() -> None:
@@ -138,7 +105,7 @@ class LocalExecutor:
     slots: list[Slot]
     log: dict | None = None
     mps: bool | None = None
-    ctx: Any = field(default_factory=_context)
+    ctx: Any = field(default_factory=forks.context)
     _workers: list[_Worker | None] = field(default_factory=list, init=False)
     _outbox: Any = field(default=None, init=False)
     _mps: mps.Daemon | None = field(default=None, init=False)
