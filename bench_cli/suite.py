@@ -18,11 +18,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from bench_cli.config import (  # noqa: F401 - executor_settings: the suite API in one place
-    apply_tier,
-    executor_settings,
-    load_suite,
-)
+from bench_cli.config import apply_tier, executor_settings, load_suite
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.folder import CALIBRATION, ENVIRONMENT, Folder, now
 from bench_cli.plan import at_path, build_plan, count_cells

@@ -31,7 +31,6 @@ def _run_cell(cell: Cell, out: str, log: dict | None, threads: int, queue: Any) 
     from bench_cli.executors import worker
 
     worker.set_threads(threads)
-    # a Ray worker's parent is Ray's raylet, not the coordinator: no parent watch
     events = worker.Events(queue.put_nowait, cell.run_id, cell.spec.settings.steps)
     return worker.execute_cell(cell, out, events, log)
 
