@@ -175,7 +175,7 @@ def register(app: typer.Typer) -> None:
             slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
         )  # fmt: skip
         if not dry_run and len(optimizers) * max(len(seeds), 1) > 1:  # a pool may start
-            forks.prestart(executor_settings(ExecutorSettings(), dict(ex)))  # before torch loads
+            forks.prestart(executor_settings(ExecutorSettings(), dict(ex)), device)  # before torch
         from bench_cli import api, distributed
         from bench_cli.progress import Progress
 

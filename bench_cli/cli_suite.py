@@ -101,7 +101,8 @@ def run_(
         executor, jobs, threads, gpus, runs_per_gpu, mps, ray_address, slurm_cluster,
         slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
     )  # fmt: skip
-    forks.prestart(executor_settings(load_suite(file).executor, dict(ex)))  # before torch loads
+    spec = load_suite(file)
+    forks.prestart(executor_settings(spec.executor, dict(ex)), spec.device)  # before torch loads
     from bench_cli import suite
     from bench_cli.progress import Progress
 

@@ -10,6 +10,7 @@ daemon: ``mps-lost-quadratic`` counts its run; at the 5th step of seed 0 it fail
 when the MPS server fails under it, the first time only (``$BENCH_TEST_MPS=once``, a marker file
 beside the count) or every time (``always``), or kills the daemon whose pid is in
 ``$BENCH_TEST_MPS_PID`` and goes on, slowly (``kill``, the first time only); ``off``: never.
+``forkserver-killer-quadratic`` kills its worker's fork server at the 5th step of seed 0.
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ class MpsLostQuadratic(_AtStep, CountedQuadratic):
                 "CUDA error: the remote procedural call between the MPS server and the MPS "
                 "client failed"
             )
+
+
+@TASKS.register("forkserver-killer-quadratic")
+class ForkserverKillerQuadratic(_AtStep, CountedQuadratic):
+    """The counted quadratic; at the 5th step of seed 0 it kills its worker's fork server (its
+    parent, when that is a fork server) and goes on."""
+
+    def at_step(self, seed: int, step: int) -> None:
+        if seed == 0 and step == 5:
+            with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+                if b"forkserver" in fh.read():
+                    os.kill(os.getppid(), signal.SIGKILL)
 
 
 @TASKS.register("stalled-quadratic")

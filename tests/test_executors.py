@@ -479,7 +479,7 @@ def test_a_forked_worker_runs_with_the_coordinators_environment_and_path_of_its_
     from bench_cli.config import ExecutorSettings
     from bench_cli.executors import forks
 
-    forks.prestart(ExecutorSettings(jobs=2))
+    forks.prestart(ExecutorSettings(jobs=2), None)
     forkserver.ensure_running()
     (tmp_path / "mods").mkdir()
     (tmp_path / "mods" / "path_plugin_for_workers.py").write_text(PATH_PLUGIN)
@@ -498,6 +498,71 @@ def test_a_forked_worker_runs_with_the_coordinators_environment_and_path_of_its_
     lines = [line.split() for line in count.read_text().splitlines()]
     assert len(lines) == 2 and all(mark == "seen" for _, mark in lines)
     assert str(os.getpid()) not in {pid for pid, _ in lines}  # they ran in workers
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server, /proc")
+def test_workers_outlive_their_fork_server_and_their_cells_finish(tmp_path, monkeypatch) -> None:
+    # multiprocessing reads a forked worker's exit from its fork server: with the fork server
+    # killed, the busy workers must not be taken for dead (error records, workers dropped)
+    from bench_cli.executors import forks
+
+    monkeypatch.setattr(forks, "_command_line", True)  # the fork server, whatever runs the tests
+    count = tmp_path / "count.txt"
+    monkeypatch.setenv("BENCH_TEST_COUNT", str(count))
+    path = write_suite(tmp_path / "fk.yaml", "forkserver-killer-quadratic", "[0, 1, 2, 3]")
+    summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2, "threads": 1})
+    assert [r.status for r in summary.records] == ["done"] * 8, [r.error for r in summary.records]
+    assert len(set(count.read_text().split())) == 2  # the same two workers ran every cell
+    assert not list((tmp_path / "out" / ".running").iterdir())
+
+
+SCRIPT = """
+import os, sys
+if __name__ == "__mp_main__" and os.environ.get("BENCH_TEST_MARKS"):  # a worker runs it again
+    with open(os.environ["BENCH_TEST_MARKS"], "a") as fh:
+        fh.write(os.environ.get("BENCH_TEST_MARK", "-") + "\\n")
+if __name__ == "__main__":
+    from multiprocessing import forkserver
+    from bench_cli import suite
+    from bench_cli.executors import forks
+
+    if forks.context().get_start_method() == "forkserver":
+        forkserver.ensure_running()  # started before the variables below are set
+    os.environ["BENCH_TEST_MARKS"], os.environ["BENCH_TEST_MARK"] = sys.argv[2], "seen"
+    suite.run_suite(sys.argv[1], out=sys.argv[3], executor={"jobs": 2, "threads": 1})
+"""
+
+
+def test_a_library_script_run_again_in_workers_sees_their_environment(tmp_path) -> None:
+    # multiprocessing runs the coordinator's script again in each worker before the worker can
+    # set its environment; module-level CUDA calls there must see the worker's GPU, as spawn gave
+    script = tmp_path / "lib_script.py"
+    script.write_text(SCRIPT)
+    path = write_suite(tmp_path / "lib.yaml", "noisy-quadratic", "[0, 1]")
+    marks = tmp_path / "marks.txt"
+    args = [sys.executable, str(script), str(path), str(marks), str(tmp_path / "out")]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert marks.read_text().split() == ["seen", "seen"]  # both workers, with the variable
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server")
+def test_a_forked_worker_writes_with_the_coordinators_umask(tmp_path, monkeypatch) -> None:
+    from multiprocessing import forkserver
+
+    from bench_cli.config import ExecutorSettings
+    from bench_cli.executors import forks
+
+    forks.prestart(ExecutorSettings(jobs=2), None)
+    forkserver.ensure_running()  # with the umask of the tests
+    path = write_suite(tmp_path / "um.yaml", "noisy-quadratic", "[0, 1]")
+    old = os.umask(0o027)
+    try:
+        suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2, "threads": 1})
+    finally:
+        os.umask(old)
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "out").glob("noisy-quadratic*.json")}
+    assert modes == {0o640}  # 0o666 less the coordinator's umask
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path) -> None:

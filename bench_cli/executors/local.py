@@ -14,13 +14,16 @@ whose pipe folder each gets through its environment when it starts.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
+import select
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -54,14 +57,15 @@ def _die_with_coordinator() -> None:
     threading.Thread(target=watch, name="coordinator-watch", daemon=True).start()
 
 
-def _serve(inbox, outbox, env: dict, threads: int | None, log: dict | None) -> None:
-    """A worker process: run the cells it is sent until it gets None. ``env`` is the
-    coordinator's environment when it asked for the worker, with this worker's GPU and MPS pipes:
-    a forked worker starts with its fork server's, and it is set before CUDA is first used.
-    (multiprocessing sets ``sys.path`` to the coordinator's.)"""
+def _serve(inbox, outbox, env: dict, umask: int, threads: int | None, log: dict | None) -> None:
+    """A worker process: run the cells it is sent until it gets None. ``env`` and ``umask`` are
+    the coordinator's when it asked for the worker (``env`` with this worker's GPU and MPS pipes):
+    a forked worker starts with its fork server's, and they are set before CUDA is first used.
+    (multiprocessing sets ``sys.path`` and the working folder to the coordinator's.)"""
     _die_with_coordinator()
     os.environ.clear()
     os.environ.update(env)
+    os.umask(umask)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
     worker.set_threads(threads)
     while True:
@@ -79,11 +83,47 @@ def _serve(inbox, outbox, env: dict, threads: int | None, log: dict | None) -> N
 
 @dataclass
 class _Worker:
+    """A worker process. Its fork server reports its exit; were the fork server gone (killed),
+    multiprocessing would take the worker for dead and could no longer signal it, so on Linux
+    the process is watched and signalled through a pidfd of its own."""
+
     slot: Slot
     process: Any
     inbox: Any
     cell: Cell | None = None
     since: float = 0.0  # when its cell was sent: an older record (before --rerun) is not its
+    pidfd: int | None = None
+
+    @classmethod
+    def of(cls, slot: Slot, process, inbox) -> _Worker:
+        """The worker of a process just started."""
+        w = cls(slot, process, inbox)
+        if hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):  # it has exited already, or the kernel has none
+                w.pidfd = os.pidfd_open(process.pid)
+                weakref.finalize(w, os.close, w.pidfd)
+        return w
+
+    def alive(self) -> bool:
+        if self.process.is_alive():
+            return True
+        return self.pidfd is not None and not select.select([self.pidfd], [], [], 0)[0]
+
+    def join(self, timeout: float) -> None:
+        if self.pidfd is None:
+            self.process.join(timeout)
+        else:
+            select.select([self.pidfd], [], [], timeout)  # readable once it has exited
+
+    def send(self, sig: int) -> None:
+        """SIGTERM or SIGKILL, to the process itself (a pid that is reused meanwhile is safe)."""
+        if self.pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, sig)
+        elif sig == signal.SIGTERM:
+            self.process.terminate()
+        else:
+            self.process.kill()
 
 
 #: how many times the MPS daemon may exit, or its server fail, in one command
@@ -170,7 +210,7 @@ class LocalExecutor:
                 ran.append(cell.run_id)
                 progress.finished(cell, rest[0])
             for i, w in enumerate(workers):
-                if w is not None and w.cell is not None and not w.process.is_alive():
+                if w is not None and w.cell is not None and not w.alive():
                     ran.append(w.cell.run_id)
                     self._died(w, folder, progress)
                     workers[i] = None  # a new worker takes the slot's next cell
@@ -178,7 +218,7 @@ class LocalExecutor:
     def _ready(self, i: int) -> _Worker:
         """Slot ``i``'s idle worker, started now if it has none or its worker has died."""
         w = self._workers[i]
-        if w is not None and w.process.is_alive():
+        if w is not None and w.alive():
             return w
         if not self._started and mps.use_mps(self.mps, self.slots):  # before the first worker
             self._mps = mps.start(required=bool(self.mps))
@@ -195,18 +235,18 @@ class LocalExecutor:
         self._workers = []
         try:
             for w in workers:
-                if w.process.is_alive():
+                if w.alive():
                     if w.cell is None:
                         w.inbox.put(None)
                     else:
-                        w.process.terminate()
+                        w.send(signal.SIGTERM)
             deadline = time.monotonic() + 5
             for w in workers:
-                w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+                w.join(timeout=max(0.0, deadline - time.monotonic()))
         finally:
             for w in workers:
-                if w.process.is_alive():
-                    w.process.kill()
+                if w.alive():
+                    w.send(signal.SIGKILL)
             daemon, self._mps = self._mps, None
             if daemon is not None:
                 daemon.close()
@@ -218,13 +258,15 @@ class LocalExecutor:
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
         env.update(self._mps.env if self._mps is not None else {})
+        umask = os.umask(0)
+        os.umask(umask)
         p = self.ctx.Process(
             target=_serve,
-            args=(inbox, outbox, env, slot.threads, self.log),
+            args=(inbox, outbox, env, umask, slot.threads, self.log),
             daemon=True,
         )
         p.start()
-        return _Worker(slot, p, inbox)
+        return _Worker.of(slot, p, inbox)
 
     def _mps_failed(self, folder: Folder, w: _Worker) -> bool:
         """Whether the run of ``w``'s cell, which ended with an error, was lost to the MPS."""
@@ -242,13 +284,13 @@ class LocalExecutor:
         self._mps_failures += 1
         for w in self._workers:
             if w is not None:
-                w.process.kill()
+                w.send(signal.SIGKILL)
         exited = not self._mps.settled()
         again: list[Cell] = []
         for i, w in enumerate(self._workers):
             if w is None:
                 continue
-            w.process.join(timeout=5)  # killed: it writes nothing more, even if it lingers
+            w.join(timeout=5)  # killed: it writes nothing more, even if it lingers
             self._workers[i] = None
             cell = w.cell
             if cell is None:
