@@ -504,9 +504,6 @@ def test_a_forked_worker_runs_with_the_coordinators_environment_and_path_of_its_
 def test_workers_outlive_their_fork_server_and_their_cells_finish(tmp_path, monkeypatch) -> None:
     # multiprocessing reads a forked worker's exit from its fork server: with the fork server
     # killed, the busy workers must not be taken for dead (error records, workers dropped)
-    from bench_cli.executors import forks
-
-    monkeypatch.setattr(forks, "_command_line", True)  # the fork server, whatever runs the tests
     count = tmp_path / "count.txt"
     monkeypatch.setenv("BENCH_TEST_COUNT", str(count))
     path = write_suite(tmp_path / "fk.yaml", "forkserver-killer-quadratic", "[0, 1, 2, 3]")
@@ -544,6 +541,33 @@ def test_a_library_script_run_again_in_workers_sees_their_environment(tmp_path) 
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert marks.read_text().split() == ["seen", "seen"]  # both workers, with the variable
+
+
+LAUNCHER = """
+import os, sys
+if __name__ == "__mp_main__":
+    with open(os.environ["BENCH_TEST_MARKS"], "a") as fh:
+        fh.write("run again\\n")
+from bench_cli.cli import main
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
+def test_workers_do_not_run_the_bench_launcher_again(tmp_path) -> None:
+    # the launcher imports the whole command line; a worker started from it would import it
+    # again before it could start, unless bench runs as bench_cli.__main__
+    (tmp_path / "bin").mkdir()
+    launcher = tmp_path / "bin" / "bench"
+    launcher.write_text(LAUNCHER)
+    path = write_suite(tmp_path / "l.yaml", "noisy-quadratic", "[0, 1]")
+    marks = tmp_path / "marks.txt"
+    args = [sys.executable, str(launcher), "suite", "run", str(path), "--out", str(tmp_path / "o")]
+    env = {**os.environ, "BENCH_TEST_MARKS": str(marks)}
+    done = subprocess.run([*args, "--jobs", "2", "--quiet"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(records_in(tmp_path / "o")) == 4
+    assert not marks.exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server")

@@ -22,11 +22,7 @@ PRELOAD = [
     "bench_cli.executors.worker",
     "bench_cli.api",
     "bench_cli.runner",
-    "bench_cli.cli",  # what the ``bench`` script imports, which a worker runs again (below)
 ]
-
-#: whether the command line started the fork server (``prestart``)
-_command_line = False
 
 
 def _runs_a_script() -> bool:
@@ -34,14 +30,15 @@ def _runs_a_script() -> bool:
     multiprocessing does so that what the file defines can be unpickled: a library user's script.
     A forked worker runs it before it can set its own environment, so module-level CUDA calls in
     the script would not see the worker's GPU and MPS pipes; a spawned worker starts with them.
-    (``python -m``, an interactive session and the ``bench`` command are not such scripts.)"""
+    (``python -m``, an interactive session and the ``bench`` command, which runs as
+    ``bench_cli.__main__``, are not such scripts.)"""
     main = sys.modules.get("__main__")
     return getattr(main, "__spec__", None) is None and getattr(main, "__file__", None) is not None
 
 
 def context():
     """The multiprocessing context that starts workers."""
-    if "forkserver" not in mp.get_all_start_methods() or (_runs_a_script() and not _command_line):
+    if "forkserver" not in mp.get_all_start_methods() or _runs_a_script():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
@@ -52,7 +49,6 @@ def prestart(settings, device: str | None) -> None:
     """Called by the command line: start the fork server now when the command will likely start
     local workers (several CPU jobs, or runs on an NVIDIA GPU, ``/dev/nvidiactl``, unless the
     settings ask for one run on one GPU). ``device``: the runs' device, if given."""
-    global _command_line
     if settings.kind != "local" or "forkserver" not in mp.get_all_start_methods():
         return
     one_slot = settings.runs_per_gpu == 1 and settings.gpus is not None and len(settings.gpus) < 2
@@ -60,7 +56,6 @@ def prestart(settings, device: str | None) -> None:
     if settings.jobs > 1 or gpu:
         from multiprocessing import forkserver
 
-        _command_line = True
         context()
         # the fork server starts with SIGINT ignored: a Ctrl-C while it imports is the
         # command's to handle (its workers ignore SIGINT too)

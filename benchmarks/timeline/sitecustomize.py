@@ -1,6 +1,6 @@
 """Loaded by every Python process whose ``PYTHONPATH`` starts with this folder (see
 ``benchmarks/suite_timeline.py``): appends ``pid ppid event unix-time`` lines to ``$TIMELINE_LOG``
-at the interpreter's start, around its first ``import torch``, around the calls named in
+at the interpreter's start, around its first imports of the modules in ``TRACED``, around the calls named in
 ``WATCHED`` (once their module has loaded) and at exit. It changes nothing else."""
 
 from __future__ import annotations
@@ -69,19 +69,21 @@ def _patch() -> None:
 
 
 _import = builtins.__import__
-_torch = [False]
+#: modules whose first import gives ``name>`` and ``name<`` (the fork server preloads them)
+TRACED = {"torch", "torch._dynamo", "bench_cli.cli"}
+_seen: set[str] = set()
 
 
 def _traced_import(name, *args, **kwargs):
-    first = name == "torch" and not _torch[0]
+    first = name in TRACED and name not in _seen and name not in sys.modules
     if first:
-        _torch[0] = True
-        event("torch>")
+        _seen.add(name)
+        event(name + ">")
     try:
         return _import(name, *args, **kwargs)
     finally:
         if first:
-            event("torch<")
+            event(name + "<")
         if len(_patched) < len(WATCHED):
             _patch()
 
