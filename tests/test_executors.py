@@ -443,6 +443,31 @@ def test_under_torchrun_sigterm_keeps_its_default_action(tmp_path) -> None:
     assert code == -signal.SIGTERM and "stopped by SIGTERM" not in stderr
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server")
+def test_the_fork_server_starts_early_only_for_workers_that_will_use_it(monkeypatch) -> None:
+    from multiprocessing import forkserver
+
+    from bench_cli.config import ExecutorSettings
+    from bench_cli.executors import forks
+
+    started = []
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: started.append(1))
+    monkeypatch.setattr(forks.os.path, "exists", lambda path: path == "/dev/nvidiactl")  # a GPU
+
+    def starts(script: bool = False, device: str | None = None, **settings) -> bool:
+        monkeypatch.setattr(forks, "_runs_a_script", lambda: script)
+        started.clear()
+        forks.prestart(ExecutorSettings(**settings), device)
+        return bool(started)
+
+    assert starts() and starts(jobs=2) and starts(runs_per_gpu=4, gpus=[0])
+    assert starts(runs_per_gpu=1, gpus=[0, 1])
+    assert not starts(runs_per_gpu=1, gpus=[0])  # one run on one GPU: no pool
+    assert not starts(device="cpu") and starts(device="cpu", jobs=2)
+    assert not starts(kind="ray") and not starts(kind="slurm", jobs=2)
+    assert not starts(script=True, jobs=2)  # a script's workers are spawned
+
+
 def test_workers_started_by_spawn_run_their_cells(tmp_path, monkeypatch) -> None:
     # where there is no fork server, each worker is a fresh interpreter
     from bench_cli.executors import forks, local

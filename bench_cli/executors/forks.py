@@ -49,14 +49,13 @@ def prestart(settings, device: str | None) -> None:
     """Called by the command line: start the fork server now when the command will likely start
     local workers (several CPU jobs, or runs on an NVIDIA GPU, ``/dev/nvidiactl``, unless the
     settings ask for one run on one GPU). ``device``: the runs' device, if given."""
-    if settings.kind != "local" or "forkserver" not in mp.get_all_start_methods():
+    if settings.kind != "local" or context().get_start_method() != "forkserver":
         return
     one_slot = settings.runs_per_gpu == 1 and settings.gpus is not None and len(settings.gpus) < 2
     gpu = device != "cpu" and os.path.exists("/dev/nvidiactl") and not one_slot
     if settings.jobs > 1 or gpu:
         from multiprocessing import forkserver
 
-        context()
         # the fork server starts with SIGINT ignored: a Ctrl-C while it imports is the
         # command's to handle (its workers ignore SIGINT too)
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
