@@ -7,7 +7,8 @@ each task's prepared data between cells. A worker that dies (killed, crashed, ou
 leaves an ``error`` record for its cell naming the reason, and a new worker takes its place. With
 one worker, or one cell and no worker started yet, the cells run in this process (no start-up of
 a second process). Workers are forked from a fork server that imported torch and the run loop
-once (``forks``), and each exits when its coordinator is gone (``_die_with_coordinator``). When
+once, or spawned from a library user's script (``forks``), and each exits when its coordinator is
+gone (``_die_with_coordinator``). When
 MPS is used (``mps.use_mps``), workers that share a GPU run under the pool's own MPS daemon,
 whose pipe folder each gets through its environment when it starts.
 """
