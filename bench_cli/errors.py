@@ -39,3 +39,13 @@ def clip(text: object, limit: int = 80) -> str:
     """``text`` (its ``str``) cut to ``limit`` characters, for quoting user values in messages."""
     text = str(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def ended(code: int | None) -> str:
+    """How a process ended, for messages: from its exit code, negative for the signal that
+    killed it (as ``subprocess`` and ``multiprocessing`` report it)."""
+    if code is not None and code < 0:
+        import signal
+
+        return f"killed by signal {signal.Signals(-code).name}"
+    return f"exit code {code}"

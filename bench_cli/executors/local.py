@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
-from bench_cli.errors import BenchError
+from bench_cli.errors import BenchError, ended
 from bench_cli.executors import forks, mps, worker
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
@@ -280,8 +280,8 @@ class LocalExecutor:
         context is gone with it. Every worker is stopped (new ones take their slots), the daemon
         is started again once it has exited (one that is shutting down is waited for), and the
         cells that were running go back to run again when they were lost (``_lost``; an error
-        record is removed), while a cell that finished keeps its record. The third such failure in one command is an error,
-        which leaves those cells to a rerun."""
+        record is removed), while a cell that finished keeps its record. The third such failure
+        in one command is an error, which leaves those cells to a rerun."""
         self._mps_failures += 1
         for w in self._workers:
             if w is not None:
@@ -306,7 +306,7 @@ class LocalExecutor:
             folder.release(cell.run_id)
         self._outbox = self.ctx.Queue()  # a worker killed while it wrote may hold the old one
         what = (
-            f"the CUDA MPS daemon exited ({self._mps.exit_reason()})"
+            f"the CUDA MPS daemon exited ({ended(self._mps.process.returncode)})"
             if exited
             else "the CUDA MPS server failed under a run"
         )
@@ -330,17 +330,11 @@ class LocalExecutor:
 
     def _died(self, w: _Worker, folder: Folder, progress) -> None:
         cell, w.cell = w.cell, None
-        code = w.process.exitcode
-        how = (
-            f"killed by signal {signal.Signals(-code).name}"
-            if code is not None and code < 0
-            else f"exit code {code}"
-        )
         record = folder.record_since(cell.run_id, w.since)
         if record is None:
             reason = (
-                f"the worker process running this cell died ({how}); it may have run out of "
-                "memory or been killed"
+                f"the worker process running this cell died ({ended(w.process.exitcode)}); it "
+                "may have run out of memory or been killed"
             )
             record = worker.failed_record(cell.spec, reason)
             folder.write(record)

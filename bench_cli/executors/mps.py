@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench_cli.errors import BenchError
+from bench_cli.errors import BenchError, ended
 
 if TYPE_CHECKING:
     from bench_cli.executors.local import Slot
@@ -68,26 +67,37 @@ def _start_control_daemon(env: dict, log: Path, wait: float = 30) -> subprocess.
         daemon = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
         )
-    deadline = time.monotonic() + wait
     try:
-        while daemon.poll() is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.SubprocessError(f"it did not answer within {wait:g} s")
-            try:  # a CUDA context made once it answers uses it
-                if _control("get_server_list", env, timeout=left) == 0:
-                    return daemon
-            except subprocess.TimeoutExpired:
-                continue  # the deadline decides
-            time.sleep(0.05)
+        answered = _answers(daemon, env, wait)  # a CUDA context made once it answers uses it
+        if answered is None:
+            raise subprocess.SubprocessError(f"it did not answer within {wait:g} s")
     except BaseException:  # not answering, Ctrl-C, SIGTERM: no daemon is left running
         daemon.kill()
         daemon.wait()
         raise
+    if answered:
+        return daemon
     detail = log.read_text(errors="replace").strip().splitlines()
     raise subprocess.SubprocessError(
-        f"exit code {daemon.returncode}" + (f": {detail[-1]}" if detail else "")
+        ended(daemon.returncode) + (f": {detail[-1]}" if detail else "")
     )
+
+
+def _answers(daemon: subprocess.Popen, env: dict, wait: float) -> bool | None:
+    """Whether the control daemon answers a client (True) or exits (False) first; None when it
+    does neither within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while daemon.poll() is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            if _control("get_server_list", env, timeout=left) == 0:
+                return True
+        except (OSError, subprocess.SubprocessError):
+            pass  # the deadline decides
+        time.sleep(0.05)
+    return False
 
 
 def _running(pid: int) -> bool:
@@ -172,32 +182,19 @@ class Daemon:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def _ask(self, command: str, timeout: float = 30) -> int:
-        return _control(command, {**os.environ, **self.env}, timeout)
+    def _client_env(self) -> dict[str, str]:
+        """The environment of a control client that talks to this daemon."""
+        return {**os.environ, **self.env}
 
     def settled(self, wait: float = 10) -> bool:
         """Whether the daemon lives, once it has either exited or answered a client. A daemon
         whose server failed may be shutting down: it is waited for, up to ``wait`` seconds, and
         then killed (one that does not answer serves no worker)."""
-        deadline = time.monotonic() + wait
-        while self.alive():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.process.kill()
-                self.process.wait()
-                break
-            try:
-                if self._ask("get_server_list", timeout=left) == 0:
-                    return True
-            except (OSError, subprocess.SubprocessError):
-                pass
-            time.sleep(0.1)
-        return False
-
-    def exit_reason(self) -> str:
-        """How the daemon, which has exited, ended."""
-        code = self.process.returncode
-        return f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        answered = _answers(self.process, self._client_env(), wait)
+        if answered is None:
+            self.process.kill()
+            self.process.wait()
+        return bool(answered)
 
     def restart(self) -> Daemon | None:
         """A new daemon in place of this one, which has exited; when the new one cannot start,
@@ -210,7 +207,7 @@ class Daemon:
         and remove its folder."""
         try:
             if self.alive():
-                self._ask("quit")
+                _control("quit", self._client_env())
                 self.process.wait(timeout=30)
         except (OSError, subprocess.SubprocessError):
             pass  # a daemon that will not quit must not hide the runs' own outcome: it is killed
