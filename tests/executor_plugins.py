@@ -11,12 +11,17 @@ when the MPS server fails under it, the first time only (``$BENCH_TEST_MPS=once`
 beside the count) or every time (``always``), or kills the daemon whose pid is in
 ``$BENCH_TEST_MPS_PID`` and goes on, slowly (``kill``, the first time only); ``off``: never.
 ``forkserver-killer-quadratic`` kills its worker's fork server at the 5th step of seed 0.
+``half-sent-quadratic``: at the 5th step of seed 1 its worker writes the first bytes of a
+message to the coordinator and is killed before the rest, as a kill in the middle of a send would
+leave it.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+import struct
 import time
 
 from bench_cli.tasks import TASKS
@@ -99,6 +104,20 @@ class ForkserverKillerQuadratic(_AtStep, CountedQuadratic):
             with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
                 if b"forkserver" in fh.read():
                     os.kill(os.getppid(), signal.SIGKILL)
+
+
+@TASKS.register("half-sent-quadratic")
+class HalfSentQuadratic(_AtStep, NoisyQuadratic):
+    """The noisy quadratic; seed 1 dies at step 5 in the middle of a message to the coordinator."""
+
+    def at_step(self, seed: int, step: int) -> None:
+        if seed == 1 and step == 5:
+            from bench_cli.executors.worker import Events
+
+            events = next(o for o in gc.get_objects() if isinstance(o, Events))
+            pipe = events.send.__self__  # the worker's end of its pipe to the coordinator
+            os.write(pipe.fileno(), struct.pack("!i", 1000) + b"\x80")  # 1 byte of 1,000
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 @TASKS.register("stalled-quadratic")

@@ -146,6 +146,18 @@ def test_a_killed_worker_leaves_an_error_record_and_the_suite_goes_on(tmp_path) 
     assert not list((tmp_path / "out" / ".running").iterdir())
 
 
+def test_a_worker_killed_in_the_middle_of_a_message_leaves_the_others_theirs(tmp_path) -> None:
+    """A worker that dies halfway through a message breaks only its own pipe: its cell gets an
+    error record, and the other worker's messages and cells go on."""
+    path = write_suite(tmp_path / "half.yaml", "half-sent-quadratic", "[0, 1, 2, 3]")
+    summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": 2})
+    by_seed = {(r.optimizer, r.seed): r for r in summary.records}
+    assert {k for k, r in by_seed.items() if r.status == "error"} == {("adamw", 1), ("lion", 1)}
+    assert "SIGKILL" in by_seed[("adamw", 1)].error
+    assert all(r.status == "done" for k, r in by_seed.items() if k[1] != 1)
+    assert len(by_seed) == 8
+
+
 def test_workers_start_once_for_every_phase_of_a_suite(tmp_path, monkeypatch) -> None:
     path = tuned_suite(tmp_path / "phases.yaml")
     count = tmp_path / "count.txt"
@@ -267,7 +279,7 @@ def test_a_second_ctrl_c_while_the_pool_closes_leaves_no_worker_and_stops_the_da
             self.closed = True
 
     pool = local.LocalExecutor([local.Slot(None, 1)] * 3)
-    workers = [local._Worker(s, Process(), inbox=None, cell="busy") for s in pool.slots]
+    workers = [local._Worker(s, Process(), inbox=None, results=None, cell="busy") for s in pool.slots]
     pool._workers = list(workers)
     pool._mps = daemon = Daemon()
     with pytest.raises(KeyboardInterrupt):
@@ -454,8 +466,9 @@ def test_the_fork_server_starts_early_only_for_workers_that_will_use_it(monkeypa
     monkeypatch.setattr(forkserver, "ensure_running", lambda: started.append(1))
     monkeypatch.setattr(forks.os.path, "exists", lambda path: path == "/dev/nvidiactl")  # a GPU
 
-    def starts(script: bool = False, device: str | None = None, **settings) -> bool:
+    def starts(script: bool = False, device: str | None = None, world: int = 1, **settings):
         monkeypatch.setattr(forks, "_runs_a_script", lambda: script)
+        monkeypatch.setenv("WORLD_SIZE", str(world))
         started.clear()
         forks.prestart(ExecutorSettings(**settings), device)
         return bool(started)
@@ -466,6 +479,7 @@ def test_the_fork_server_starts_early_only_for_workers_that_will_use_it(monkeypa
     assert not starts(device="cpu") and starts(device="cpu", jobs=2)
     assert not starts(kind="ray") and not starts(kind="slurm", jobs=2)
     assert not starts(script=True, jobs=2)  # a script's workers are spawned
+    assert not starts(world=2, jobs=2)  # a torchrun rank trains in its own process
 
 
 def test_workers_started_by_spawn_run_their_cells(tmp_path, monkeypatch) -> None:

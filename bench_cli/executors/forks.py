@@ -48,8 +48,11 @@ def context():
 def prestart(settings, device: str | None) -> None:
     """Called by the command line: start the fork server now when the command will likely start
     local workers (several CPU jobs, or runs on an NVIDIA GPU, ``/dev/nvidiactl``, unless the
-    settings ask for one run on one GPU). ``device``: the runs' device, if given."""
+    settings ask for one run on one GPU). ``device``: the runs' device, if given. Not on a
+    ``torchrun`` rank (``WORLD_SIZE`` above 1), whose runs train in the rank's own process."""
     if settings.kind != "local" or context().get_start_method() != "forkserver":
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return
     one_slot = settings.runs_per_gpu == 1 and settings.gpus is not None and len(settings.gpus) < 2
     gpu = device != "cpu" and os.path.exists("/dev/nvidiactl") and not one_slot

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import queue
 import select
 import signal
 import sys
@@ -58,11 +57,14 @@ def _die_with_coordinator() -> None:
     threading.Thread(target=watch, name="coordinator-watch", daemon=True).start()
 
 
-def _serve(inbox, outbox, env: dict, umask: int, threads: int | None, log: dict | None) -> None:
-    """A worker process: run the cells it is sent until it gets None. ``env`` and ``umask`` are
-    the coordinator's when it asked for the worker (``env`` with this worker's GPU and MPS pipes):
-    a forked worker starts with its fork server's, and they are set before CUDA is first used.
-    (multiprocessing sets ``sys.path`` and the working folder to the coordinator's.)"""
+def _serve(inbox, results, env: dict, umask: int, threads: int | None, log: dict | None) -> None:
+    """A worker process: run the cells it is sent until it gets None, and send their progress and
+    end through ``results``, a pipe of its own (a worker killed while it sends breaks only its
+    own pipe, where a shared queue would stay locked for every other worker). ``env`` and
+    ``umask`` are the coordinator's when it asked for the worker (``env`` with this worker's GPU
+    and MPS pipes): a forked worker starts with its fork server's, and they are set before CUDA
+    is first used. (multiprocessing sets ``sys.path`` and the working folder to the
+    coordinator's.)"""
     _die_with_coordinator()
     os.environ.clear()
     os.environ.update(env)
@@ -74,12 +76,12 @@ def _serve(inbox, outbox, env: dict, umask: int, threads: int | None, log: dict 
         if item is None:
             return
         cell, out = item
-        events = worker.Events(outbox.put, cell.run_id, cell.spec.settings.steps)
+        events = worker.Events(results.send, cell.run_id, cell.spec.settings.steps)
         try:
             status = worker.execute_cell(cell, out, events, log)
-            outbox.put(("end", cell.run_id, status, None))
+            results.send(("end", cell.run_id, status, None))
         except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, not lost
-            outbox.put(("end", cell.run_id, "fail", f"{type(exc).__name__}: {exc}"))
+            results.send(("end", cell.run_id, "fail", f"{type(exc).__name__}: {exc}"))
 
 
 @dataclass
@@ -91,19 +93,30 @@ class _Worker:
     slot: Slot
     process: Any
     inbox: Any
+    results: Any  # the reading end of its pipe; None once it has closed
     cell: Cell | None = None
     since: float = 0.0  # when its cell was sent: an older record (before --rerun) is not its
     pidfd: int | None = None
 
     @classmethod
-    def of(cls, slot: Slot, process, inbox) -> _Worker:
+    def of(cls, slot: Slot, process, inbox, results) -> _Worker:
         """The worker of a process just started."""
-        w = cls(slot, process, inbox)
+        w = cls(slot, process, inbox, results)
         if hasattr(os, "pidfd_open"):
             with contextlib.suppress(OSError):  # it has exited already, or the kernel has none
                 w.pidfd = os.pidfd_open(process.pid)
                 weakref.finalize(w, os.close, w.pidfd)
         return w
+
+    def receive(self):
+        """Its next message, or None when its pipe has closed (the worker has exited, perhaps
+        in the middle of a message)."""
+        try:
+            return self.results.recv()
+        except (EOFError, OSError):
+            self.results.close()
+            self.results = None
+            return None
 
     def alive(self) -> bool:
         if self.process.is_alive():
@@ -149,7 +162,6 @@ class LocalExecutor:
     mps: bool | None = None
     ctx: Any = field(default_factory=forks.context)
     _workers: list[_Worker | None] = field(default_factory=list, init=False)
-    _outbox: Any = field(default=None, init=False)
     _mps: mps.Daemon | None = field(default=None, init=False)
     _mps_failures: int = field(default=0, init=False)
     _started: bool = field(default=False, init=False)
@@ -169,7 +181,6 @@ class LocalExecutor:
     def _run_pool(self, cells, folder, progress, claim) -> list[str]:
         if not self._workers:
             self._workers = [None] * len(self.slots)
-            self._outbox = self.ctx.Queue()
         workers = self._workers
         todo = list(cells)
         ran: list[str] = []
@@ -191,30 +202,36 @@ class LocalExecutor:
             busy = {w.cell.run_id: w for w in workers if w is not None and w.cell is not None}
             if not busy:
                 return ran
-            try:
-                kind, run_id, *rest = self._outbox.get(timeout=1.0)
-            except queue.Empty:
-                kind, run_id, rest = None, None, []
-            if run_id not in busy:
-                pass  # no message, or one from a worker that died before it was read
-            elif kind in ("start", "step"):
-                progress.step(run_id, rest[0], rest[1])
-            elif kind == "end" and rest[0] == "error" and self._mps_failed(folder, busy[run_id]):
-                todo[:0] = self._mps_lost(folder, progress, ran)
-                continue
-            elif kind == "end":
-                w = busy[run_id]
-                cell, w.cell = w.cell, None
-                folder.release(cell.run_id)
-                if rest[0] == "fail":
-                    raise BenchError(f"{cell.spec.task_id} {cell.spec.optimizer}: {rest[1]}")
-                ran.append(cell.run_id)
-                progress.finished(cell, rest[0])
+            for pipe in wait([w.results for w in busy.values() if w.results is not None], 1.0):
+                w = next(w for w in busy.values() if w.results is pipe)
+                message = w.receive()
+                if message is not None and self._received(w, message, folder, progress, ran):
+                    todo[:0] = self._mps_lost(folder, progress, ran)
+                    break  # every worker was replaced
             for i, w in enumerate(workers):
                 if w is not None and w.cell is not None and not w.alive():
                     ran.append(w.cell.run_id)
                     self._died(w, folder, progress)
                     workers[i] = None  # a new worker takes the slot's next cell
+
+    def _received(self, w: _Worker, message, folder: Folder, progress, ran: list[str]) -> bool:
+        """Act on a message of ``w``'s: its cell's step, or its end. True when the cell ended
+        with an error because the MPS was lost (``_mps_lost`` is then the caller's)."""
+        kind, run_id, *rest = message
+        if w.cell is None or w.cell.run_id != run_id:
+            return False
+        if kind in ("start", "step"):
+            progress.step(run_id, rest[0], rest[1])
+        elif kind == "end" and rest[0] == "error" and self._mps_failed(folder, w):
+            return True
+        elif kind == "end":
+            cell, w.cell = w.cell, None
+            folder.release(cell.run_id)
+            if rest[0] == "fail":
+                raise BenchError(f"{cell.spec.task_id} {cell.spec.optimizer}: {rest[1]}")
+            ran.append(cell.run_id)
+            progress.finished(cell, rest[0])
+        return False
 
     def _ready(self, i: int) -> _Worker:
         """Slot ``i``'s idle worker, started now if it has none or its worker has died."""
@@ -224,7 +241,7 @@ class LocalExecutor:
         if not self._started and mps.use_mps(self.mps, self.slots):  # before the first worker
             self._mps = mps.start(required=bool(self.mps))
         self._started = True
-        return self._start(self.slots[i], self._outbox)
+        return self._start(self.slots[i])
 
     def close(self) -> None:
         """Stop the pool. Idle workers are told to stop; busy ones only remain on the way out
@@ -253,8 +270,9 @@ class LocalExecutor:
                 daemon.close()
             self._started = False
 
-    def _start(self, slot: Slot, outbox) -> _Worker:
+    def _start(self, slot: Slot) -> _Worker:
         inbox = self.ctx.Queue()
+        results, sender = self.ctx.Pipe(duplex=False)
         env = dict(os.environ)
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
@@ -263,11 +281,12 @@ class LocalExecutor:
         os.umask(umask)
         p = self.ctx.Process(
             target=_serve,
-            args=(inbox, outbox, env, umask, slot.threads, self.log),
+            args=(inbox, sender, env, umask, slot.threads, self.log),
             daemon=True,
         )
         p.start()
-        return _Worker.of(slot, p, inbox)
+        sender.close()  # the worker's alone: its pipe reads as closed once it has exited
+        return _Worker.of(slot, p, inbox, results)
 
     def _mps_failed(self, folder: Folder, w: _Worker) -> bool:
         """Whether the run of ``w``'s cell, which ended with an error, was lost to the MPS."""
@@ -304,7 +323,6 @@ class LocalExecutor:
                 ran.append(cell.run_id)
                 progress.finished(cell, record.status)
             folder.release(cell.run_id)
-        self._outbox = self.ctx.Queue()  # a worker killed while it wrote may hold the old one
         what = (
             f"the CUDA MPS daemon exited ({ended(self._mps.process.returncode)})"
             if exited
