@@ -23,7 +23,7 @@ from bench_cli.config import (
 )
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.plugins import load_plugin, normalize
-from bench_cli.registry import OPTIMIZERS, build_optimizer, optimizer_defaults
+from bench_cli.registry import OPTIMIZERS, check_optimizer, optimizer_defaults
 from bench_cli.registry.recipes import recommended_hparams
 from bench_cli.results.record import RunRecord
 from bench_cli.spec import RunSpec
@@ -187,8 +187,7 @@ def resolve_hparams(
     ):
         hparams["warmup_steps"] = settings.warmup_steps  # the optimizer warms up, not the loop
     hparams = {k: list(v) if isinstance(v, tuple) else v for k, v in hparams.items()}
-    # build once on a dummy tensor so a bad value fails now, before anything runs or is written
-    build_optimizer(optimizer, [torch.zeros(2, 2, requires_grad=True)], **hparams)
+    check_optimizer(optimizer, **hparams)  # a bad value fails now, before anything is written
     return hparams
 
 

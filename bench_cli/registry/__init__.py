@@ -16,6 +16,7 @@ import torch
 
 from bench_cli.errors import ConfigError, clip
 from bench_cli.plugins import Registry
+from bench_cli.registry._base import CHECK_ONLY, BenchOptimizer, ValuesChecked
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer", "bench_cli.optimizers")
 
@@ -93,4 +94,17 @@ def build_optimizer(name: str, params, **hparams: Any) -> torch.optim.Optimizer:
         raise ConfigError(f"optimizer {cls.registry_name!r}: {exc}") from exc
 
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "optimizer_defaults"]
+def check_optimizer(name: str, **hparams: Any) -> None:
+    """Raise what ``build_optimizer`` would raise for these values, without building anything.
+    The project's optimizers check every value before they take their parameters, so they are
+    asked to stop there (torch's ``Optimizer`` loads ``torch._dynamo``, seconds of imports, when it
+    takes them); any other class is built on a dummy tensor."""
+    cls = OPTIMIZERS.get(name)
+    dummy = [torch.zeros(2, 2, requires_grad=True)]
+    try:
+        build_optimizer(name, CHECK_ONLY if issubclass(cls, BenchOptimizer) else dummy, **hparams)
+    except ValuesChecked:
+        pass
+
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "check_optimizer", "optimizer_defaults"]

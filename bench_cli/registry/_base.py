@@ -201,11 +201,27 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
+#: ``params`` that asks a ``BenchOptimizer`` only to check its values: it raises ``ValuesChecked``
+#: where it would take its parameters (``registry.check_optimizer``)
+CHECK_ONLY = object()
+
+
+class ValuesChecked(Exception):  # noqa: N818 - a signal, not an error
+    """Every value passed the constructor's checks (it was given ``CHECK_ONLY``)."""
+
+
 class BenchOptimizer(OptimizerInfo, torch.optim.Optimizer):
     """Base of the project's own optimizers: closure handling and foreach dispatch.
 
-    Subclasses implement ``_step_group(group, params)`` for the parameters that have a gradient.
+    Subclasses check every hyperparameter in their constructor before they pass their
+    parameters on, and implement ``_step_group(group, params)`` for the parameters that have a
+    gradient.
     """
+
+    def __init__(self, params, defaults: dict) -> None:
+        if params is CHECK_ONLY:
+            raise ValuesChecked
+        super().__init__(params, defaults)
 
     def use_foreach(self, group: dict, params: Sequence[Tensor]) -> bool:
         flag = group.get("foreach")

@@ -158,3 +158,60 @@ def test_foreach_equals_the_loop_for_params_and_state(name: str, block, monkeypa
                     torch.testing.assert_close(x, y, rtol=1e-14, atol=1e-15)
             else:
                 assert va == vb, key
+
+
+def _outcome(call, *args, **kwargs) -> str:
+    try:
+        call(*args, **kwargs)
+    except ConfigError as exc:
+        return str(exc)
+    return "ok"
+
+
+def _variants(name: str):
+    """The defaults, and each value made wrong in the ways a suite file gets it wrong."""
+    defaults = optimizer_defaults(OPTIMIZERS.get(name))
+    base = {**defaults, "lr": defaults.get("lr") or 1e-2}
+    yield base
+    for key, value in defaults.items():
+        if isinstance(value, bool):
+            bad = ["yes", 1]
+        elif isinstance(value, (int, float)):
+            bad = [-1.0, 2.0, "x", None, 10**9]
+        elif isinstance(value, (tuple, list)):
+            bad = [[], [0.5] * (len(value) + 1), [1.5] * len(value), [-0.1] * len(value), "x"]
+        else:
+            bad = [-1, "no-such-choice", 3.5]
+        for b in bad:
+            yield {**base, key: b}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checking_values_without_parameters_agrees_with_building(name: str) -> None:
+    """``check_optimizer`` (planning, no parameters) refuses exactly what building refuses, with
+    the same message."""
+    from bench_cli.registry import check_optimizer
+
+    seen = set()
+    for hp in _variants(name):
+        built = _outcome(build_optimizer, name, [torch.zeros(3, 2, requires_grad=True)], **hp)
+        checked = _outcome(check_optimizer, name, **hp)
+        assert checked == built, hp
+        seen.add(built == "ok")
+    assert seen == {True, False}  # both kinds of outcome were exercised
+
+
+def test_checking_the_builtins_values_loads_no_torch_dynamo() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from bench_cli.registry import OPTIMIZERS, check_optimizer\n"
+        "for n in OPTIMIZERS.names(): check_optimizer(n, lr=0.01)\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "from bench_cli.registry import build_optimizer; import torch\n"
+        "build_optimizer('adamw', [torch.zeros(2, requires_grad=True)])\n"
+        "assert 'torch._dynamo' in sys.modules  # what building loads\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
