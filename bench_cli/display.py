@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bench_cli.errors import BenchError
+from bench_cli.errors import DISK_FULL, BenchError, cannot_write
 from bench_cli.results.record import RunRecord, TrainPoint
 from bench_cli.spec import RunCallback, RunSpec
 
@@ -138,12 +138,18 @@ def frame_table(df: pd.DataFrame, title: str | None = None, transpose: bool = Fa
 
 
 def friendly(fn):
-    """For CLI commands: a domain error prints one red line on stderr and exits 1."""
+    """For CLI commands: a domain error, or a write that found the disk full, prints one red line
+    on stderr and exits 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise
+                raise cannot_write(exc, exc.filename or "to the disk") from None
         except BenchError as exc:
             for line in exc.details:
                 stderr.print(escape(line), highlight=False, soft_wrap=True)

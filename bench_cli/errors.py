@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+
+#: errors of a write that only room mends: a full disk, a quota, a file-size limit
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
 
 class BenchError(Exception):
     """A problem with the user's input or environment; the message says what and how to fix it.
@@ -33,6 +38,14 @@ class DamagedRecordsError(BenchError):
     def __init__(self, message: str, details: list[str]):
         super().__init__(message)
         self.details = tuple(details)
+
+
+def cannot_write(exc: OSError, what: str) -> BenchError:
+    """One line for a write that failed: what, why, and what to do."""
+    fix = "free some space" if exc.errno in DISK_FULL else "check that it can be written"
+    return BenchError(
+        f"cannot write {what} ({exc.strerror or exc}); {fix} and rerun the command to resume"
+    )
 
 
 def clip(text: object, limit: int = 80) -> str:

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench_cli.errors import BenchError
+from bench_cli.errors import BenchError, cannot_write
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import (
     atomic_write_text,
@@ -164,11 +164,13 @@ class Folder:
                     "choose another --out"
                 )
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(resolved_text, encoding="utf-8")
             try:
+                tmp.write_text(resolved_text, encoding="utf-8")
                 os.link(tmp, path)  # fails if another coordinator got there first
             except FileExistsError:
                 pass
+            except OSError as exc:
+                raise cannot_write(exc, str(path)) from None
             finally:
                 tmp.unlink(missing_ok=True)
         try:
@@ -198,23 +200,29 @@ class Folder:
         return self.path / MARKERS / run_id
 
     def claim(self, run_id: str) -> bool:
-        """Claim a cell for this process; False if a live claim of another holds it."""
+        """Claim a cell for this process; False if a live claim of another holds it. The claim
+        appears whole or not at all (a link to a file written first), so no interruption leaves
+        an empty or half-written one."""
         marker = self._marker(run_id)
         marker.parent.mkdir(exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._take_over(marker):
-                    return False
-                continue
-            with os.fdopen(fd, "w") as fh:
+        mine = marker.with_name(f".{marker.name}.{os.getpid()}.claim")
+        try:
+            with open(mine, "w", encoding="utf-8") as fh:
                 json.dump({**self.me, "claimed_at": now()}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            self.held.add(run_id)
-            return True
-        return False
+            for _ in range(2):
+                try:
+                    os.link(mine, marker)  # fails if the cell is claimed already
+                except FileExistsError:
+                    if not self._take_over(marker):
+                        return False
+                    continue
+                self.held.add(run_id)
+                return True
+            return False
+        finally:
+            mine.unlink(missing_ok=True)
 
     def _take_over(self, marker: Path) -> bool:
         """Remove ``marker`` if it is stale; True if it is gone now."""

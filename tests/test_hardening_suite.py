@@ -92,6 +92,69 @@ def test_a_full_disk_is_one_line_no_marker_and_the_cell_runs_on_resume(tmp_path)
     assert len(records(out)) == 1 and "reused" not in again.stderr
 
 
+def test_a_disk_full_before_the_folders_first_file_is_one_line_and_leaves_no_file(
+    tmp_path,
+) -> None:
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "bench_cli", "run", "--opt", "adamw", "--task", "rosenbrock"]
+    args += ["--steps", "20", "--out", str(out), "--quiet"]
+
+    def tiny_files() -> None:  # no file over 64 bytes: not even the folder's suite file
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    full = subprocess.run(args, capture_output=True, text=True, preexec_fn=tiny_files)
+    assert full.returncode == 1
+    lines = full.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write"), full.stderr
+    assert "free some space" in lines[0]
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_a_full_disk_anywhere_in_a_command_is_one_line_and_other_os_errors_are_not_hidden(
+    capsys,
+) -> None:
+    import errno
+
+    import pytest
+    import typer
+
+    from bench_cli.display import friendly
+
+    def failing(code: int):
+        @friendly
+        def command() -> None:
+            raise OSError(code, os.strerror(code))
+
+        return command
+
+    with pytest.raises(typer.Exit):
+        failing(errno.ENOSPC)()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "free some space" in err[0]
+    with pytest.raises(PermissionError):  # a bug or a setup problem: its traceback is shown
+        failing(errno.EACCES)()
+
+
+def test_a_claim_interrupted_while_it_is_written_is_not_left_behind(tmp_path, monkeypatch):
+    import pytest
+
+    from bench_cli import folder as folder_module
+
+    folder = folder_module.Folder(tmp_path / "out")
+    folder.path.mkdir()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(folder_module.json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        folder.claim("cell")
+    monkeypatch.undo()
+    assert not list((folder.path / ".running").iterdir())
+    assert folder.running("cell") is None
+    assert folder.claim("cell")  # free at once, not after a heartbeat
+
+
 def test_a_task_whose_prepare_raises_gives_error_records_and_the_suite_goes_on(tmp_path) -> None:
     plugin = tmp_path / "broken.py"
     plugin.write_text(

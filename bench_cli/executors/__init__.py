@@ -126,10 +126,16 @@ def execute(
             progress.warn(f"{c.run_id}: its record is damaged; running the cell again")
     ran = 0
 
+    def finished(cell: Cell) -> bool:  # by another coordinator, since this one looked
+        return cell.run_id not in replace and folder.record(cell.run_id) is not None
+
     def claim(cell: Cell) -> bool:
-        if cell.run_id not in replace and folder.record(cell.run_id) is not None:
-            return False  # another coordinator finished it meanwhile
-        return folder.claim(cell.run_id)
+        if finished(cell) or not folder.claim(cell.run_id):
+            return False
+        if finished(cell):  # its record was written and its claim released just before ours
+            folder.release(cell.run_id)
+            return False
+        return True
 
     while True:
         for c in cells:  # records written since: ours, or another coordinator's

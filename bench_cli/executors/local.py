@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
-from bench_cli.errors import BenchError, ended
+from bench_cli.errors import BenchError, clip, ended
 from bench_cli.executors import forks, mps, worker
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
@@ -58,12 +58,14 @@ def _die_with_coordinator() -> None:
 
 
 def _serve(inbox, results, env: dict, umask: int, threads: int | None, log: dict | None) -> None:
-    """A worker process: run the cells it is sent until it gets None, and send their progress and
-    end through ``results``, a pipe of its own (a worker killed while it sends breaks only its
-    own pipe, where a shared queue would stay locked for every other worker). ``env`` and
-    ``umask`` are the coordinator's when it asked for the worker (``env`` with this worker's GPU
-    and MPS pipes): a forked worker starts with its fork server's, and they are set before CUDA
-    is first used. (multiprocessing sets ``sys.path`` and the working folder to the
+    """A worker process: run the cells it is sent through ``inbox`` until it gets None, and send
+    their progress and end through ``results``. Both are pipes of its own, with no lock: a worker
+    killed while it sends breaks only its own pipe, where a shared queue would stay locked for
+    every other worker, and one that starts as its coordinator exits finds no lock gone. Each
+    message fits in one atomic pipe write (4 KiB), so a kill never leaves half of one. ``env``
+    and ``umask`` are the coordinator's when it asked for the worker (``env`` with this worker's
+    GPU and MPS pipes): a forked worker starts with its fork server's, and they are set before
+    CUDA is first used. (multiprocessing sets ``sys.path`` and the working folder to the
     coordinator's.)"""
     _die_with_coordinator()
     os.environ.clear()
@@ -72,7 +74,10 @@ def _serve(inbox, results, env: dict, umask: int, threads: int | None, log: dict
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
     worker.set_threads(threads)
     while True:
-        item = inbox.get()
+        try:
+            item = inbox.recv()
+        except EOFError:  # the coordinator is gone
+            return
         if item is None:
             return
         cell, out = item
@@ -81,7 +86,8 @@ def _serve(inbox, results, env: dict, umask: int, threads: int | None, log: dict
             status = worker.execute_cell(cell, out, events, log)
             results.send(("end", cell.run_id, status, None))
         except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, not lost
-            results.send(("end", cell.run_id, "fail", f"{type(exc).__name__}: {exc}"))
+            reason = clip(f"{type(exc).__name__}: {exc}", 800)  # 4 bytes a character at most
+            results.send(("end", cell.run_id, "fail", reason))
 
 
 @dataclass
@@ -92,7 +98,7 @@ class _Worker:
 
     slot: Slot
     process: Any
-    inbox: Any
+    inbox: Any  # the writing end of its pipe for cells
     results: Any  # the reading end of its pipe; None once it has closed
     cell: Cell | None = None
     since: float = 0.0  # when its cell was sent: an older record (before --rerun) is not its
@@ -107,6 +113,11 @@ class _Worker:
                 w.pidfd = os.pidfd_open(process.pid)
                 weakref.finalize(w, os.close, w.pidfd)
         return w
+
+    def give(self, item) -> None:
+        """Send it a cell, or None to stop. One that has died gets nothing (and is found dead)."""
+        with contextlib.suppress(BrokenPipeError):
+            self.inbox.send(item)
 
     def receive(self):
         """Its next message, or None when its pipe has closed (the worker has exited, perhaps
@@ -197,7 +208,7 @@ class LocalExecutor:
                             folder.release(cell.run_id)  # never started: free to run later
                             raise
                         w.cell, w.since = cell, time.time()
-                        w.inbox.put((cell, str(folder.path)))
+                        w.give((cell, str(folder.path)))
                         progress.started(cell)
             busy = {w.cell.run_id: w for w in workers if w is not None and w.cell is not None}
             if not busy:
@@ -255,7 +266,7 @@ class LocalExecutor:
             for w in workers:
                 if w.alive():
                     if w.cell is None:
-                        w.inbox.put(None)
+                        w.give(None)
                     else:
                         w.send(signal.SIGTERM)
             deadline = time.monotonic() + 5
@@ -271,7 +282,7 @@ class LocalExecutor:
             self._started = False
 
     def _start(self, slot: Slot) -> _Worker:
-        inbox = self.ctx.Queue()
+        inbox, to_worker = self.ctx.Pipe(duplex=False)
         results, sender = self.ctx.Pipe(duplex=False)
         env = dict(os.environ)
         if slot.gpu is not None:
@@ -285,8 +296,9 @@ class LocalExecutor:
             daemon=True,
         )
         p.start()
-        sender.close()  # the worker's alone: its pipe reads as closed once it has exited
-        return _Worker.of(slot, p, inbox, results)
+        inbox.close()  # the worker's ends are the worker's alone: its pipes close with it
+        sender.close()
+        return _Worker.of(slot, p, to_worker, results)
 
     def _mps_failed(self, folder: Folder, w: _Worker) -> bool:
         """Whether the run of ``w``'s cell, which ended with an error, was lost to the MPS."""

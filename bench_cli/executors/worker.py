@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench_cli.errors import cannot_write
 from bench_cli.executors import mps
 from bench_cli.folder import CHECKPOINTS, Folder, now
 from bench_cli.plan import Cell
@@ -129,12 +130,7 @@ def execute_cell(
     try:
         folder.write(record)
     except OSError as exc:
-        from bench_cli.errors import BenchError
-
-        raise BenchError(
-            f"cannot write the record of {spec.run_id} to {folder.path} "
-            f"({exc.strerror or exc}); free some space and rerun the command to resume"
-        ) from None
+        raise cannot_write(exc, f"the record of {spec.run_id} to {folder.path}") from None
     if not mps.failed(record.error):  # a run lost with its MPS server runs again from here
         (folder.path / CHECKPOINTS / f"{spec.run_id}.pt").unlink(missing_ok=True)
     return record.status
