@@ -205,7 +205,7 @@ class Folder:
         an empty or half-written one."""
         marker = self._marker(run_id)
         marker.parent.mkdir(exist_ok=True)
-        mine = marker.with_name(f".{marker.name}.{os.getpid()}.claim")
+        mine = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")  # clean_leftovers knows it
         try:
             with open(mine, "w", encoding="utf-8") as fh:
                 json.dump({**self.me, "claimed_at": now()}, fh)
