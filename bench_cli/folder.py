@@ -6,8 +6,9 @@
   start a different suite at the same moment cannot both claim the folder. ``bench run`` writes
   its one-task suites under ``.runs/`` instead, so that runs of several commands can share a
   folder.
-- ``.running/<run_id>``: a cell's claim, created with ``O_EXCL`` and holding the host, pid, the
-  process's start time and when it was claimed. Its holder touches it every ``HEARTBEAT``
+- ``.running/<run_id>``: a cell's claim, holding the host, pid, the process's start time and
+  when it was claimed. It is created whole, as a hard link to a file written first, which fails
+  if the claim exists (as ``O_EXCL`` does); no interruption leaves an empty one. Its holder touches it every ``HEARTBEAT``
   seconds. A claim is stale, and is taken over, when its process is gone (on this host: no such
   pid, or a pid of another process) or, from another host, when it was last touched more than
   ``LEASE`` seconds ago.
