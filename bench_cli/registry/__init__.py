@@ -96,13 +96,17 @@ def build_optimizer(name: str, params, **hparams: Any) -> torch.optim.Optimizer:
 
 def check_optimizer(name: str, **hparams: Any) -> None:
     """Raise what ``build_optimizer`` would raise for these values, without building anything.
-    The project's optimizers check every value before they take their parameters, so they are
-    asked to stop there (torch's ``Optimizer`` loads ``torch._dynamo``, seconds of imports, when it
-    takes them); any other class is built on a dummy tensor."""
+    A class that declares ``checks_values_first`` (each of the project's optimizers) is asked to
+    stop after its checks (torch's ``Optimizer`` loads ``torch._dynamo``, seconds of imports, when
+    it takes parameters); anything else (a plug-in class or factory) is built on a dummy tensor."""
     cls = OPTIMIZERS.get(name)
-    dummy = [torch.zeros(2, 2, requires_grad=True)]
+    first = isinstance(cls, type) and issubclass(cls, BenchOptimizer)
+    if first and cls.__dict__.get("checks_values_first", False):
+        params = CHECK_ONLY
+    else:
+        params = [torch.zeros(2, 2, requires_grad=True)]
     try:
-        build_optimizer(name, CHECK_ONLY if issubclass(cls, BenchOptimizer) else dummy, **hparams)
+        build_optimizer(name, params, **hparams)
     except ValuesChecked:
         pass
 

@@ -34,6 +34,10 @@ class OptimizerInfo:
     paper: ClassVar[str] = ""
     #: state buffers, as a formula of the parameter size, for ``bench show``
     state_memory: ClassVar[str] = ""
+    #: the constructor checks every value before it takes its parameters, so planning may stop it
+    #: there (``CHECK_ONLY``); read off each class itself, never inherited, since a subclass may
+    #: check more after
+    checks_values_first: ClassVar[bool] = False
 
 
 def check(condition: bool, message: str) -> None:
@@ -202,7 +206,8 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 #: ``params`` that asks a ``BenchOptimizer`` only to check its values: it raises ``ValuesChecked``
-#: where it would take its parameters (``registry.check_optimizer``)
+#: where it would take its parameters (``registry.check_optimizer``, for a class that declares
+#: ``checks_values_first``)
 CHECK_ONLY = object()
 
 

@@ -11,6 +11,7 @@ import torch
 
 from bench_cli.errors import ConfigError
 from bench_cli.registry import OPTIMIZERS, build_optimizer, optimizer_defaults
+from bench_cli.registry.adamw import AdamW
 
 NAMES = OPTIMIZERS.names()
 
@@ -215,3 +216,45 @@ def test_checking_the_builtins_values_loads_no_torch_dynamo() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+class _CappedAdamW(AdamW):
+    """A plug-in that checks a value of its own after its parent's constructor."""
+
+    def __init__(self, params, lr: float = 1e-3, cap: float = 1.0):
+        super().__init__(params, lr=lr)
+        if cap <= 0:
+            raise ValueError(f"cap must be > 0, got {cap}")
+
+
+class _ListingAdamW(AdamW):
+    """A plug-in that reads its parameters before its parent's constructor."""
+
+    def __init__(self, params, lr: float = 1e-3):
+        params = list(params)
+        super().__init__(params, lr=lr)
+
+
+def _factory_sgd(params, lr: float = 0.1):
+    """A plug-in registered as a function that returns an optimizer."""
+    return torch.optim.SGD(params, lr=lr)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "values"),
+    [
+        (_CappedAdamW, [{"cap": -1.0}, {"cap": 2.0}]),
+        (_ListingAdamW, [{"lr": 0.1}, {"lr": -1.0}]),
+        (_factory_sgd, [{"lr": 0.1}]),
+    ],
+)
+def test_checking_a_plugins_values_agrees_with_building_it(monkeypatch, plugin, values) -> None:
+    """A plug-in, subclass of a built-in or not, is checked by building it: planning refuses
+    exactly what a run would refuse."""
+    from bench_cli.registry import check_optimizer
+
+    monkeypatch.setitem(OPTIMIZERS._items, "test-plugin", plugin)  # as registering does
+    monkeypatch.setattr(plugin, "registry_name", "test-plugin", raising=False)
+    for hp in values:
+        built = _outcome(build_optimizer, "test-plugin", [torch.zeros(2, requires_grad=True)], **hp)
+        assert _outcome(check_optimizer, "test-plugin", **hp) == built, hp
