@@ -42,7 +42,10 @@ class DamagedRecordsError(BenchError):
 
 def cannot_write(exc: OSError, what: str) -> BenchError:
     """One line for a write that failed: what, why, and what to do."""
-    fix = "free some space" if exc.errno in DISK_FULL else "check that it can be written"
+    if exc.errno == errno.EFBIG:
+        fix = "raise the limit on file sizes (ulimit -f)"
+    else:
+        fix = "free some space" if exc.errno in DISK_FULL else "check that it can be written"
     return BenchError(
         f"cannot write {what} ({exc.strerror or exc}); {fix} and rerun the command to resume"
     )

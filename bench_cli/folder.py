@@ -31,6 +31,7 @@ from bench_cli.errors import BenchError, cannot_write
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import (
     atomic_write_text,
+    create_whole,
     ensure_writable_dir,
     read_record,
     record_path,
@@ -164,16 +165,10 @@ class Folder:
                     f"{self.path} holds run records of `bench run`, not of a suite; "
                     "choose another --out"
                 )
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             try:
-                tmp.write_text(resolved_text, encoding="utf-8")
-                os.link(tmp, path)  # fails if another coordinator got there first
-            except FileExistsError:
-                pass
+                create_whole(path, resolved_text)  # False: another coordinator got there first
             except OSError as exc:
                 raise cannot_write(exc, str(path)) from None
-            finally:
-                tmp.unlink(missing_ok=True)
         try:
             old_text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -202,28 +197,17 @@ class Folder:
 
     def claim(self, run_id: str) -> bool:
         """Claim a cell for this process; False if a live claim of another holds it. The claim
-        appears whole or not at all (a link to a file written first), so no interruption leaves
-        an empty or half-written one."""
+        appears whole or not at all (``create_whole``), so no interruption leaves an empty or
+        half-written one."""
         marker = self._marker(run_id)
         marker.parent.mkdir(exist_ok=True)
-        mine = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")  # clean_leftovers knows it
-        try:
-            with open(mine, "w", encoding="utf-8") as fh:
-                json.dump({**self.me, "claimed_at": now()}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            for _ in range(2):
-                try:
-                    os.link(mine, marker)  # fails if the cell is claimed already
-                except FileExistsError:
-                    if not self._take_over(marker):
-                        return False
-                    continue
+        for _ in range(2):
+            if create_whole(marker, json.dumps({**self.me, "claimed_at": now()})):
                 self.held.add(run_id)
                 return True
-            return False
-        finally:
-            mine.unlink(missing_ok=True)
+            if not self._take_over(marker):
+                return False
+        return False
 
     def _take_over(self, marker: Path) -> bool:
         """Remove ``marker`` if it is stale; True if it is gone now."""
@@ -300,8 +284,11 @@ class Folder:
                 pid = tmp.name.rsplit(".", 2)[-2] if tmp.name.count(".") >= 3 else ""
                 if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
                     continue  # another live writer's file
-                if time.time() - tmp.stat().st_mtime > HEARTBEAT:
-                    tmp.unlink(missing_ok=True)
+                try:
+                    if time.time() - tmp.stat().st_mtime > HEARTBEAT:
+                        tmp.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    continue  # its writer has just finished with it
 
 
 def _by_content(doc: Any) -> Any:

@@ -93,9 +93,9 @@ def check_parent_folder(path: Path, option: str = "--out") -> None:
         )
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    path = Path(path)
+def _written_beside(path: Path, text: str) -> str:
+    """A new temporary file beside ``path``, holding ``text`` on disk, with a name of its own
+    (``.NAME.XXXXXXXX.tmp``, which ``Folder.clean_leftovers`` removes if it is left)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         umask = os.umask(0)
@@ -105,11 +105,37 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    tmp = _written_beside(path, text)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+
+
+def create_whole(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` unless it exists (False then), atomically: a hard link to
+    a file written first, which fails if ``path`` exists, as ``O_EXCL`` does, so no reader or
+    interruption ever sees it empty or half written."""
+    path = Path(path)
+    tmp = _written_beside(path, text)
+    try:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another's, or ours with the reply lost (NFS): count the links
+            return os.stat(tmp).st_nlink > 1
+        return True
+    finally:
+        os.unlink(tmp)
 
 
 def write_record(record: RunRecord, out_dir: Path) -> Path:
