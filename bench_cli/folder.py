@@ -114,7 +114,11 @@ class Folder:
         return path.exists() and self.record(run_id) is None
 
     def write(self, record: RunRecord) -> None:
-        write_record(record, self.path)
+        """Write a record (atomically); a failed write is one line naming it and the fix."""
+        try:
+            write_record(record, self.path)
+        except OSError as exc:
+            raise cannot_write(exc, f"the record of {record.run_id} to {self.path}") from None
 
     def discard(self, run_id: str) -> None:
         """Remove the cell's record, so that the cell runs again (its run was lost to a failure

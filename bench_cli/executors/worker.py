@@ -13,7 +13,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench_cli.errors import cannot_write
 from bench_cli.executors import mps
 from bench_cli.folder import CHECKPOINTS, Folder, now
 from bench_cli.plan import Cell
@@ -127,10 +126,7 @@ def execute_cell(
             Callbacks(callback, trackers),
             checkpoint_dir=folder.path / CHECKPOINTS,
         )
-    try:
-        folder.write(record)
-    except OSError as exc:
-        raise cannot_write(exc, f"the record of {spec.run_id} to {folder.path}") from None
+    folder.write(record)
     if not mps.failed(record.error):  # a run lost with its MPS server runs again from here
         (folder.path / CHECKPOINTS / f"{spec.run_id}.pt").unlink(missing_ok=True)
     return record.status
