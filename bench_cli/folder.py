@@ -280,7 +280,9 @@ class Folder:
                     pass
 
     def clean_leftovers(self) -> None:
-        """Temporary files left by a process killed mid-write (they are never read)."""
+        """Temporary files left by a process killed mid-write (they are never read). A claim's
+        goes as soon as the process it names is gone, as the claim itself would; any other once
+        it is older than a heartbeat."""
         for folder in (self.path, self.path / MARKERS, self.path / CHECKPOINTS):
             if not folder.is_dir():
                 continue
@@ -289,10 +291,14 @@ class Folder:
                 if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
                     continue  # another live writer's file
                 try:
-                    if time.time() - tmp.stat().st_mtime > HEARTBEAT:
-                        tmp.unlink(missing_ok=True)
+                    if folder.name == MARKERS:  # a claim being made: it says whose it is
+                        stale = not self.alive(tmp)
+                    else:
+                        stale = time.time() - tmp.stat().st_mtime > HEARTBEAT
                 except FileNotFoundError:
                     continue  # its writer has just finished with it
+                if stale:
+                    tmp.unlink(missing_ok=True)
 
 
 def _by_content(doc: Any) -> Any:

@@ -421,3 +421,21 @@ def test_cleaning_leftovers_passes_over_a_temporary_file_that_vanishes(tmp_path,
 
     monkeypatch.setattr(Path, "stat", vanished)
     folder.clean_leftovers()  # no error
+
+
+def test_a_claims_file_left_by_a_killed_coordinator_is_cleaned_at_once(tmp_path) -> None:
+    """The file a claim is written to before it is linked into place says whose it is: once
+    that process is gone it is removed by the next command, as a claim would be taken over; a
+    live process's stays."""
+    from bench_cli.folder import Folder
+
+    folder = Folder(tmp_path)
+    (tmp_path / ".running").mkdir()
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True)
+    dead = tmp_path / ".running" / ".cell-a.k1ll3d00.tmp"
+    dead.write_text(json.dumps({**folder.me, "pid": int(done.stdout)}))
+    live = tmp_path / ".running" / ".cell-b.l1v3aaaa.tmp"
+    live.write_text(json.dumps(folder.me))
+    folder.clean_leftovers()
+    assert not dead.exists() and live.exists()
