@@ -8,8 +8,8 @@
   folder.
 - ``.running/<run_id>``: a cell's claim, holding the host, pid, the process's start time and
   when it was claimed. It is created whole, as a hard link to a file written first, which fails
-  if the claim exists (as ``O_EXCL`` does); no interruption leaves an empty one. Its holder touches it every ``HEARTBEAT``
-  seconds. A claim is stale, and is taken over, when its process is gone (on this host: no such
+  if the claim exists (as ``O_EXCL`` does); no interruption leaves an empty one. Its holder
+  touches it every ``HEARTBEAT`` seconds. A claim is stale, and is taken over, when its process is gone (on this host: no such
   pid, or a pid of another process) or, from another host, when it was last touched more than
   ``LEASE`` seconds ago.
 - ``calibration.json`` and ``selection.json``: the calibrated targets and selected configurations.

@@ -8,9 +8,9 @@ leaves an ``error`` record for its cell naming the reason, and a new worker take
 one worker, or one cell and no worker started yet, the cells run in this process (no start-up of
 a second process). Workers are forked from a fork server that imported torch and the run loop
 once, or spawned from a library user's script (``forks``), and each exits when its coordinator is
-gone (``_die_with_coordinator``). When
-MPS is used (``mps.use_mps``), workers that share a GPU run under the pool's own MPS daemon,
-whose pipe folder each gets through its environment when it starts.
+gone (``_die_with_coordinator``). When MPS is used (``mps.use_mps``), workers that share a GPU
+run under the pool's own MPS daemon, whose pipe folder each gets through its environment when it
+starts.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from bench_cli.errors import BenchError, clip, ended
 from bench_cli.executors import forks, mps, worker
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
+from bench_cli.results.store import current_umask
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,9 @@ class LocalExecutor:
             busy = {w.cell.run_id: w for w in workers if w is not None and w.cell is not None}
             if not busy:
                 return ran
-            for pipe in wait([w.results for w in busy.values() if w.results is not None], 1.0):
-                w = next(w for w in busy.values() if w.results is pipe)
+            pipes = {w.results: w for w in busy.values() if w.results is not None}
+            for pipe in wait(list(pipes), 1.0):
+                w = pipes[pipe]
                 message = w.receive()
                 if message is not None and self._received(w, message, folder, progress, ran):
                     todo[:0] = self._mps_lost(folder, progress, ran)
@@ -288,11 +290,9 @@ class LocalExecutor:
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
         env.update(self._mps.env if self._mps is not None else {})
-        umask = os.umask(0)
-        os.umask(umask)
         p = self.ctx.Process(
             target=_serve,
-            args=(inbox, sender, env, umask, slot.threads, self.log),
+            args=(inbox, sender, env, current_umask(), slot.threads, self.log),
             daemon=True,
         )
         p.start()

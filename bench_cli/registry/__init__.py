@@ -100,11 +100,9 @@ def check_optimizer(name: str, **hparams: Any) -> None:
     stop after its checks (torch's ``Optimizer`` loads ``torch._dynamo``, seconds of imports, when
     it takes parameters); anything else (a plug-in class or factory) is built on a dummy tensor."""
     cls = OPTIMIZERS.get(name)
-    first = isinstance(cls, type) and issubclass(cls, BenchOptimizer)
-    if first and cls.__dict__.get("checks_values_first", False):
-        params = CHECK_ONLY
-    else:
-        params = [torch.zeros(2, 2, requires_grad=True)]
+    ours = isinstance(cls, type) and issubclass(cls, BenchOptimizer)
+    stops = ours and cls.__dict__.get("checks_values_first", False)
+    params = CHECK_ONLY if stops else [torch.zeros(2, 2, requires_grad=True)]
     try:
         build_optimizer(name, params, **hparams)
     except ValuesChecked:

@@ -93,14 +93,19 @@ def check_parent_folder(path: Path, option: str = "--out") -> None:
         )
 
 
+def current_umask() -> int:
+    """This process's umask (reading it means setting it, so it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _written_beside(path: Path, text: str) -> str:
     """A new temporary file beside ``path``, holding ``text`` on disk, with a name of its own
     (``.NAME.XXXXXXXX.tmp``, which ``Folder.clean_leftovers`` removes if it is left)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a record should read like any file
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a record should read like any file
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
