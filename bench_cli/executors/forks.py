@@ -1,7 +1,6 @@
-"""Where the local executor's workers come from: a fork server, a process that imports torch,
-``torch._dynamo`` (which the first optimizer would import) and the run loop once, and forks each
-worker from itself, so that a worker starts in a fraction of a second with all of that loaded,
-instead of a fresh interpreter importing it for seconds. ``spawn`` where there is no fork server.
+"""Where the local executor's workers come from: a fork server, a process that imports torch and
+the run loop once, and forks each worker from itself, so that a worker starts in a fraction of a
+second with all of that loaded, instead of a fresh interpreter importing it for seconds. ``spawn`` where there is no fork server.
 
 The fork server starts with the first worker, or earlier through ``prestart``: the command line
 calls it before it imports torch itself, so that the two imports overlap. It lives as long as the
@@ -15,10 +14,12 @@ import os
 import signal
 import sys
 
-#: what the fork server imports once (none of it starts CUDA, which a fork would break)
+#: what the fork server imports once (none of it starts CUDA, which a fork would break). Not
+#: ``torch._dynamo`` (1-2 s, which every worker would wait for): the project's optimizers never
+#: load it, and a run that does (``--compile``, a plug-in built on torch's optimizers) loads it
+#: in its worker.
 PRELOAD = [
     "torch",
-    "torch._dynamo",
     "bench_cli.executors.worker",
     "bench_cli.api",
     "bench_cli.runner",

@@ -16,7 +16,6 @@ import torch
 
 from bench_cli.errors import ConfigError, clip
 from bench_cli.plugins import Registry
-from bench_cli.registry._base import CHECK_ONLY, BenchOptimizer, ValuesChecked
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer", "bench_cli.optimizers")
 
@@ -95,18 +94,9 @@ def build_optimizer(name: str, params, **hparams: Any) -> torch.optim.Optimizer:
 
 
 def check_optimizer(name: str, **hparams: Any) -> None:
-    """Raise what ``build_optimizer`` would raise for these values, without building anything.
-    A class that declares ``checks_values_first`` (each of the project's optimizers) is asked to
-    stop after its checks (torch's ``Optimizer`` loads ``torch._dynamo``, seconds of imports, when
-    it takes parameters); anything else (a plug-in class or factory) is built on a dummy tensor."""
-    cls = OPTIMIZERS.get(name)
-    ours = isinstance(cls, type) and issubclass(cls, BenchOptimizer)
-    stops = ours and cls.__dict__.get("checks_values_first", False)
-    params = CHECK_ONLY if stops else [torch.zeros(2, 2, requires_grad=True)]
-    try:
-        build_optimizer(name, params, **hparams)
-    except ValuesChecked:
-        pass
+    """Raise what ``build_optimizer`` would raise for these values: it builds the optimizer on a
+    dummy tensor (planning, before any run starts)."""
+    build_optimizer(name, [torch.zeros(2, 2, requires_grad=True)], **hparams)
 
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "check_optimizer", "optimizer_defaults"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
@@ -34,10 +35,6 @@ class OptimizerInfo:
     paper: ClassVar[str] = ""
     #: state buffers, as a formula of the parameter size, for ``bench show``
     state_memory: ClassVar[str] = ""
-    #: the constructor checks every value before it takes its parameters, so planning may stop it
-    #: there (``CHECK_ONLY``); read off each class itself, never inherited, since a subclass may
-    #: check more after
-    checks_values_first: ClassVar[bool] = False
 
 
 def check(condition: bool, message: str) -> None:
@@ -205,14 +202,20 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
-#: ``params`` that asks a ``BenchOptimizer`` only to check its values: it raises ``ValuesChecked``
-#: where it would take its parameters (``registry.check_optimizer``, for a class that declares
-#: ``checks_values_first``)
-CHECK_ONLY = object()
+def _without_loading_dynamo(name: str):
+    """torch's ``Optimizer.<name>``, which torch marks with ``torch._disable_dynamo``: the mark's
+    first call imports ``torch._dynamo`` (1-2 s, more on a cold file cache), only to keep
+    ``torch.compile`` from tracing the method. While ``torch._dynamo`` is not loaded nothing can be
+    compiling, so the plain method is called; once it is loaded, torch's marked one."""
+    marked = getattr(torch.optim.Optimizer, name)
+    plain = getattr(marked, "__wrapped__", marked)
 
+    def method(self, *args, **kwargs):
+        return (marked if "torch._dynamo" in sys.modules else plain)(self, *args, **kwargs)
 
-class ValuesChecked(Exception):  # noqa: N818 - a signal, not an error
-    """Every value passed the constructor's checks (it was given ``CHECK_ONLY``)."""
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = marked.__doc__
+    return method
 
 
 class BenchOptimizer(OptimizerInfo, torch.optim.Optimizer):
@@ -223,10 +226,8 @@ class BenchOptimizer(OptimizerInfo, torch.optim.Optimizer):
     gradient.
     """
 
-    def __init__(self, params, defaults: dict) -> None:
-        if params is CHECK_ONLY:
-            raise ValuesChecked
-        super().__init__(params, defaults)
+    add_param_group = _without_loading_dynamo("add_param_group")
+    zero_grad = _without_loading_dynamo("zero_grad")
 
     def use_foreach(self, group: dict, params: Sequence[Tensor]) -> bool:
         flag = group.get("foreach")

@@ -106,7 +106,6 @@ class AdamW(BenchOptimizer):
 
     paper = "Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019"
     state_memory = "m, v: 2 x params (+ v_max with amsgrad)"
-    checks_values_first = True
 
     def __init__(
         self,

@@ -153,7 +153,6 @@ class AdEMAMix(BenchOptimizer):
     )
     state_memory = "m1, m2, v: 3 x params (2 x when betas[0] = 0)"
     horizon_hparams = ("alpha_warmup", "beta3_warmup")
-    checks_values_first = True
 
     def __init__(
         self,

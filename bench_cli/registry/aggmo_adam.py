@@ -152,7 +152,6 @@ class AggMo(BenchOptimizer):
         "ICLR 2019 (official code: AtheMathmo/AggMo)"
     )
     state_memory = "b_1..b_K: K x params (3 x for the default betas)"
-    checks_values_first = True
 
     def __init__(
         self,
@@ -317,7 +316,6 @@ class AggMoAdam(BenchOptimizer):
         "ICLR 2019 with Adam's second moment"
     )
     state_memory = "m_i for each nonzero beta, v: (K + 1) x params (3 x for the default betas)"
-    checks_values_first = True
 
     def __init__(
         self,

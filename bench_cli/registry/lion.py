@@ -86,7 +86,6 @@ class Lion(BenchOptimizer):
         "(official code: google/automl lion)"
     )
     state_memory = "m: 1 x params"
-    checks_values_first = True
 
     def __init__(
         self,

@@ -229,7 +229,6 @@ class MARS(BenchOptimizer):
         "MARS branch m, v, g_prev: 3 x params (mars-lion: 2 x; exact variant: +1 x for the "
         "next batch's grad); AdamW branch m, v: 2 x"
     )
-    checks_values_first = True
 
     def __init__(
         self,

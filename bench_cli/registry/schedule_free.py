@@ -127,7 +127,6 @@ class ScheduleFreeAdamW(BenchOptimizer):
     has_train_eval_modes = True
     owns_warmup = True
     owns_lr_schedule = True  # schedule-free: the loop keeps the lr constant
-    checks_values_first = True
 
     def __init__(
         self,

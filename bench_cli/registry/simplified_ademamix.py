@@ -160,7 +160,6 @@ class SimplifiedAdEMAMix(BenchOptimizer):
     )
     state_memory = "m, v: 2 x params (+ 2 floats per tensor)"
     horizon_hparams = ("beta1_warmup",)
-    checks_values_first = True
 
     def __init__(
         self,
