@@ -65,11 +65,3 @@ def ended(code: int | None) -> str:
 
         return f"killed by signal {signal.Signals(-code).name}"
     return f"exit code {code}"
-
-
-def a_runs_own_failure(exc: BaseException) -> bool:
-    """Whether ``exc``, raised while a run is set up or trained, is that run's failure, for its
-    ``error`` record: any ``Exception``, and a plain ``SystemExit`` (``sys.exit`` or ``argparse``
-    in a task's or an optimizer's code). Ctrl-C and a SIGTERM (``cli._Terminated``, a subclass of
-    ``SystemExit``) stop the command instead."""
-    return isinstance(exc, Exception) or type(exc) is SystemExit

@@ -29,7 +29,6 @@ from bench_cli import distributed as ddp
 from bench_cli.checkpoint import Checkpointer, rng_state, set_rng_state
 from bench_cli.config import RunSettings
 from bench_cli.environment import environment, resolve_device  # noqa: F401 - re-exported
-from bench_cli.errors import a_runs_own_failure
 from bench_cli.registry import build_optimizer
 from bench_cli.registry._base import state_bytes
 from bench_cli.results.metrics import best_metrics, to_target
@@ -259,9 +258,7 @@ def run(
                             }
                         )
                 t_start = time.perf_counter()
-    except BaseException as exc:  # a failed run is a result: record it, let the suite go on
-        if not a_runs_own_failure(exc):
-            raise
+    except Exception as exc:  # a failed run is a result: record it, let the suite go on
         status = "error"
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
 

@@ -13,9 +13,7 @@ beside the count) or every time (``always``), or kills the daemon whose pid is i
 ``forkserver-killer-quadratic`` kills its worker's fork server at the 5th step of seed 0.
 ``half-sent-quadratic``: at the 5th step of seed 1 its worker writes the first bytes of a
 message to the coordinator and is killed before the rest, as a kill in the middle of a send would
-leave it. ``exiting-quadratic``: the run of seed 1 calls ``sys.exit(3)`` at its 5th step, as task
-code that parses arguments or gives up would; ``exiting-setup-quadratic`` calls it while it prepares
-its data, for every seed.
+leave it. ``failing-setup-quadratic`` raises while it prepares its data, for every seed.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import gc
 import os
 import signal
 import struct
-import sys
 import time
 
 from bench_cli.tasks import TASKS
@@ -53,21 +50,12 @@ class KillerQuadratic(_AtStep, NoisyQuadratic):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-@TASKS.register("exiting-quadratic")
-class ExitingQuadratic(_AtStep, NoisyQuadratic):
-    """The noisy quadratic; seed 1 calls ``sys.exit(3)`` at step 5."""
-
-    def at_step(self, seed: int, step: int) -> None:
-        if seed == 1 and step == 5:
-            sys.exit(3)
-
-
-@TASKS.register("exiting-setup-quadratic")
-class ExitingSetupQuadratic(NoisyQuadratic):
-    """The noisy quadratic, whose set-up calls ``sys.exit(3)``."""
+@TASKS.register("failing-setup-quadratic")
+class FailingSetupQuadratic(NoisyQuadratic):
+    """The noisy quadratic, whose set-up fails."""
 
     def prepare(self, device):
-        sys.exit(3)
+        raise RuntimeError("no data for this task")
 
 
 @TASKS.register("counted-quadratic")

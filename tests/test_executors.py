@@ -159,21 +159,13 @@ def test_a_worker_killed_in_the_middle_of_a_message_leaves_the_others_theirs(tmp
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_task_code_that_calls_sys_exit_is_an_error_record_in_either_mode(tmp_path, jobs) -> None:
-    """``sys.exit`` in a task's code (in its run, or in its set-up) fails that cell as any
-    exception would, inline as in a worker: the record names it and the other cells finish."""
-    path = write_suite(tmp_path / "exit.yaml", "exiting-quadratic")
+def test_a_failed_set_up_is_an_error_record_with_its_traceback(tmp_path, jobs) -> None:
+    path = write_suite(tmp_path / "setup.yaml", "failing-setup-quadratic", "[0]")
     summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": jobs})
-    by_seed = {(r.optimizer, r.seed): r for r in summary.records}
-    assert {k for k, r in by_seed.items() if r.status == "error"} == {("adamw", 1), ("lion", 1)}
-    assert all("SystemExit: 3" in by_seed[(o, 1)].error for o in ("adamw", "lion"))
-    assert by_seed[("adamw", 1)].steps_done == 4  # the curve up to its exit is kept
-    assert all(r.status == "done" for k, r in by_seed.items() if k[1] != 1)
-    path = write_suite(tmp_path / "exit_setup.yaml", "exiting-setup-quadratic", "[0]")
-    summary = suite.run_suite(path, out=tmp_path / "out_setup", executor={"jobs": jobs})
     assert [r.status for r in summary.records] == ["error", "error"]
-    assert all("set-up failed: SystemExit: 3" in r.error for r in summary.records)
-    assert all("in prepare" in r.error for r in summary.records)  # where, from its traceback
+    for r in summary.records:
+        assert "set-up failed: RuntimeError: no data for this task" in r.error
+        assert "in prepare" in r.error  # where it failed, from its own traceback
 
 
 def test_workers_start_once_for_every_phase_of_a_suite(tmp_path, monkeypatch) -> None:

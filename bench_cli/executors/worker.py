@@ -13,7 +13,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench_cli.errors import a_runs_own_failure
 from bench_cli.executors import mps
 from bench_cli.folder import CHECKPOINTS, Folder, now
 from bench_cli.plan import Cell
@@ -61,9 +60,7 @@ def _prepared(spec: RunSpec):
             task = api.make_task(spec.task, spec.task_options)
             task.prepare(device)
             _PREPARED[key] = (task, device)
-        except BaseException as exc:  # noqa: BLE001 - a task's bug is a result of its cells
-            if not a_runs_own_failure(exc):
-                raise
+        except Exception as exc:  # noqa: BLE001 - a task's bug is a result of its cells
             _PREPARED[key] = exc
     return _PREPARED[key]
 
@@ -107,11 +104,9 @@ def execute_cell(
     try:
         api.load_plugins(list(cell.plugins))
         prepared = _prepared(spec)
-    except BaseException as exc:  # noqa: BLE001 - a failed set-up is the cell's record
-        if not a_runs_own_failure(exc):
-            raise
+    except Exception as exc:  # noqa: BLE001
         prepared = exc
-    if isinstance(prepared, BaseException):
+    if isinstance(prepared, Exception):
         first = f"{type(prepared).__name__}: {prepared}"
         trace = "".join(traceback.format_exception(prepared, limit=2))
         reason = f"the task's set-up failed: {first}\n{trace}"
