@@ -15,9 +15,9 @@ import signal
 import sys
 
 #: what the fork server imports once (none of it starts CUDA, which a fork would break). Not
-#: ``torch._dynamo`` (1-2 s, which every worker would wait for): the project's optimizers never
-#: load it, and a run that does (``--compile``, a plug-in built on torch's optimizers) loads it
-#: in its worker.
+#: ``torch._dynamo`` (1-2 s, which every worker would wait for): the project's optimizers do not
+#: load it, and a run that does (``--compile``, DDP, a plug-in built on torch's optimizers) loads
+#: it in its worker.
 PRELOAD = [
     "torch",
     "bench_cli.executors.worker",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections import defaultdict
@@ -213,9 +214,7 @@ def _without_loading_dynamo(name: str):
     def method(self, *args, **kwargs):
         return (marked if "torch._dynamo" in sys.modules else plain)(self, *args, **kwargs)
 
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = marked.__doc__
-    return method
+    return functools.update_wrapper(method, plain)  # its name, documentation and signature
 
 
 class BenchOptimizer(OptimizerInfo, torch.optim.Optimizer):
@@ -228,6 +227,8 @@ class BenchOptimizer(OptimizerInfo, torch.optim.Optimizer):
 
     add_param_group = _without_loading_dynamo("add_param_group")
     zero_grad = _without_loading_dynamo("zero_grad")
+    state_dict = _without_loading_dynamo("state_dict")  # a checkpoint's
+    load_state_dict = _without_loading_dynamo("load_state_dict")  # a resumed run's
 
     def use_foreach(self, group: dict, params: Sequence[Tensor]) -> bool:
         flag = group.get("foreach")

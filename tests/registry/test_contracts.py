@@ -188,8 +188,8 @@ def _variants(name: str):
 
 
 def test_planning_and_running_the_builtins_load_no_torch_dynamo() -> None:
-    """torch marks ``Optimizer.add_param_group`` and ``zero_grad`` so that their first call
-    imports ``torch._dynamo`` (seconds, paid by every command and worker); the project's
+    """torch marks ``Optimizer.add_param_group``, ``zero_grad``, ``state_dict`` and
+    ``load_state_dict`` so that their first call imports ``torch._dynamo`` (seconds, paid by every command and worker); the project's
     optimizers call the plain methods while nothing has loaded it. torch's own AdamW shows that
     the check below would see the import."""
     import subprocess
@@ -207,6 +207,11 @@ def test_planning_and_running_the_builtins_load_no_torch_dynamo() -> None:
         "    for _ in range(2):\n"
         "        (w ** 2).sum().backward(); opt.step(); opt.zero_grad()\n"
         "    assert w.grad is None and not torch.equal(w, torch.ones(3, 2)), n\n"
+        "    saved = opt.state_dict()  # a checkpoint, and its resumption\n"
+        "    again = build_optimizer(n, [w], lr=0.01)\n"
+        "    again.add_param_group({'params': [torch.nn.Parameter(torch.ones(2))]})\n"
+        "    again.load_state_dict(saved)\n"
+        "    assert repr(again.state_dict()) == repr(saved), n\n"
         "assert 'torch._dynamo' not in sys.modules\n"
         "torch.optim.AdamW([torch.zeros(2, requires_grad=True)])\n"
         "assert 'torch._dynamo' in sys.modules\n"
@@ -237,6 +242,18 @@ def test_a_compiled_step_with_zero_grad_matches_eager() -> None:
     eager = train(lambda f: f)
     compiled = train(lambda f: torch.compile(f, backend="eager"))
     torch.testing.assert_close(compiled, eager)
+
+
+def test_the_plain_methods_keep_torchs_signatures() -> None:
+    """Callers inspect them (``"set_to_none" in signature(opt.zero_grad).parameters``)."""
+    import inspect
+
+    opt = build_optimizer("adamw", [torch.zeros(2, requires_grad=True)])
+    for name in ("zero_grad", "add_param_group", "state_dict", "load_state_dict"):
+        ours = inspect.signature(getattr(opt, name))
+        torchs = inspect.signature(getattr(torch.optim.AdamW([torch.zeros(1)]), name))
+        assert ours == torchs, name
+    assert "set_to_none" in inspect.signature(opt.zero_grad).parameters
 
 
 class _CappedAdamW(AdamW):
