@@ -9,9 +9,9 @@
 - ``.running/<run_id>``: a cell's claim, holding the host, pid, the process's start time and
   when it was claimed. It is created whole, as a hard link to a file written first, which fails
   if the claim exists (as ``O_EXCL`` does); no interruption leaves an empty one. Its holder
-  touches it every ``HEARTBEAT`` seconds. A claim is stale, and is taken over, when its process is gone (on this host: no such
-  pid, or a pid of another process) or, from another host, when it was last touched more than
-  ``LEASE`` seconds ago.
+  touches it every ``HEARTBEAT`` seconds. A claim is stale, and is taken over, when its process
+  is gone (on this host: no such pid, or a pid of another process) or, from another host, when
+  it was last touched more than ``LEASE`` seconds ago.
 - ``calibration.json`` and ``selection.json``: the calibrated targets and selected configurations.
 - ``.checkpoints/<run_id>.pt``: checkpoints of long runs in progress.
 """

@@ -62,7 +62,7 @@ def summary(log: Path) -> dict:
     out = {
         "coordinator_torch_imported": first(coordinator, "torch<"),
         "forkserver_torch_imported": [first(p, "torch<") for p in servers if first(p, "torch<")],
-        "dynamo_imported": [first(p, "torch._dynamo<") for p in procs if first(p, "torch._dynamo<")],
+        "dynamo_imported": [t for p in procs if (t := first(p, "torch._dynamo<")) is not None],
         "plan_done": first(coordinator, "plan<"),
         "first_spawn": first(coordinator, "spawn>"),
         "workers": len(workers),

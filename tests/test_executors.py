@@ -289,7 +289,9 @@ def test_a_second_ctrl_c_while_the_pool_closes_leaves_no_worker_and_stops_the_da
             self.closed = True
 
     pool = local.LocalExecutor([local.Slot(None, 1)] * 3)
-    workers = [local._Worker(s, Process(), inbox=None, results=None, cell="busy") for s in pool.slots]
+    workers = [
+        local._Worker(s, Process(), inbox=None, results=None, cell="busy") for s in pool.slots
+    ]
     pool._workers = list(workers)
     pool._mps = daemon = Daemon()
     with pytest.raises(KeyboardInterrupt):

@@ -1,6 +1,7 @@
 """Where the local executor's workers come from: a fork server, a process that imports torch and
 the run loop once, and forks each worker from itself, so that a worker starts in a fraction of a
-second with all of that loaded, instead of a fresh interpreter importing it for seconds. ``spawn`` where there is no fork server.
+second with all of that loaded, instead of a fresh interpreter importing it for seconds.
+``spawn`` where there is no fork server.
 
 The fork server starts with the first worker, or earlier through ``prestart``: the command line
 calls it before it imports torch itself, so that the two imports overlap. It lives as long as the

@@ -220,9 +220,7 @@ def _without_loading_dynamo(name: str):
 class BenchOptimizer(OptimizerInfo, torch.optim.Optimizer):
     """Base of the project's own optimizers: closure handling and foreach dispatch.
 
-    Subclasses check every hyperparameter in their constructor before they pass their
-    parameters on, and implement ``_step_group(group, params)`` for the parameters that have a
-    gradient.
+    Subclasses implement ``_step_group(group, params)`` for the parameters that have a gradient.
     """
 
     add_param_group = _without_loading_dynamo("add_param_group")

@@ -105,7 +105,8 @@ def _written_beside(path: Path, text: str) -> str:
     (``.NAME.XXXXXXXX.tmp``, which ``Folder.clean_leftovers`` removes if it is left)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a record should read like any file
+        # mkstemp makes 0600; a record should read like any other file
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

@@ -189,9 +189,9 @@ def _variants(name: str):
 
 def test_planning_and_running_the_builtins_load_no_torch_dynamo() -> None:
     """torch marks ``Optimizer.add_param_group``, ``zero_grad``, ``state_dict`` and
-    ``load_state_dict`` so that their first call imports ``torch._dynamo`` (seconds, paid by every command and worker); the project's
-    optimizers call the plain methods while nothing has loaded it. torch's own AdamW shows that
-    the check below would see the import."""
+    ``load_state_dict`` so that their first call imports ``torch._dynamo`` (seconds, paid by
+    every command and worker); the project's optimizers call the plain methods while nothing has
+    loaded it. torch's own AdamW shows that the check below would see the import."""
     import subprocess
     import sys
 
