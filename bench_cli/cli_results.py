@@ -2,7 +2,8 @@
 
 Everything is regenerated from the stored records alone; ``register(app)`` adds the commands to
 the ``bench`` app. (No ``from __future__ import annotations`` here: typer reads the annotations
-at run time.)
+at run time.) The modules that build the tables import pandas, so each command imports them
+itself: the command line as a whole, which every ``bench`` command loads, does not wait for it.
 """
 
 from pathlib import Path
@@ -13,8 +14,7 @@ from rich.markup import escape
 
 from bench_cli.display import frame_table, friendly, stderr, stdout, write_plain
 from bench_cli.errors import BenchError
-from bench_cli.results import check as checks
-from bench_cli.results import export, inference, leaderboard, probe, stats
+from bench_cli.results import defaults, inference
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import check_parent_folder, load_records
 
@@ -32,7 +32,7 @@ SkipDamagedOpt = Annotated[
 BaselineOpt = Annotated[
     str | None,
     typer.Option(
-        help=f"Optimizer that speedups are measured against ({leaderboard.DEFAULT_BASELINE} "
+        help=f"Optimizer that speedups are measured against ({defaults.DEFAULT_BASELINE} "
         "unless given)."
     ),
 ]
@@ -54,7 +54,7 @@ def _records(directory: Path, skip_damaged: bool = False) -> list[RunRecord]:
 def _baseline(records: list[RunRecord], baseline: str | None) -> str:
     """The baseline; an explicit one must have runs, the default only gets a warning."""
     names = sorted({r.optimizer for r in records})
-    chosen = baseline or leaderboard.DEFAULT_BASELINE
+    chosen = baseline or defaults.DEFAULT_BASELINE
     if chosen not in names:
         message = f"baseline {chosen!r} has no runs here (optimizers: {', '.join(names)})"
         if baseline is not None:
@@ -94,7 +94,7 @@ def show_leaderboard(
     columns: Annotated[
         str | None,
         typer.Option(
-            help=f"Comma-separated columns to show, from: {', '.join(export.WIDE)}.",
+            help=f"Comma-separated columns to show, from: {', '.join(defaults.WIDE)}.",
         ),
     ] = None,
     alpha: Annotated[
@@ -103,6 +103,8 @@ def show_leaderboard(
     skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """Per task, each optimizer's scored runs over seeds; then the overall ranking."""
+    from bench_cli.results import export, leaderboard
+
     if not 0 < alpha < 1:
         raise BenchError(f"--alpha must lie strictly between 0 and 1 (0.05 = 5%), got {alpha}")
     shown = export.parse_columns(columns) if columns else export.WIDE if wide else export.COMPACT
@@ -126,6 +128,8 @@ def export_tables(
     skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """Export the leaderboard's tables for a paper or a spreadsheet."""
+    from bench_cli.results import export, leaderboard
+
     if fmt not in export.FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(export.FORMATS)}")
     _check_out(out)
@@ -149,7 +153,7 @@ def plot(
     skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """Loss against tokens and against training seconds per task, and the performance profile."""
-    from bench_cli.results import plots  # matplotlib: only for this command
+    from bench_cli.results import plots, stats  # plots loads matplotlib: only for this command
 
     if fmt not in plots.PLOT_FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(plots.PLOT_FORMATS)}")
@@ -171,13 +175,15 @@ def probe_table(
     fmt: Annotated[str, typer.Option("--format", help="md, csv or json.")] = "md",
     after: Annotated[
         str, typer.Option(help="Steps after the probe batch to report, comma-separated.")
-    ] = ",".join(map(str, probe.DEFAULT_AFTER)),
+    ] = ",".join(map(str, defaults.DEFAULT_AFTER)),
     out: Annotated[Path | None, typer.Option(help="Write to this file (default: stdout).")] = None,
     baseline: BaselineOpt = None,
     skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """The forgetting probe: how much of the probe batch each optimizer keeps, by seed against
     the baseline (runs with the task option probe_batch_step)."""
+    from bench_cli.results import export, probe
+
     try:
         steps = sorted({int(a) for a in after.split(",") if a.strip()})
     except ValueError:
@@ -204,10 +210,12 @@ def check(
     against: Annotated[Path, typer.Option("--against", help="Baseline results directory.")],
     tolerance: Annotated[
         float, typer.Option(help="Allowed slack beyond the baseline's interval (0.05 = 5%).")
-    ] = checks.DEFAULT_TOLERANCE,
+    ] = defaults.DEFAULT_TOLERANCE,
 ) -> None:
     """Exit 1 when tokens-to-target regressed beyond its interval or a run newly failed, or when
     a record of either folder cannot be read."""
+    from bench_cli.results import check as checks
+
     report = checks.check_dirs(directory, against, tolerance, warn=_warn)
     for problem in report.problems:
         stderr.print(f"[red]regression:[/red] {escape(problem)}", highlight=False, soft_wrap=True)

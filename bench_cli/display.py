@@ -12,8 +12,8 @@ import inspect
 import math
 import re
 import sys
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -30,6 +30,9 @@ from rich.table import Table
 from bench_cli.errors import DISK_FULL, BenchError, cannot_write
 from bench_cli.results.record import RunRecord, TrainPoint
 from bench_cli.spec import RunCallback, RunSpec
+
+if TYPE_CHECKING:  # pandas (0.2-1 s) loads with the first table, not with the command line
+    import pandas as pd
 
 # escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ones), then any other C0 or C1
 # control character but tab and newline, DEL, and the bidirectional overrides

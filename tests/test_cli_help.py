@@ -41,3 +41,26 @@ def test_shell_completion_is_offered_and_prints_a_script(monkeypatch) -> None:
     res = runner.invoke(app, ["--show-completion", "bash"], prog_name="bench")
     assert res.exit_code == 0
     assert "_BENCH_COMPLETE=complete_bash" in res.output and "complete " in res.output
+
+
+def test_the_command_line_loads_without_torch_or_pandas_and_names_the_defaults() -> None:
+    # every command imports the whole command line first: what the commands need (torch for
+    # runs, pandas for tables) is imported by the commands, and the help still shows the
+    # analysis commands' defaults, which their own modules use
+    import subprocess
+    import sys
+
+    from bench_cli.results import check, export, leaderboard, probe
+
+    code = "import sys, bench_cli.cli; print(sorted({'torch', 'pandas'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    def flat_help(*command: str) -> str:
+        res = runner.invoke(app, [*command, "--help"])
+        return " ".join(res.output.replace("│", " ").split())  # help text wraps in its box
+
+    shown = flat_help("leaderboard")
+    assert f"({leaderboard.DEFAULT_BASELINE} unless given)" in shown
+    assert ", ".join(export.WIDE) in shown
+    assert ",".join(map(str, probe.DEFAULT_AFTER)) in flat_help("probe")
+    assert f"[default: {check.DEFAULT_TOLERANCE}]" in flat_help("check")

@@ -26,10 +26,9 @@ from pathlib import Path
 
 from bench_cli.errors import BenchError, DamagedRecordsError
 from bench_cli.results import leaderboard, stats
+from bench_cli.results.defaults import DEFAULT_TOLERANCE
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import load_records
-
-DEFAULT_TOLERANCE = 0.05
 
 
 def _count(x: float, digits: int) -> str:

@@ -19,17 +19,12 @@ import pandas as pd
 
 from bench_cli.errors import BenchError
 from bench_cli.results import inference
+from bench_cli.results.defaults import COMPACT, WIDE
 from bench_cli.results.leaderboard import Leaderboard
 from bench_cli.results.store import atomic_write_text
 
 FORMATS = ("csv", "md", "latex", "json")
 TABLES = ("all", "tasks", "ranking")
-#: the per-task display columns: the compact default, then the rest (``--wide``)
-COMPACT = ("optimizer", "reached", "tokens", "speedup", "best")
-WIDE = (
-    *COMPACT, "seconds", "final", "throughput", "state", "grad_evals", "trials", "compute",
-    "config", "flags", "diverged", "errors",
-)  # fmt: skip
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 
 from bench_cli.results import inference, selection, stats
+from bench_cli.results.defaults import DEFAULT_BASELINE
 from bench_cli.results.record import RunRecord, Target
-
-DEFAULT_BASELINE = "adamw"
 
 #: the per-task table's columns; "tokens" counts the task's unit (tokens, images or steps).
 #: ``X`` is the median over seeds (nan unless known), ``X_low`` what it is known to be at least,

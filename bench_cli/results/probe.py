@@ -28,9 +28,9 @@ import pandas as pd
 
 from bench_cli.errors import BenchError
 from bench_cli.results import export, inference, stats
+from bench_cli.results.defaults import DEFAULT_AFTER
 from bench_cli.results.record import RunRecord
 
-DEFAULT_AFTER = (100, 200, 500, 1000)
 END = "end"
 FORMATS = ("md", "csv", "json")
 COLUMNS = [
