@@ -474,9 +474,7 @@ def test_the_fork_server_starts_early_only_for_workers_that_will_use_it(monkeypa
     from bench_cli.config import ExecutorSettings
     from bench_cli.executors import forks
 
-    server = forkserver._forkserver
     started = []
-    monkeypatch.setattr(server, "_preload_modules", server._preload_modules)  # restored after
     monkeypatch.setattr(forkserver, "ensure_running", lambda: started.append(1))
     monkeypatch.setattr(forks.os.path, "exists", lambda path: path == "/dev/nvidiactl")  # a GPU
 
@@ -494,42 +492,6 @@ def test_the_fork_server_starts_early_only_for_workers_that_will_use_it(monkeypa
     assert not starts(kind="ray") and not starts(kind="slurm", jobs=2)
     assert not starts(script=True, jobs=2)  # a script's workers are spawned
     assert not starts(world=2, jobs=2)  # a torchrun rank trains in its own process
-    # the Triton kernels are preloaded for GPU workers only
-    assert starts(runs_per_gpu=4) and "bench_cli.registry._fast" in server._preload_modules
-    assert starts(device="cpu", jobs=2) and server._preload_modules == forks.PRELOAD
-
-
-PRELOADED = """
-import sys
-from pathlib import Path
-from bench_cli.executors import forks
-
-ctx = forks.context(gpu=sys.argv[1] == "gpu")
-code = (
-    "import sys; from pathlib import Path; from triton.runtime import cache; "
-    f"Path({sys.argv[2]!r}).write_text(repr(('bench_cli.registry._fast' in sys.modules, "
-    "cache.triton_key.cache_info().currsize)))"
-)
-p = ctx.Process(target=exec, args=(code, {}))
-p.start()
-p.join()
-print(ctx.get_start_method(), Path(sys.argv[2]).read_text())
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server")
-def test_workers_for_gpus_start_with_the_fast_paths_kernels_loaded_and_hashed(tmp_path) -> None:
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-
-    def worker_sees(kind: str) -> str:
-        args = [sys.executable, "-c", PRELOADED, kind, str(tmp_path / f"{kind}.txt")]
-        return subprocess.run(args, capture_output=True, text=True, env=env, check=True).stdout
-
-    # forked from a fork server that imported the kernels and computed Triton's hash of its
-    # files (which keys its cache of compiled kernels): nothing left for the first launch
-    assert worker_sees("gpu").split() == ["forkserver", "(True,", "1)"]
-    assert worker_sees("cpu").split() == ["forkserver", "(False,", "0)"]
 
 
 def test_workers_started_by_spawn_run_their_cells(tmp_path, monkeypatch) -> None:

@@ -25,9 +25,6 @@ PRELOAD = [
     "bench_cli.api",
     "bench_cli.runner",
 ]
-#: and when the runs are on NVIDIA GPUs: the fast path's Triton kernels, which would otherwise
-#: cost each worker's first cell 0.5-1.5 s (importing Triton, hashing its files and the kernels')
-GPU_PRELOAD = ["bench_cli.registry._fast"]
 
 
 def _runs_a_script() -> bool:
@@ -41,13 +38,12 @@ def _runs_a_script() -> bool:
     return getattr(main, "__spec__", None) is None and getattr(main, "__file__", None) is not None
 
 
-def context(gpu: bool = False):
-    """The multiprocessing context that starts workers (``gpu``: workers for runs on GPUs). The
-    fork server's preload is the one in force when it starts."""
+def context():
+    """The multiprocessing context that starts workers."""
     if "forkserver" not in mp.get_all_start_methods() or _runs_a_script():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD + (GPU_PRELOAD if gpu else []))
+    ctx.set_forkserver_preload(PRELOAD)
     return ctx
 
 
@@ -65,7 +61,6 @@ def prestart(settings, device: str | None) -> None:
     if settings.jobs > 1 or gpu:
         from multiprocessing import forkserver
 
-        context(gpu)  # sets the preload
         # the fork server starts with SIGINT ignored: a Ctrl-C while it imports is the
         # command's to handle (its workers ignore SIGINT too)
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -172,15 +172,11 @@ class LocalExecutor:
     slots: list[Slot]
     log: dict | None = None
     mps: bool | None = None
-    ctx: Any = None  # the multiprocessing context: by default ``forks.context`` for the slots
+    ctx: Any = field(default_factory=forks.context)
     _workers: list[_Worker | None] = field(default_factory=list, init=False)
     _mps: mps.Daemon | None = field(default=None, init=False)
     _mps_failures: int = field(default=0, init=False)
     _started: bool = field(default=False, init=False)
-
-    def __post_init__(self) -> None:
-        if self.ctx is None:
-            self.ctx = forks.context(gpu=any(s.gpu is not None for s in self.slots))
 
     def run(
         self, cells: list[Cell], folder: Folder, progress, claim: Callable[[Cell], bool]

@@ -7,8 +7,6 @@ once, the update is computed in fp32 registers, every result is written once.
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
@@ -320,26 +318,3 @@ def _mix_kernel(
         else:
             p = p - lr_g * mix
         tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
-
-
-def _hash_ahead() -> None:
-    """Compute now what each process's first launch would compute first: Triton's hash of its own
-    files, which keys its cache of compiled kernels (0.3-0.9 s on a GPU host: it reads all of
-    ``libtriton``), and each kernel's source hash. Then every worker forked from a process that
-    imported this module (the local executor's fork server) starts with both. Neither needs a
-    GPU. The interpreter (``TRITON_INTERPRET=1``) uses neither."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return
-    from triton.runtime import cache
-
-    try:
-        if hasattr(cache, "triton_key"):  # where Triton 3.3 and later keep it
-            cache.triton_key()
-        for kernel in list(globals().values()):
-            if isinstance(kernel, triton.runtime.jit.JITFunction):
-                kernel.cache_key  # noqa: B018 - a property that computes and keeps the hash
-    except Exception:  # noqa: BLE001 - only a head start: the first launch computes them again
-        pass  # and reports what fails there, in the run's record
-
-
-_hash_ahead()
