@@ -181,6 +181,40 @@ def test_workers_start_once_for_every_phase_of_a_suite(tmp_path, monkeypatch) ->
     assert len(set(pids)) == 2  # one worker per job, started once for both phases
 
 
+def test_runs_per_gpu_come_from_nvml_without_a_cuda_context(monkeypatch) -> None:
+    import types
+
+    import torch
+
+    from bench_cli.executors import local
+
+    free = {"GPU-aaa": 40 * 2**30, "GPU-bbb": 20 * 2**30}  # NVML knows GPUs by UUID
+    calls = []
+    nvml = types.SimpleNamespace(
+        nvmlInit=lambda: calls.append("init"),
+        nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlDeviceGetHandleByUUID=lambda uuid: uuid,
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(free=free[handle]),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    props = [types.SimpleNamespace(uuid="aaa"), types.SimpleNamespace(uuid="bbb")]
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda g: props[g])
+
+    def context(g):
+        raise AssertionError("the coordinator made a CUDA context")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", context)
+    # 90% of the fullest GPU's free memory over the task's need, at least 1, at most 4
+    assert local.default_runs_per_gpu([0, 1], 6.0) == 3  # 20 GiB: 18 // 6
+    assert local.default_runs_per_gpu([0], 6.0) == 4  # 40 GiB: 36 // 6 = 6, at most 4
+    assert local.default_runs_per_gpu([1], 30.0) == 1
+    assert calls == ["init", "shutdown"] * 3
+    # without NVML (no library, no driver), CUDA's own count
+    monkeypatch.setattr(nvml, "nvmlInit", lambda: (_ for _ in ()).throw(RuntimeError("no NVML")))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda g: ([7, 9][g] * 2**30, 80 * 2**30))
+    assert local.default_runs_per_gpu([0, 1], 2.0) == 3  # 7 GiB: 6.3 // 2
+
+
 def test_a_phase_that_needs_less_memory_keeps_the_pool(tmp_path, monkeypatch) -> None:
     """Calibration runs only the calibrated (small) task; tuning and scoring run the big one
     too. The pool chose its runs per GPU from the larger need and serves every phase."""

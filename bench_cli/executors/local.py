@@ -398,9 +398,9 @@ def gpu_slots(gpus: list[int], runs_per_gpu: int) -> list[Slot]:
 
 def default_runs_per_gpu(gpus: list[int], memory_gib: float) -> int:
     """As many runs as fit in the free memory of the fullest GPU, at most 4."""
-    import torch
+    from bench_cli.environment import gpu_free_bytes
 
-    free = min(torch.cuda.mem_get_info(g)[0] for g in gpus) / 2**30
+    free = min(gpu_free_bytes(gpus)) / 2**30
     return max(1, min(4, int(free * 0.9 // max(memory_gib, 0.1))))
 
 
