@@ -1,3 +1,3 @@
-from bench_cli.cli import console
+from bench_cli.cli import main
 
-console()
+main()

@@ -1,13 +1,11 @@
 """The ``bench`` command: each command declares its options and hands off to ``bench_cli.api``."""
 
-import atexit
 import importlib.util
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -194,42 +192,5 @@ def main() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def console() -> NoReturn:
-    """The ``bench`` process (its launcher, ``python -m bench_cli``): ``main``, then an end
-    without the interpreter's teardown, which frees every module and object one by one: with
-    torch and pandas loaded, 0.4 s on a 2-core CPU and 0.6-0.8 s on a GPU host, after the command
-    has written everything. (``main`` itself returns as usual, for scripts that call it.)"""
-    try:
-        main()
-        code = None
-    except SystemExit as exc:
-        code = exc.code
-    _exit_without_teardown(code)
-
-
-def _exit_without_teardown(code) -> NoReturn:
-    """What a normal exit does before its teardown, in its order: join the non-daemon threads,
-    run the ``atexit`` handlers (multiprocessing's, logging's, trackers', plug-ins'), flush the
-    standard streams; then end the process with ``code`` (``SystemExit``'s meaning)."""
-    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
-    if run_exit_handlers is None:  # not CPython: the usual exit
-        sys.exit(code)
-    if code is None or isinstance(code, int):
-        status = code or 0
-    else:  # a message, as SystemExit prints it
-        print(code, file=sys.stderr)
-        status = 1
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    run_exit_handlers()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: Python's own exit status for it
-            status = status or 120
-    os._exit(status)
-
-
 if __name__ == "__main__":  # pragma: no cover
-    console()
+    main()
