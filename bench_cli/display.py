@@ -58,13 +58,19 @@ class _CleanConsole(Console):
 
 def write_plain(text: str) -> None:
     """Plain text (an export) on stdout, without control characters."""
+    if sys.stdout is None:  # started with its standard output closed
+        raise BenchError("the standard output is closed; pass --out FILE to write to a file")
     sys.stdout.write(clean(text))
 
 
-# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; give them room instead.
-_WIDTH = None if sys.stdout.isatty() else 200
-stderr = _CleanConsole(stderr=True, width=None if sys.stderr.isatty() else 200)
-stdout = _CleanConsole(width=_WIDTH)
+def _width(stream) -> int | None:
+    """Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; give them room
+    instead. A closed stream (``None``: the process started without it) prints nothing."""
+    return None if stream is not None and stream.isatty() else 200
+
+
+stderr = _CleanConsole(stderr=True, width=_width(sys.stderr))
+stdout = _CleanConsole(width=_width(sys.stdout))
 
 
 class ProgressBar(RunCallback):

@@ -35,7 +35,8 @@ class Progress:
     ):
         self.console = console or Console(stderr=True)
         self.quiet = quiet
-        self.live_mode = (sys.stderr.isatty() if live is None else live) and not quiet
+        terminal = sys.stderr is not None and sys.stderr.isatty()  # None: started without one
+        self.live_mode = (terminal if live is None else live) and not quiet
         self.total = self.done = self.failed = self.reused_n = 0
         self.running: dict[str, list] = {}  # run_id -> [name, step, total]
         self.t0 = time.monotonic()

@@ -445,3 +445,24 @@ def test_a_passing_check_says_what_it_compared(tmp_path: Path) -> None:
 def test_the_yaml_loader_is_the_suite_loader() -> None:
     # a guard for the parse tests above: PyYAML alone reads 1e-1 as text
     assert yaml.safe_load("v: 1e-1")["v"] == "1e-1" and read_yaml("v: 1e-1", "f")["v"] == 0.1
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-", ">&- 2>&-"])
+def test_a_command_started_without_stdout_or_stderr_still_runs(tmp_path: Path, closed) -> None:
+    # a process started with a standard stream closed (a daemon, some schedulers) has it as None
+    import shlex
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    run = [sys.executable, "-m", "bench_cli", "run", "--opt", "adamw", "--task", "noisy-quadratic"]
+    line = shlex.join([*run, "--steps", "5", "--out", str(out)])
+    res = subprocess.run(["bash", "-c", f"{line} {closed}"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    (record,) = out.glob("noisy-quadratic*.json")
+    assert json.loads(record.read_text())["status"] == "done"
+    # an export to a closed stdout is refused with its fix, on stderr
+    line = shlex.join([sys.executable, "-m", "bench_cli", "export", str(out)])
+    res = subprocess.run(["bash", "-c", f"{line} >&-"], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.strip() == "error: the standard output is closed; pass --out FILE to write to a file"
