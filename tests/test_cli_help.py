@@ -55,6 +55,7 @@ def test_the_command_line_loads_without_torch_or_pandas_and_names_the_defaults()
     code = "import sys, bench_cli.cli; print(sorted({'torch', 'pandas'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
     def flat_help(*command: str) -> str:
         res = runner.invoke(app, [*command, "--help"])
         return " ".join(res.output.replace("│", " ").split())  # help text wraps in its box

@@ -465,4 +465,5 @@ def test_a_command_started_without_stdout_or_stderr_still_runs(tmp_path: Path, c
     line = shlex.join([sys.executable, "-m", "bench_cli", "export", str(out)])
     res = subprocess.run(["bash", "-c", f"{line} >&-"], capture_output=True, text=True)
     assert res.returncode == 1
-    assert res.stderr.strip() == "error: the standard output is closed; pass --out FILE to write to a file"
+    refusal = "error: the standard output is closed; pass --out FILE to write to a file"
+    assert res.stderr.strip() == refusal
