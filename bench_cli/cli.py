@@ -16,6 +16,7 @@ from bench_cli.cli_results import register as register_results_commands
 from bench_cli.cli_run import register as register_run_commands
 from bench_cli.cli_suite import suite_app
 from bench_cli.display import friendly, stdout
+from bench_cli.errors import Terminated
 
 app = typer.Typer(
     name="bench",
@@ -150,13 +151,9 @@ def _use_untyped_flags(typer_app: typer.Typer) -> None:
 _use_untyped_flags(app)
 
 
-class _Terminated(SystemExit):
-    """SIGTERM (kill, timeout, a scheduler), raised where Python is so that cleanup runs."""
-
-
 def _terminate(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-    raise _Terminated(128 + signum)
+    raise Terminated(128 + signum)
 
 
 def _as_bench_module() -> None:
@@ -182,7 +179,7 @@ def main() -> None:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
-    except _Terminated:
+    except Terminated:
         print(
             "bench: stopped by SIGTERM; finished runs are kept, the same command resumes",
             file=sys.stderr,

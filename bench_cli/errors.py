@@ -17,6 +17,17 @@ class BenchError(Exception):
     details: tuple[str, ...] = ()
 
 
+class Terminated(SystemExit):
+    """SIGTERM (kill, timeout, a scheduler), raised where Python is so that cleanup runs. Unlike
+    a ``sys.exit`` in a task's or an optimizer's code, which fails only its run, it stops the
+    command."""
+
+
+def called_exit(exc: SystemExit) -> str:
+    """A run's error for a ``sys.exit`` in its task's, optimizer's or plug-in's code."""
+    return f"SystemExit: {exc.code} (the task's, optimizer's or plug-in's code called sys.exit)"
+
+
 class UnknownNameError(BenchError, KeyError):
     """An optimizer or task name that is not registered."""
 

@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from bench_cli.errors import BenchError, UnknownNameError, clip
+from bench_cli.errors import BenchError, Terminated, UnknownNameError, called_exit, clip
 from bench_cli.results.store import name_problem
 
 T = TypeVar("T")
@@ -118,7 +118,9 @@ class Registry(Generic[T]):
             try:
                 obj = ep.load()
                 self.add(ep.name, obj)
-            except Exception as exc:  # a broken plug-in must not break the others
+            except Terminated:
+                raise
+            except (Exception, SystemExit) as exc:  # a broken plug-in must not break the others
                 self._items[normalize(ep.name)] = _Broken(f"entry point {ep.value}", exc)
 
 
@@ -150,5 +152,8 @@ def load_plugin(spec: str) -> None:
             f"plug-in {spec!r} could not be imported ({exc}); pass an importable module path "
             "or a path to a .py file"
         ) from exc
-    except Exception as exc:
-        raise BenchError(f"plug-in {spec!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    except Terminated:
+        raise
+    except (Exception, SystemExit) as exc:
+        why = called_exit(exc) if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+        raise BenchError(f"plug-in {spec!r} failed to load: {why}") from exc

@@ -14,6 +14,8 @@ beside the count) or every time (``always``), or kills the daemon whose pid is i
 ``half-sent-quadratic``: at the 5th step of seed 1 its worker writes the first bytes of a
 message to the coordinator and is killed before the rest, as a kill in the middle of a send would
 leave it. ``failing-setup-quadratic`` raises while it prepares its data, for every seed.
+``exiting-quadratic``: the run of seed 1 calls ``sys.exit(3)`` at its 5th step;
+``exiting-setup-quadratic`` calls ``sys.exit(5)`` while it prepares its data.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import gc
 import os
 import signal
 import struct
+import sys
 import time
 
 from bench_cli.tasks import TASKS
@@ -48,6 +51,23 @@ class KillerQuadratic(_AtStep, NoisyQuadratic):
     def at_step(self, seed: int, step: int) -> None:
         if seed == 1 and step == 5:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+@TASKS.register("exiting-quadratic")
+class ExitingQuadratic(_AtStep, NoisyQuadratic):
+    """The noisy quadratic; seed 1 calls sys.exit at step 5."""
+
+    def at_step(self, seed: int, step: int) -> None:
+        if seed == 1 and step == 5:
+            sys.exit(3)
+
+
+@TASKS.register("exiting-setup-quadratic")
+class ExitingSetupQuadratic(NoisyQuadratic):
+    """The noisy quadratic, whose set-up calls sys.exit."""
+
+    def prepare(self, device):
+        sys.exit(5)
 
 
 @TASKS.register("failing-setup-quadratic")

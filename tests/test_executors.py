@@ -158,6 +158,26 @@ def test_a_worker_killed_in_the_middle_of_a_message_leaves_the_others_theirs(tmp
     assert len(by_seed) == 8
 
 
+def test_sys_exit_in_a_run_fails_that_run_alone_inline_and_in_workers(tmp_path) -> None:
+    """A task's ``sys.exit`` is its run's error record, in the coordinator (``--jobs 1``) as in a
+    worker: the other runs go on, and both folders hold the same records."""
+    out = {}
+    for jobs in ("1", "2"):
+        out[jobs] = tmp_path / f"jobs{jobs}"
+        done = bench(
+            "run", "--opt", "adamw", "--task", "exiting-quadratic", "--seed", "0,1,2",
+            "--plugin", str(PLUGINS), "--out", str(out[jobs]), "--jobs", jobs, "-q",
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert "adamw failed: SystemExit: 3 (the task's" in done.stderr
+    a, b = records_in(out["1"]), records_in(out["2"])
+    assert sorted(r.status for r in a.values()) == ["done", "done", "error"]
+    [failed] = [r for r in a.values() if r.status == "error"]
+    assert failed.seed == 1 and failed.steps_done == 4
+    assert "in at_step" in failed.error  # where it exited, from its traceback
+    assert sorted(a) == sorted(b) and all(comparable(a[k]) == comparable(b[k]) for k in a)
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_failed_set_up_is_an_error_record_with_its_traceback(tmp_path, jobs) -> None:
     path = write_suite(tmp_path / "setup.yaml", "failing-setup-quadratic", "[0]")
@@ -166,6 +186,15 @@ def test_a_failed_set_up_is_an_error_record_with_its_traceback(tmp_path, jobs) -
     for r in summary.records:
         assert "set-up failed: RuntimeError: no data for this task" in r.error
         assert "in prepare" in r.error  # where it failed, from its own traceback
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_set_up_that_calls_sys_exit_is_an_error_record(tmp_path, jobs) -> None:
+    path = write_suite(tmp_path / "setup.yaml", "exiting-setup-quadratic", "[0]")
+    summary = suite.run_suite(path, out=tmp_path / "out", executor={"jobs": jobs})
+    assert [r.status for r in summary.records] == ["error", "error"]
+    for r in summary.records:
+        assert "set-up failed: SystemExit: 5 (the task's" in r.error
 
 
 def test_workers_start_once_for_every_phase_of_a_suite(tmp_path, monkeypatch) -> None:
@@ -475,6 +504,18 @@ def test_a_stopped_coordinator_stops_its_busy_workers_at_once(tmp_path, sig) -> 
     if sig == signal.SIGTERM:
         assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr
         assert "Traceback" not in stderr
+
+
+def test_sigterm_during_a_run_in_the_coordinator_stops_the_command(tmp_path) -> None:
+    """With one job the cells run in the coordinator: SIGTERM there stops the command, unlike a
+    ``sys.exit`` in a task's code, which only fails its run."""
+    path = write_suite(tmp_path / "stop.yaml", "stalled-quadratic", "[0]")
+    out = tmp_path / "out"
+    args = ["suite", "run", str(path), "--out", str(out), "--jobs", "1", "--quiet"]
+    code, pids, stderr = _stop_mid_run(tmp_path, args, signal.SIGTERM, runs=1)
+    assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr
+    assert _pids(tmp_path / "n") == pids  # the other cell never started
+    assert not list(out.glob("stalled-quadratic*.json")) and not list((out / ".running").iterdir())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -93,20 +93,23 @@ def test_entry_points_and_a_broken_plugin_that_errors_only_when_selected(
 ) -> None:
     """A fake installed distribution declares two entry points: one good, one broken."""
     (tmp_path / "bench_test_ep.py").write_text("class Good:\n    '''An entry-point plug-in.'''\n")
+    (tmp_path / "bench_test_ep_exits.py").write_text("import sys\nsys.exit(2)\n")
     dist = tmp_path / "bench_test_ep-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-test-ep\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
         "[bench_cli.test_group]\ngood-one = bench_test_ep:Good\n"
-        "broken-one = bench_test_ep_missing:Nope\n"
+        "broken-one = bench_test_ep_missing:Nope\nexiting-one = bench_test_ep_exits:Any\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     reg: Registry[type] = Registry("widget", "bench_cli.test_group")
-    assert reg.names() == ["broken-one", "good-one"]
+    assert reg.names() == ["broken-one", "exiting-one", "good-one"]
     assert reg.get("GOOD_ONE").__name__ == "Good"
     assert [n for n, _ in reg.items()] == ["good-one"]  # listing skips the broken one
     with pytest.raises(BenchError, match="broken-one.*failed to load"):
         reg.get("broken-one")
+    with pytest.raises(BenchError, match="exiting-one.*failed to load: SystemExit: 2"):
+        reg.get("exiting-one")
 
 
 def test_broken_plugin_file_is_one_clear_error(tmp_path: Path) -> None:
@@ -115,3 +118,15 @@ def test_broken_plugin_file_is_one_clear_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["list", "--plugin", str(bad)])
     assert res.exit_code == 1 and "failed to load: RuntimeError: boom" in res.output
     assert not any(name.startswith("bench_plugin_") and "bad" in name for name in sys.modules)
+
+
+def test_a_plugin_file_that_calls_sys_exit_is_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "exits.py"
+    bad.write_text("import sys\nsys.exit(4)\n")
+    res = CliRunner().invoke(
+        app, ["run", "--opt", "adamw", "--task", "noisy-quadratic", "--plugin", str(bad),
+              "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert res.exit_code == 1
+    assert "plug-in" in res.output and "failed to load: SystemExit: 4" in res.output
+    assert not (tmp_path / "out").exists()

@@ -1,8 +1,9 @@
 """What runs one cell, wherever it runs: in a local worker process, a Ray task or a SLURM job.
 
 A process keeps each task's prepared data between cells (``_PREPARED``), so the cost of loading
-data is paid once per worker, not once per run. A task whose ``prepare`` raises gives an ``error``
-record for each of its cells; nothing here raises for a failed run.
+data is paid once per worker, not once per run. A task whose ``prepare`` raises, or calls
+``sys.exit``, gives an ``error`` record for each of its cells; nothing here raises for a failed
+run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench_cli.errors import Terminated, called_exit
 from bench_cli.executors import mps
 from bench_cli.folder import CHECKPOINTS, Folder, now
 from bench_cli.plan import Cell
@@ -60,7 +62,9 @@ def _prepared(spec: RunSpec):
             task = api.make_task(spec.task, spec.task_options)
             task.prepare(device)
             _PREPARED[key] = (task, device)
-        except Exception as exc:  # noqa: BLE001 - a task's bug is a result of its cells
+        except Terminated:
+            raise
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a task's bug: its cells' result
             _PREPARED[key] = exc
     return _PREPARED[key]
 
@@ -104,10 +108,16 @@ def execute_cell(
     try:
         api.load_plugins(list(cell.plugins))
         prepared = _prepared(spec)
-    except Exception as exc:  # noqa: BLE001
+    except Terminated:
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
         prepared = exc
-    if isinstance(prepared, Exception):
-        first = f"{type(prepared).__name__}: {prepared}"
+    if isinstance(prepared, BaseException):
+        first = (
+            called_exit(prepared)
+            if isinstance(prepared, SystemExit)
+            else f"{type(prepared).__name__}: {prepared}"
+        )
         trace = "".join(traceback.format_exception(prepared, limit=2))
         reason = f"the task's set-up failed: {first}\n{trace}"
         record = failed_record(spec, reason)
