@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bench_cli.errors import DISK_FULL, BenchError, cannot_write
+from bench_cli.errors import DISK_FULL, BenchError, Terminated, called_exit, cannot_write
 from bench_cli.results.record import RunRecord, TrainPoint
 from bench_cli.spec import RunCallback, RunSpec
 
@@ -147,8 +147,9 @@ def frame_table(df: pd.DataFrame, title: str | None = None, transpose: bool = Fa
 
 
 def friendly(fn):
-    """For CLI commands: a domain error, or a write that found the disk full, prints one red line
-    on stderr and exits 1."""
+    """For CLI commands: a domain error, a write that found the disk full, or a plug-in's
+    ``sys.exit`` (while the command plans its runs, say), prints one red line on stderr and exits
+    1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -163,6 +164,11 @@ def friendly(fn):
             for line in exc.details:
                 stderr.print(escape(line), highlight=False, soft_wrap=True)
             stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except Terminated:
+            raise
+        except SystemExit as exc:  # inside a command, only a plug-in's code calls sys.exit
+            stderr.print(f"[red]error:[/red] {escape(called_exit(exc))}", highlight=False)
             raise typer.Exit(1) from None
 
     wrapper.__signature__ = inspect.signature(fn)  # typer reads the options from it

@@ -3,13 +3,14 @@
 Each rank trains on its slice of every global batch under DistributedDataParallel, so the
 averaged gradient equals the single-process gradient of the whole batch. Tokens are counted
 globally (a task's ``units_per_step`` is the global batch), rank 0 evaluates and broadcasts the
-metrics, and only rank 0 writes the record.
+metrics, and only rank 0 writes the record, unless the run fails on a rank (``_failed``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -71,6 +72,21 @@ def from_rank0(obj: Any) -> Any:
     return box[0]
 
 
+def _failed(folder: Any, record: Any, since: float) -> NoReturn:
+    """A run that failed on this rank (another rank may have failed too, or not at all). A rank
+    that did not fail may be waiting in a collective that this one will never join, so no
+    collective follows: this rank writes the ``error`` record, unless another rank wrote one
+    first (with the first cause: this rank's may only say that the other one left), and stops
+    with an error, which makes torchrun stop the others."""
+    from bench_cli.errors import BenchError
+
+    if folder.record_since(record.run_id, since) is None:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.write(record)
+    first = (record.error or "-").splitlines()[0]
+    raise BenchError(f"{record.optimizer} failed on rank {rank()}: {first}")
+
+
 def run_request(req: Any, out: Any, rerun: bool = False) -> list:
     """``bench run`` under torchrun: each cell trained by all ranks together; rank 0 reuses or
     writes its record. Returns the records (on every rank)."""
@@ -98,7 +114,10 @@ def run_request(req: Any, out: Any, rerun: bool = False) -> list:
         if old is not None:
             records.append(old)
             continue
+        since = time.time()
         record = run(cell.spec, task, device)
+        if record.status == "error" and active():
+            _failed(folder, record, since)
         if rank() == 0:
             folder.path.mkdir(parents=True, exist_ok=True)
             folder.write(record)

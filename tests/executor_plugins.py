@@ -15,7 +15,11 @@ beside the count) or every time (``always``), or kills the daemon whose pid is i
 message to the coordinator and is killed before the rest, as a kill in the middle of a send would
 leave it. ``failing-setup-quadratic`` raises while it prepares its data, for every seed.
 ``exiting-quadratic``: the run of seed 1 calls ``sys.exit(3)`` at its 5th step;
-``exiting-setup-quadratic`` calls ``sys.exit(5)`` while it prepares its data.
+``exiting-setup-quadratic`` calls ``sys.exit(5)`` while it prepares its data;
+``exiting-record-quadratic``: the run of seed 1 calls ``sys.exit(3)`` as its record is made,
+after its training loop. ``rank-one-failing-lm``: ``lm-small`` whose rank 1, under torchrun,
+fails at its 3rd training loss: it raises, or calls ``sys.exit(3)`` if ``$BENCH_TEST_EXIT`` is
+set.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import signal
 import struct
 import sys
 import time
+
+import torch
 
 from bench_cli.tasks import TASKS
 from bench_cli.tasks.valleys import NoisyQuadratic
@@ -68,6 +74,30 @@ class ExitingSetupQuadratic(NoisyQuadratic):
 
     def prepare(self, device):
         sys.exit(5)
+
+
+@TASKS.register("exiting-record-quadratic")
+class ExitingRecordQuadratic(NoisyQuadratic):
+    """The noisy quadratic; seed 1 exits as its record is made (the run seeds torch with it)."""
+
+    @property
+    def seed_independent(self):
+        if torch.initial_seed() == 1:
+            sys.exit(3)
+        return super().seed_independent
+
+
+@TASKS.register("rank-one-failing-lm")
+class RankOneFailingLM(TASKS.get("lm-small")):
+    """lm-small, whose rank 1 fails at its 3rd training loss under torchrun."""
+
+    def loss(self, model, batch):
+        self._losses = getattr(self, "_losses", 0) + 1
+        if os.environ.get("RANK") == "1" and self._losses == 3:
+            if os.environ.get("BENCH_TEST_EXIT"):
+                sys.exit(3)
+            raise RuntimeError("boom on rank 1")
+        return super().loss(model, batch)
 
 
 @TASKS.register("failing-setup-quadratic")

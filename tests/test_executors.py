@@ -158,23 +158,27 @@ def test_a_worker_killed_in_the_middle_of_a_message_leaves_the_others_theirs(tmp
     assert len(by_seed) == 8
 
 
-def test_sys_exit_in_a_run_fails_that_run_alone_inline_and_in_workers(tmp_path) -> None:
-    """A task's ``sys.exit`` is its run's error record, in the coordinator (``--jobs 1``) as in a
-    worker: the other runs go on, and both folders hold the same records."""
+@pytest.mark.parametrize(
+    "task, where",
+    [("exiting-quadratic", "in at_step"), ("exiting-record-quadratic", "in seed_independent")],
+)
+def test_sys_exit_in_a_run_fails_that_run_alone_inline_and_in_workers(tmp_path, task, where):
+    """A task's ``sys.exit``, in its training loop or as its record is made, is its run's error
+    record, in the coordinator (``--jobs 1``) as in a worker: the other runs go on, and both
+    folders hold the same records."""
     out = {}
     for jobs in ("1", "2"):
         out[jobs] = tmp_path / f"jobs{jobs}"
         done = bench(
-            "run", "--opt", "adamw", "--task", "exiting-quadratic", "--seed", "0,1,2",
+            "run", "--opt", "adamw", "--task", task, "--seed", "0,1,2",
             "--plugin", str(PLUGINS), "--out", str(out[jobs]), "--jobs", jobs, "-q",
         )  # fmt: skip
         assert done.returncode == 1, done.stderr
-        assert "adamw failed: SystemExit: 3 (the task's" in done.stderr
+        assert "SystemExit: 3 (the task's" in done.stderr
     a, b = records_in(out["1"]), records_in(out["2"])
     assert sorted(r.status for r in a.values()) == ["done", "done", "error"]
     [failed] = [r for r in a.values() if r.status == "error"]
-    assert failed.seed == 1 and failed.steps_done == 4
-    assert "in at_step" in failed.error  # where it exited, from its traceback
+    assert failed.seed == 1 and where in failed.error  # where it exited, from its traceback
     assert sorted(a) == sorted(b) and all(comparable(a[k]) == comparable(b[k]) for k in a)
 
 
@@ -924,6 +928,31 @@ def test_ddp_on_two_gloo_processes_matches_one_process_with_the_same_global_batc
     [rec] = records_in(tmp_path / "out_ddp").values()
     [rec1] = records_in(tmp_path / "out_one").values()
     assert rec.env.world_size == 2 and rec.tokens_done == rec1.tokens_done
+
+
+@pytest.mark.parametrize("how", ["raises", "calls sys.exit"])
+def test_a_run_that_fails_on_one_ddp_rank_ends_the_command_with_its_record(
+    tmp_path, shared_data, how
+) -> None:
+    """Rank 1 fails while rank 0 waits for it in a collective: the command ends at once, non-zero,
+    and the record names rank 1's cause (not rank 0's lost connection)."""
+    env = {**os.environ, **({"BENCH_TEST_EXIT": "1"} if how == "calls sys.exit" else {})}
+    res = subprocess.run(  # a hang (ranks in different collectives) times out
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", "-m", "bench_cli", "run", "--plugin", str(PLUGINS), "--opt", "adamw", "--task",
+            "rank-one-failing-lm", "--set", "preset=tiny", "--steps", "8", "--device", "cpu",
+            "--data", str(shared_data / "tinyshakespeare.txt"), "--quiet",
+            "--out", str(tmp_path / "out"),
+        ],
+        capture_output=True, text=True, env=env, timeout=90,
+    )  # fmt: skip
+    assert res.returncode != 0
+    assert "adamw failed on rank 1:" in res.stderr
+    [rec] = records_in(tmp_path / "out").values()
+    assert rec.status == "error" and rec.steps_done == 2
+    first = "SystemExit: 3 (the task's" if how == "calls sys.exit" else "RuntimeError: boom on rank 1"
+    assert rec.error.startswith(first)
 
 
 def test_result_commands_do_not_import_torch(tmp_path) -> None:

@@ -130,3 +130,30 @@ def test_a_plugin_file_that_calls_sys_exit_is_one_clear_error(tmp_path: Path) ->
     assert res.exit_code == 1
     assert "plug-in" in res.output and "failed to load: SystemExit: 4" in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_task_that_calls_sys_exit_while_the_command_plans_is_one_clear_error(
+    tmp_path: Path,
+) -> None:
+    plugin = tmp_path / "exits_on_init.py"
+    plugin.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from bench_cli.tasks import TASKS
+            from bench_cli.tasks.valleys import NoisyQuadratic
+
+            @TASKS.register("exits-on-init")
+            class ExitsOnInit(NoisyQuadratic):
+                def __init__(self, options):
+                    sys.exit(0)
+            """
+        )
+    )
+    res = CliRunner().invoke(
+        app, ["run", "--opt", "adamw", "--task", "exits-on-init", "--plugin", str(plugin),
+              "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert res.exit_code == 1  # not the 0 it asked for: nothing ran
+    assert "error: SystemExit: 0 (the task's, optimizer's or plug-in's code called" in res.output
+    assert not (tmp_path / "out").exists()

@@ -93,6 +93,14 @@ def failed_record(spec: RunSpec, reason: str, unit: str = "steps") -> RunRecord:
     )
 
 
+def _failure(what: str, exc: BaseException) -> str:
+    """An error record's reason: what failed, the exception (or ``sys.exit``), and where (the
+    innermost frames of its traceback)."""
+    first = called_exit(exc) if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+    trace = "".join(traceback.format_exception(exc, limit=-3))
+    return f"{what}: {first}\n{trace}"
+
+
 def execute_cell(
     cell: Cell,
     out: str | Path,
@@ -113,14 +121,7 @@ def execute_cell(
     except (Exception, SystemExit) as exc:  # noqa: BLE001
         prepared = exc
     if isinstance(prepared, BaseException):
-        first = (
-            called_exit(prepared)
-            if isinstance(prepared, SystemExit)
-            else f"{type(prepared).__name__}: {prepared}"
-        )
-        trace = "".join(traceback.format_exception(prepared, limit=2))
-        reason = f"the task's set-up failed: {first}\n{trace}"
-        record = failed_record(spec, reason)
+        record = failed_record(spec, _failure("the task's set-up failed", prepared))
     else:
         task, device = prepared
         trackers = None
@@ -130,13 +131,18 @@ def execute_cell(
             trackers = tracker_callback(
                 log["kinds"], log.get("group", ""), Path(out), log.get("mlflow_uri")
             )
-        record = run_loop(
-            spec,
-            task,
-            device,
-            Callbacks(callback, trackers),
-            checkpoint_dir=folder.path / CHECKPOINTS,
-        )
+        try:
+            record = run_loop(
+                spec,
+                task,
+                device,
+                Callbacks(callback, trackers),
+                checkpoint_dir=folder.path / CHECKPOINTS,
+            )
+        except Terminated:
+            raise
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - plug-in code around the loop
+            record = failed_record(spec, _failure("the run failed outside its training loop", exc))
     folder.write(record)
     if not mps.failed(record.error):  # a run lost with its MPS server runs again from here
         (folder.path / CHECKPOINTS / f"{spec.run_id}.pt").unlink(missing_ok=True)
