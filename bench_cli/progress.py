@@ -42,6 +42,7 @@ class Progress:
         self.t0 = time.monotonic()
         self.last_plain = time.monotonic()
         self.live: Live | None = None
+        self._depth = 0  # how many ``with`` blocks are open on it
 
     # -- the executor's events ------------------------------------------------------------------
 
@@ -120,13 +121,17 @@ class Progress:
                 self._print(f"running  {name}: step {step}/{total} (ETA of the suite {self.eta()})")
 
     def __enter__(self) -> Progress:
-        if self.live_mode:
+        """Start the live display; entered again (the command line's display, passed to the
+        suite, which enters what it is given), it keeps the one it has."""
+        self._depth += 1
+        if self.live_mode and self._depth == 1:
             self.live = Live(self.table(), console=self.console, refresh_per_second=4)
             self.live.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.live is not None:
+        self._depth -= 1
+        if self.live is not None and self._depth == 0:
             self.live.stop()
             self.live = None
 

@@ -713,3 +713,19 @@ def test_coordinators_merging_the_side_files_at_once_lose_no_entry(tmp_path: Pat
     assert all(p.exitcode == 0 for p in procs)
     got = json.loads((tmp_path / "calibration.json").read_text())
     assert got == {f"{w}-{k}": k for w in range(4) for k in range(40)}
+
+
+def test_a_live_display_passed_to_the_suite_is_shown_once_and_taken_down(tmp_path) -> None:
+    """The command line enters its display and hands it to the suite, which enters what it is
+    given: one live display on the terminal, and the cursor shown again at the end."""
+    import io
+
+    from rich.console import Console
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    with Progress(console, live=True) as progress:
+        suite.run_suite(write_suite(tmp_path), out=tmp_path / "out", progress=progress)
+    shown = screen.getvalue()
+    assert shown.count("\x1b[?25l") == 1 and shown.count("\x1b[?25h") == 1  # hidden, shown
+    assert progress.live is None
