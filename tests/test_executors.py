@@ -522,6 +522,17 @@ def test_sigterm_during_a_run_in_the_coordinator_stops_the_command(tmp_path) -> 
     assert not list(out.glob("stalled-quadratic*.json")) and not list((out / ".running").iterdir())
 
 
+def test_a_ray_coordinator_stops_on_sigterm_as_the_local_one_does(tmp_path) -> None:
+    """Ray puts a SIGTERM handler of its own (an abort, exit 134) in place of the command's."""
+    pytest.importorskip("ray")
+    path = write_suite(tmp_path / "stop.yaml", "stalled-quadratic", "[0]")
+    out = tmp_path / "out"
+    args = ["suite", "run", str(path), "--out", str(out), "--quiet", "--executor", "ray"]
+    code, _, stderr = _stop_mid_run(tmp_path, args, signal.SIGTERM, runs=1)
+    assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr
+    assert not list((out / ".running").iterdir())
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_stopped_slurm_coordinator_cancels_its_jobs(tmp_path) -> None:
     pytest.importorskip("submitit")

@@ -8,7 +8,10 @@ streams back to the terminal. A task whose worker dies becomes an ``error`` reco
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from typing import Any
 
 from bench_cli.errors import BenchError
@@ -35,6 +38,35 @@ def _run_cell(cell: Cell, out: str, log: dict | None, threads: int, queue: Any) 
     return worker.execute_cell(cell, out, events, log)
 
 
+@contextlib.contextmanager
+def _sigterm_between_calls(handler):
+    """While Ray is used: ``ray.init`` puts a SIGTERM handler of its own (an exit, or an abort)
+    in place of ``handler``, the command's, and an exception that a handler raises inside a Ray
+    call comes out as ``SystemExit(1)``. So SIGTERM is only noted here, and the caller calls the
+    function yielded between Ray's calls, which runs ``handler`` then (the command stops as it
+    does with the local executor). ``handler`` is put back at the end."""
+    received: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    if main and handler is not None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+
+    def check() -> None:
+        if not received:
+            return
+        signum = received.pop()
+        if callable(handler):
+            handler(signum, None)
+        else:  # the default action, or none if it was ignored
+            signal.signal(signal.SIGTERM, handler)
+            signal.raise_signal(signum)
+
+    try:
+        yield check
+    finally:
+        if main and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
 class RayExecutor:
     def __init__(self, settings, log: dict | None = None):
         self.settings, self.log = settings, log
@@ -50,11 +82,17 @@ class RayExecutor:
 
     def run(self, cells: list[Cell], folder: Folder, progress, claim) -> list[str]:
         ray = self.ray
+        handler = signal.getsignal(signal.SIGTERM)
         if not ray.is_initialized():
             if self.settings.ray_address:
                 ray.init(address=self.settings.ray_address, log_to_driver=False)
             else:
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        with _sigterm_between_calls(handler) as sigterm:
+            return self._run(cells, folder, progress, claim, sigterm)
+
+    def _run(self, cells, folder, progress, claim, sigterm) -> list[str]:
+        ray = self.ray
         from ray.util.queue import Empty, Queue
 
         queue = Queue()
@@ -69,6 +107,7 @@ class RayExecutor:
         ran = []
         try:
             while pending:
+                sigterm()
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 try:
                     for _kind, run_id, step, total in queue.get_nowait_batch(queue.qsize()):
