@@ -109,6 +109,15 @@ class Folder:
             return None
         return self.record(run_id) if written >= since - 1.0 else None
 
+    def version(self, run_id: str) -> tuple[int, int, int] | None:
+        """Which file holds the cell's record (its inode, time and size), None if none does: a
+        record written again (atomically, a new file) has another version."""
+        try:
+            st = record_path(self.path, run_id).stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
     def damaged(self, run_id: str) -> bool:
         path = record_path(self.path, run_id)
         return path.exists() and self.record(run_id) is None

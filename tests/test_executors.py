@@ -392,6 +392,26 @@ def test_two_coordinators_on_one_folder_run_each_cell_exactly_once(tmp_path) -> 
     assert len(records_in(tmp_path / "out")) == 12
 
 
+def test_two_rerun_coordinators_on_one_folder_replace_each_record_once(tmp_path) -> None:
+    count, out = tmp_path / "count.txt", tmp_path / "out"
+    args = [
+        sys.executable, "-m", "bench_cli", "run", "--plugin", str(PLUGINS), "--opt", "adamw,lion",
+        "--task", "counted-quadratic", "--set", "preset=tiny", "--steps", "30", "--seed",
+        "0,1,2,3,4,5", "--device", "cpu", "--out", str(out), "--quiet", "--rerun",
+    ]  # fmt: skip
+    env = {**os.environ, "BENCH_TEST_COUNT": str(count)}
+    subprocess.run(args, env=env, check=True, capture_output=True)
+    old = {p.name: p.stat().st_ino for p in out.glob("counted-quadratic*.json")}
+    count.unlink()
+    procs = [subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert len(count.read_text().splitlines()) == 12  # 2 optimizers x 6 seeds, once each
+    new = {p.name: p.stat().st_ino for p in out.glob("counted-quadratic*.json")}
+    assert len(old) == 12 and sorted(new) == sorted(old)
+    assert all(new[k] != old[k] for k in old)  # every record replaced
+
+
 def test_two_different_suites_started_together_in_one_folder_are_refused(tmp_path) -> None:
     a = write_suite(tmp_path / "a.yaml", "noisy-quadratic")
     b = write_suite(tmp_path / "b.yaml", "noisy-quadratic", "[7]")

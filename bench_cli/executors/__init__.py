@@ -116,9 +116,17 @@ def execute(
     """Run every cell of ``cells`` into ``folder`` (or reuse its record); return the records in
     the cells' order and how many ran now."""
     records: dict[str, RunRecord] = {}
-    replace = {c.run_id for c in cells} if rerun else set()
+    replaced = {c.run_id: folder.version(c.run_id) for c in cells} if rerun else {}
+
+    def current(cell: Cell) -> RunRecord | None:
+        """Its record; with ``rerun``, only one written since this command started (by another
+        coordinator replacing it too: the work is shared)."""
+        if cell.run_id in replaced and folder.version(cell.run_id) == replaced[cell.run_id]:
+            return None
+        return folder.record(cell.run_id)
+
     for c in cells:
-        rec = None if c.run_id in replace else folder.record(c.run_id)
+        rec = current(c)
         if rec is not None:
             records[c.run_id] = rec
             progress.reused(c)
@@ -126,21 +134,18 @@ def execute(
             progress.warn(f"{c.run_id}: its record is damaged; running the cell again")
     ran = 0
 
-    def finished(cell: Cell) -> bool:  # by another coordinator, since this one looked
-        return cell.run_id not in replace and folder.record(cell.run_id) is not None
-
     def claim(cell: Cell) -> bool:
-        if finished(cell) or not folder.claim(cell.run_id):
+        if current(cell) is not None or not folder.claim(cell.run_id):
             return False
-        if finished(cell):  # its record was written and its claim released just before ours
+        if current(cell) is not None:  # its record was written and its claim released just before
             folder.release(cell.run_id)
             return False
         return True
 
     while True:
         for c in cells:  # records written since: ours, or another coordinator's
-            if c.run_id not in records and c.run_id not in replace:
-                rec = folder.record(c.run_id)
+            if c.run_id not in records:
+                rec = current(c)
                 if rec is not None:
                     records[c.run_id] = rec
         todo = [c for c in cells if c.run_id not in records]
@@ -148,7 +153,6 @@ def execute(
             break
         done = executors.for_cells(todo).run(todo, folder, progress, claim)
         ran += len(done)
-        replace -= set(done)
         if not done:  # every cell left is held by another live coordinator
             progress.waiting(todo)
             time.sleep(POLL_SECONDS)
