@@ -337,6 +337,7 @@ def run(
 
 def run_summary(req, out_dir, progress=None, executor=None, rerun=False, log=None):
     from bench_cli.config import executor_settings
+    from bench_cli.executors import check_settings
     from bench_cli.executors.worker import _prepared
     from bench_cli.folder import RUNS, Folder
     from bench_cli.plan import build_plan
@@ -355,8 +356,9 @@ def run_summary(req, out_dir, progress=None, executor=None, rerun=False, log=Non
         raise BenchError(f"{out_dir} holds a suite run; choose another --out for `bench run`")
     text = resolved_text(plan)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    folder.claim_suite(text, name=f"{RUNS}/{suite.name}-{digest}.yaml")
     log = {"kinds": [], "group": suite.name, **(log or {})}
+    check_settings(settings, log["kinds"])
+    folder.claim_suite(text, name=f"{RUNS}/{suite.name}-{digest}.yaml")
     with folder, progress or Progress(quiet=True) as bar:
         return run_plan(plan, folder, settings, bar, rerun=rerun, log=log)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench_cli.config import apply_tier, executor_settings, load_suite
 from bench_cli.errors import BenchError, ConfigError
+from bench_cli.executors import check_settings
 from bench_cli.folder import CALIBRATION, ENVIRONMENT, Folder, now
 from bench_cli.plan import at_path, build_plan, count_cells
 from bench_cli.progress import Progress
@@ -105,9 +106,10 @@ def run_suite(
             f"{out} already holds records; resume (the default) to finish the suite there, or "
             "choose another --out"
         )
+    log = {"kinds": suite.log, "group": suite.name or Path(path).stem, **(log or {})}
+    check_settings(settings, log["kinds"])
     folder.claim_suite(whole)
     write_environment(folder, str(path), tier_name, suite.device or "auto")
-    log = {"kinds": suite.log, "group": suite.name or Path(path).stem, **(log or {})}
     with folder, progress or Progress(quiet=True) as bar:
         return run_plan(plan, folder, settings, bar, log=log)
 

@@ -891,11 +891,25 @@ def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch) -> None:
     path = write_suite(tmp_path / "x.yaml", "noisy-quadratic", "[0]")
     runner = CliRunner()
     for kind, extra in (("ray", "ray"), ("slurm", "slurm")):
-        res = runner.invoke(
-            app, ["suite", "run", str(path), "--out", str(tmp_path / kind), "--executor", kind]
-        )
-        assert res.exit_code == 1
-        assert f'pip install "bench-cli[{extra}]"' in res.output
+        for command in (["suite", "run", str(path)], ["run", "--opt", "adamw", "--task", "rosenbrock"]):
+            out = tmp_path / f"{kind}-{command[0]}"
+            res = runner.invoke(app, [*command, "--out", str(out), "--executor", kind])
+            assert res.exit_code == 1
+            assert f'pip install "bench-cli[{extra}]"' in res.output
+            assert not out.exists()  # refused before anything is written
+
+
+def test_gpus_that_torch_does_not_see_are_refused_before_anything_is_written(tmp_path) -> None:
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    res = CliRunner().invoke(
+        app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--gpus", str(n),
+              "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert res.exit_code == 1
+    assert f"GPU {n} (--gpus, or executor.gpus in a suite file) is not there" in res.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_ddp_on_two_gloo_processes_matches_one_process_with_the_same_global_batch(

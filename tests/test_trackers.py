@@ -9,8 +9,10 @@ import struct
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from bench_cli import api, runner
+from bench_cli.cli import app
 from bench_cli.errors import ConfigError
 from bench_cli.trackers import tracker_callback
 
@@ -179,3 +181,9 @@ def test_unknown_tracker_and_missing_extra_are_one_line_errors(monkeypatch, tmp_
         tracker_callback(["tensorboard", "wandb"], GROUP, tmp_path)
     assert str(err.value) == '--log wandb needs the wandb package: pip install "bench-cli[wandb]"'
     assert not any(tmp_path.iterdir())  # nothing written
+    res = CliRunner().invoke(
+        app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--log", "wandb",
+              "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert res.exit_code == 1 and "--log wandb needs the wandb package" in res.output
+    assert not (tmp_path / "out").exists()  # refused before the folder is claimed

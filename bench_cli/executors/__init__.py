@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from bench_cli.config import ExecutorSettings
+from bench_cli.errors import ConfigError
 from bench_cli.folder import Folder
 from bench_cli.results.record import RunRecord
 
@@ -31,6 +32,33 @@ def _other(settings: ExecutorSettings, log: dict | None):
     from bench_cli.executors.slurm import SlurmExecutor
 
     return SlurmExecutor(settings, log)
+
+
+def check_settings(settings: ExecutorSettings, trackers: list[str]) -> None:
+    """Refuse, before the command writes anything, what it could not run with: the executor's
+    extra or a tracker's package is missing, or a GPU it names is not one that torch sees."""
+    if settings.kind == "ray":
+        from bench_cli.executors.ray import ray_module
+
+        ray_module()
+    elif settings.kind == "slurm":
+        from bench_cli.executors.slurm import submitit_module
+
+        submitit_module()
+    if trackers:
+        from bench_cli.trackers import check_trackers
+
+        check_trackers(list(trackers))
+    if settings.kind == "local" and settings.gpus:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if missing := [g for g in settings.gpus if g >= n]:
+            sees = f"torch sees GPUs 0-{n - 1} only" if n else "torch sees no CUDA GPU here"
+            raise ConfigError(
+                f"GPU {', '.join(map(str, missing))} (--gpus, or executor.gpus in a suite "
+                f"file) is not there: {sees}; name visible GPUs, or leave the option out"
+            )
 
 
 def _local(settings: ExecutorSettings, gpus: list[int], need: float, log: dict | None):

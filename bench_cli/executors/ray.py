@@ -19,7 +19,8 @@ from bench_cli.folder import Folder
 from bench_cli.plan import Cell
 
 
-def _ray():
+def ray_module():
+    """Ray, or one error line that names the extra to install."""
     try:
         import ray
     except ImportError:
@@ -70,7 +71,7 @@ def _sigterm_between_calls(handler):
 class RayExecutor:
     def __init__(self, settings, log: dict | None = None):
         self.settings, self.log = settings, log
-        self.ray = _ray()
+        self.ray = ray_module()
 
     def _resources(self, cells: list[Cell]) -> dict[str, float]:
         on_gpu = any(c.spec.settings.device in ("auto", "cuda") for c in cells) and bool(

@@ -53,17 +53,22 @@ def parameters(settings) -> dict:
     return params
 
 
+def submitit_module():
+    """submitit, or one error line that names the extra to install."""
+    try:
+        import submitit
+    except ImportError:
+        raise BenchError(
+            'the slurm executor needs submitit; install it with: pip install "bench-cli[slurm]"'
+        ) from None
+    return submitit
+
+
 class SlurmExecutor:
     POLL = 2.0
 
     def __init__(self, settings, log: dict | None = None):
-        try:
-            import submitit
-        except ImportError:
-            raise BenchError(
-                'the slurm executor needs submitit; install it with: pip install "bench-cli[slurm]"'
-            ) from None
-        self.submitit, self.settings, self.log = submitit, settings, log
+        self.submitit, self.settings, self.log = submitit_module(), settings, log
 
     def executor(self, folder: Folder):
         cluster = self.settings.slurm.cluster
