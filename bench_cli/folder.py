@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -231,7 +232,10 @@ class Folder:
             os.rename(marker, grave)  # atomic: one coordinator wins the take-over
         except FileNotFoundError:
             return True
-        grave.unlink(missing_ok=True)
+        if grave.is_dir() and not grave.is_symlink():  # damage: no claim is a folder
+            shutil.rmtree(grave, ignore_errors=True)
+        else:
+            grave.unlink(missing_ok=True)
         return True
 
     def alive(self, marker: Path) -> bool:

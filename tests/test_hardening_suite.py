@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from bench_cli.cli import app
@@ -203,7 +204,10 @@ def test_damaged_side_files_are_one_line_errors(tmp_path) -> None:
     assert runner.invoke(app, ["suite", "status", str(out)]).exit_code == 0
 
 
-def test_claims_that_are_damaged_or_name_an_unrelated_live_pid_are_not_running(tmp_path) -> None:
+@pytest.mark.parametrize("damage", ["garbage", "a folder"])
+def test_claims_that_are_damaged_or_name_an_unrelated_live_pid_are_not_running(
+    tmp_path, damage
+) -> None:
     path = suite_file(tmp_path)
     out = tmp_path / "out"
     assert runner.invoke(app, ["suite", "run", str(path), "--out", str(out), "-q"]).exit_code == 0
@@ -212,7 +216,11 @@ def test_claims_that_are_damaged_or_name_an_unrelated_live_pid_are_not_running(t
         if p.name not in SIDE:
             p.unlink()
     markers = out / ".running"
-    (markers / run_ids[0]).write_text("[1,2,3]")
+    if damage == "garbage":
+        (markers / run_ids[0]).write_text("[1,2,3]")
+    else:
+        (markers / run_ids[0]).mkdir()
+        (markers / run_ids[0] / "x").write_text("x")
     unrelated = {"host": os.uname().nodename, "pid": 1, "pid_start": "0", "claimed_at": "x"}
     (markers / run_ids[1]).write_text(json.dumps(unrelated))  # pid 1 lives, but it is not ours
     old = time.time() - 3600
