@@ -34,9 +34,10 @@ def _other(settings: ExecutorSettings, log: dict | None):
     return SlurmExecutor(settings, log)
 
 
-def check_settings(settings: ExecutorSettings, trackers: list[str]) -> None:
+def check_settings(settings: ExecutorSettings, trackers: list[str], device: str) -> None:
     """Refuse, before the command writes anything, what it could not run with: the executor's
-    extra or a tracker's package is missing, or a GPU it names is not one that torch sees."""
+    extra or a tracker's package is missing, or, for runs on ``device`` other than the CPU, a
+    GPU it names is not one that torch sees."""
     if settings.kind == "ray":
         from bench_cli.executors.ray import ray_module
 
@@ -49,7 +50,7 @@ def check_settings(settings: ExecutorSettings, trackers: list[str]) -> None:
         from bench_cli.trackers import check_trackers
 
         check_trackers(list(trackers))
-    if settings.kind == "local" and settings.gpus:
+    if settings.kind == "local" and settings.gpus and device != "cpu":
         import torch
 
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
