@@ -10,6 +10,7 @@ Tuning records of a task whose target was calibrated are rescored against it fro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,10 +74,18 @@ class SuiteSummary:
 
 def _rescore(record: RunRecord, target: Target, folder: Folder) -> RunRecord:
     """The record measured against ``target`` from its curve, rewritten atomically if changed."""
+    scored = _scored(record, target)
+    if scored is not record:
+        folder.write(scored)
+    return scored
+
+
+def _scored(record: RunRecord, target: Target) -> RunRecord:
+    """The record measured against ``target`` from its curve (itself if it already is)."""
     if record.target == target:
         return record
     reached = to_target(record.curve, target) if record.status != "error" else None
-    record = record.model_copy(
+    return record.model_copy(
         update={
             "target": target,
             "tokens_to_target": reached[0] if reached else None,
@@ -84,8 +93,16 @@ def _rescore(record: RunRecord, target: Target, folder: Folder) -> RunRecord:
             "steps_to_target": reached[2] if reached else None,
         }
     )
-    folder.write(record)
-    return record
+
+
+def _final_targets(plan: Plan, targets: dict[str, float]) -> dict[str, Target]:
+    """Each task's target, with the calibrated value of a calibrated one (``targets``)."""
+    final = {}
+    for tp in plan.tasks:
+        if tp.target is not None:
+            value = targets.get(tp.task_id, tp.target.value)
+            final[tp.task_id] = tp.target.model_copy(update={"value": value})
+    return final
 
 
 def _unreachable(tp) -> dict[str, Target]:
@@ -180,11 +197,7 @@ def _run_phases(
         calibration = calibrate(plan, phase("calibrate", plan.calibrate_cells(chosen)))
         folder.merge_json(CALIBRATION, calibration)  # other tasks' entries stay (--only)
     targets = {k: v["value"] for k, v in calibration.items()}
-    final = {}
-    for tp in plan.tasks:
-        if tp.target is not None:
-            value = targets.get(tp.task_id, tp.target.value)
-            final[tp.task_id] = tp.target.model_copy(update={"value": value})
+    final = _final_targets(plan, targets)
     tuned = [_rescore(r, final[r.task_key], folder) if r.task_key in final else r for r in tuned]
     records[: len(tuned)] = tuned
     picks = select_from(tuned, final) if tuned else {}
@@ -260,16 +273,58 @@ def planned_cells(out: Path) -> list[Cell]:
         plan = build_plan(suite)
         tune = plan.tune_cells() if plan.tunes else []
         cells += tune
+        tuned = {c.run_id: folder.record(c.run_id) for c in tune}
+        have = [r for r in tuned.values() if r is not None]
+        targets = {k: v["value"] for k, v in calibration.items()}
         if any(tp.calibrate for tp in plan.tasks):
-            tuned = [r for c in tune if (r := folder.record(c.run_id)) is not None]
-            chosen = baseline_choice(plan, tuned)
+            chosen = baseline_choice(plan, have)
             chosen.update({k: v.get("config", {}) for k, v in calibration.items()})
-            cells += plan.calibrate_cells(chosen)
-        if plan.tunes and not selection:
-            continue
-        picks = {tuple(k.split("/", 1)): v["config"] for k, v in selection.items()}
-        cells += plan.score_cells(picks, {k: v["value"] for k, v in calibration.items()})
-    return cells
+            calibrating = plan.calibrate_cells(chosen)
+            cells += calibrating
+            targets.update(_targets_from(plan, calibrating, folder, set(targets)))
+        # a task's picks: from its tuning records once all are there (records copied from
+        # another folder count), as a run would make them; else the folder's selection
+        final = _final_targets(plan, targets)
+        tuned_tasks = {c.spec.task_id for c in tune}
+        done = tuned_tasks - {c.spec.task_id for c in tune if tuned[c.run_id] is None}
+        mine = [_scored(r, final[r.task_key]) if r.task_key in final else r for r in have]
+        picks = {k: s.config for k, s in select_from(mine, final).items() if k[0] in done}
+        for key, v in selection.items():
+            task, name = key.split("/", 1)
+            if task not in done:
+                picks[(task, name)] = v["config"]
+        plan = dataclasses.replace(
+            plan,
+            tasks=[
+                tp for tp in plan.tasks
+                if tp.task_id not in tuned_tasks or any(k[0] == tp.task_id for k in picks)
+            ],
+        )  # fmt: skip
+        cells += plan.score_cells(picks, targets)
+    unique: dict[str, Cell] = {}  # several `bench run` commands may share cells
+    for c in cells:
+        unique.setdefault(c.run_id, c)
+    return list(unique.values())
+
+
+def _targets_from(plan: Plan, cells: list[Cell], folder: Folder, known: set[str]) -> dict:
+    """The calibrated targets of the tasks not in ``known`` whose calibration cells all have
+    records (copied from another folder, say), as the run computes them."""
+    ready = []
+    for tp in plan.tasks:
+        mine = [c for c in cells if c.spec.task_id == tp.task_id]
+        if tp.calibrate and tp.task_id not in known and mine:
+            records = [folder.record(c.run_id) for c in mine]
+            if all(r is not None for r in records):
+                ready.append((tp, records))
+    if not ready:
+        return {}
+    part = dataclasses.replace(plan, tasks=[tp for tp, _ in ready])
+    try:
+        found = calibrate(part, [r for _, records in ready for r in records])
+    except BenchError:  # the run reports it; the cells wait as they would
+        return {}
+    return {k: v["value"] for k, v in found.items()}
 
 
 def suite_status(out: str | Path) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -423,10 +424,12 @@ def test_status_lists_no_score_cells_before_selection_and_refuses_a_plain_folder
     tmp_path: Path,
 ) -> None:
     path, out = write_suite(tmp_path), tmp_path / "out"
-    suite.run_suite(path, out=out)
+    summary = suite.run_suite(path, out=out)
     (out / "selection.json").unlink()  # as after a kill in the tuning phase
+    record_path(out, next(r for r in summary.records if r.role == "tune").run_id).unlink()
     table = suite.suite_status(out)
-    assert list(table["phase"]) == ["tune"] * 4 and set(table["state"]) == {"done"}
+    assert list(table["phase"]) == ["tune"] * 4
+    assert sorted(table["state"]) == ["done", "done", "done", "missing"]
     with pytest.raises(BenchError, match="holds no suite run .*; run a suite there first"):
         suite.suite_status(tmp_path)
 
@@ -446,6 +449,29 @@ def test_status_during_calibration_shows_the_calibration_cells_that_run(tmp_path
     table = suite.suite_status(out)
     cal = table[table["phase"] == "calibrate"]
     assert list(cal["config"]) == ["lr=0.1", "lr=0.1"] and set(cal["state"]) == {"done"}
+
+
+def test_folders_merged_by_copying_records_show_the_whole_suite_done(tmp_path: Path) -> None:
+    """Each task of a tuned, calibrated suite run in a folder of its own (``--only``), then the
+    records copied both ways: each folder's status is the whole suite's, done, as a run there
+    finds it, though each folder's selection and calibration files hold its own task only."""
+    rb = "  - name: rosenbrock\n    options: {preset: tiny}\n    budget: {steps: 20}\n"
+    text = write_suite(tmp_path, target=CALIBRATE).read_text().replace("tasks:\n", "tasks:\n" + rb)
+    path = tmp_path / "two.yaml"
+    path.write_text(text)
+    a, b, whole = tmp_path / "a", tmp_path / "b", tmp_path / "whole"
+    suite.run_suite(path, out=a, only=[NQ])
+    suite.run_suite(path, out=b, only=["rosenbrock(preset=tiny)"])
+    mine = {folder: list(folder.glob("*__*.json")) for folder in (a, b)}
+    for source, target in ((a, b), (b, a)):
+        for p in mine[source]:
+            shutil.copy(p, target / p.name)
+    expected = suite.suite_status(suite.run_suite(path, out=whole).out)
+    for folder in (a, b):
+        table = suite.suite_status(folder)
+        assert sorted(table["run_id"]) == sorted(expected["run_id"]), folder
+        assert set(table["state"]) == {"done"}
+        assert suite.run_suite(path, out=folder).ran == 0  # a run there agrees: nothing to do
 
 
 # -- folders ------------------------------------------------------------------------------------
