@@ -412,6 +412,16 @@ def test_two_rerun_coordinators_on_one_folder_replace_each_record_once(tmp_path)
     assert all(new[k] != old[k] for k in old)  # every record replaced
 
 
+def test_bench_run_commands_that_share_cells_count_them_once_in_status(tmp_path) -> None:
+    out = str(tmp_path / "out")
+    base = ["run", "--task", "noisy-quadratic", "--set", "preset=tiny", "--opt", "adamw"]
+    runner = CliRunner()
+    for seeds in ("0", "0,1"):  # the second reuses seed 0's record
+        assert runner.invoke(app, [*base, "--seed", seeds, "--out", out, "-q"]).exit_code == 0
+    table = suite.suite_status(out)
+    assert sorted(table["seed"]) == [0, 1] and set(table["state"]) == {"done"}
+
+
 def test_two_different_suites_started_together_in_one_folder_are_refused(tmp_path) -> None:
     a = write_suite(tmp_path / "a.yaml", "noisy-quadratic")
     b = write_suite(tmp_path / "b.yaml", "noisy-quadratic", "[7]")
