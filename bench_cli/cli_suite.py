@@ -127,6 +127,12 @@ def status(directory: Annotated[Path, typer.Argument(help="A suite directory.")]
     from bench_cli import suite
 
     table = suite.suite_status(directory)
+    for run_id in table.attrs.get("damaged", []):
+        stderr.print(
+            f"[yellow]warning:[/yellow] {escape(run_id)}: its record is damaged (it cannot be "
+            "read), so the cell counts as missing; `bench suite run` runs it again",
+            highlight=False,
+        )
     stdout.print(frame_table(suite.status_counts(table), title=str(directory)))
     counts = table["state"].value_counts()
     stdout.print(

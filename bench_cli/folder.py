@@ -120,8 +120,8 @@ class Folder:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def damaged(self, run_id: str) -> bool:
-        path = record_path(self.path, run_id)
-        return path.exists() and self.record(run_id) is None
+        """Whether the cell's record file is there (a dangling link too) but cannot be read."""
+        return os.path.lexists(record_path(self.path, run_id)) and self.record(run_id) is None
 
     def write(self, record: RunRecord) -> None:
         """Write a record (atomically); a failed write is one line naming it and the fix."""

@@ -330,12 +330,16 @@ def _targets_from(plan: Plan, cells: list[Cell], folder: Folder, known: set[str]
 def suite_status(out: str | Path) -> pd.DataFrame:
     """One row per planned cell: phase, task, optimizer, config, seed, state (``STATES``)."""
     folder = Folder(out)
-    rows = []
+    rows, damaged = [], []
     for c in planned_cells(Path(out)):
         record = folder.record(c.run_id)
         state = _STATE[record.status] if record else (folder.running(c.run_id) or "missing")
         rows.append((c, state))
-    return frame(rows)
+        if record is None and folder.damaged(c.run_id):
+            damaged.append(c.run_id)
+    table = frame(rows)
+    table.attrs["damaged"] = damaged  # records there but unreadable: a run runs them again
+    return table
 
 
 def status_counts(table: pd.DataFrame) -> pd.DataFrame:

@@ -235,6 +235,21 @@ def test_claims_that_are_damaged_or_name_an_unrelated_live_pid_are_not_running(
     assert not (out / ".h.tmp").exists()
 
 
+def test_status_reports_damaged_records_and_counts_them_missing(tmp_path) -> None:
+    path = suite_file(tmp_path)
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["suite", "run", str(path), "--out", str(out), "-q"]).exit_code == 0
+    cut, link = sorted(r["run_id"] for r in records(out))
+    (out / f"{cut}.json").write_bytes((out / f"{cut}.json").read_bytes()[:100])  # truncated
+    (out / f"{link}.json").unlink()
+    (out / f"{link}.json").symlink_to(out / "gone.json")  # a link to nothing
+    res = runner.invoke(app, ["suite", "status", str(out)])
+    assert res.exit_code == 0
+    for run_id in (cut, link):
+        assert f"warning: {run_id}: its record is damaged" in " ".join(res.output.split())
+    assert "2 missing" in res.output
+
+
 def test_suite_paths_resolve_from_the_suite_folder_and_are_checked_up_front(
     tmp_path, monkeypatch, shared_data
 ) -> None:
