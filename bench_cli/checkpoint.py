@@ -9,6 +9,7 @@ only. On a CPU a resumed run gives the same record as an uninterrupted one, timi
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,12 @@ class Checkpointer:
             return None
         try:
             return torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged checkpoint: start over rather than trust it
+        except Exception as exc:  # a damaged checkpoint: start over rather than trust it
+            print(
+                f"warning: the checkpoint {self.path} is damaged ({type(exc).__name__}); the "
+                "run starts over from its first step",
+                file=sys.stderr,
+            )
             return None
 
     def remove(self) -> None:

@@ -805,6 +805,18 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp
     assert not list(ckpt_dir.glob("*.pt"))  # removed once the record exists
 
 
+def test_a_damaged_checkpoint_is_reported_and_the_run_starts_over(tmp_path, capsys) -> None:
+    from bench_cli.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path, "some-run", 1.0)
+    ckpt.save({"step": 3})
+    assert ckpt.load() == {"step": 3}
+    ckpt.path.write_bytes(ckpt.path.read_bytes()[:50])  # cut short, as a full disk leaves it
+    assert ckpt.load() is None
+    err = capsys.readouterr().err
+    assert f"warning: the checkpoint {ckpt.path} is damaged" in err and "starts over" in err
+
+
 def test_ray_runs_a_small_suite_to_the_records_of_the_local_executor(tmp_path) -> None:
     pytest.importorskip("ray")
     path = write_suite(tmp_path / "ray.yaml", "noisy-quadratic", "[0, 1]")
