@@ -27,6 +27,10 @@ def _name(cell: Any) -> str:
     return f"{s.role} {s.task_id} {s.optimizer}{config} seed {s.seed}"
 
 
+def _at(step: int | None, total: int) -> str:
+    return f"step {step}/{total}" if step is not None else "starting (no step reported yet)"
+
+
 class Progress:
     """Receives the executor's events; ``quiet`` prints nothing but warnings."""
 
@@ -56,7 +60,7 @@ class Progress:
         self.done += 1
 
     def started(self, cell: Any) -> None:
-        self.running[cell.run_id] = [_name(cell), 0, cell.spec.settings.steps]
+        self.running[cell.run_id] = [_name(cell), None, cell.spec.settings.steps]
         self._refresh()
 
     def step(self, run_id: str, step: int, total: int) -> None:
@@ -70,6 +74,11 @@ class Progress:
         self.failed += status == "error"
         if not self.quiet:
             self._print(f"{status:<8} {_name(cell)}")
+        self._refresh()
+
+    def tick(self) -> None:
+        """No news, but time has passed: an executor calls it while it waits, so that the plain
+        lines for running cells come about once a minute even when none reports a step."""
         self._refresh()
 
     def waiting(self, cells: list) -> None:
@@ -107,7 +116,7 @@ class Progress:
             f"ETA {self.eta()}",
         )
         for name, step, total in list(self.running.values())[:16]:
-            t.add_row(f"  {name}", f"step {step}/{total}", "", "")
+            t.add_row(f"  {name}", _at(step, total), "", "")
         return t
 
     def _refresh(self) -> None:
@@ -118,7 +127,7 @@ class Progress:
         elif not self.live_mode and time.monotonic() - self.last_plain >= PLAIN_EVERY:
             self.last_plain = time.monotonic()
             for name, step, total in self.running.values():
-                self._print(f"running  {name}: step {step}/{total} (ETA of the suite {self.eta()})")
+                self._print(f"running  {name}: {_at(step, total)} (ETA of the suite {self.eta()})")
 
     def __enter__(self) -> Progress:
         """Start the live display; entered again (the command line's display, passed to the

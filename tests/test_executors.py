@@ -811,7 +811,7 @@ def test_a_damaged_checkpoint_is_reported_and_the_run_starts_over(tmp_path, caps
     ckpt = Checkpointer(tmp_path, "some-run", 1.0)
     ckpt.save({"step": 3})
     assert ckpt.load() == {"step": 3}
-    ckpt.path.write_bytes(ckpt.path.read_bytes()[:50])  # cut short, as a full disk leaves it
+    ckpt.path.write_bytes(ckpt.path.read_bytes()[:50])  # cut short: damaged on disk
     assert ckpt.load() is None
     err = capsys.readouterr().err
     assert f"warning: the checkpoint {ckpt.path} is damaged" in err and "starts over" in err

@@ -755,3 +755,25 @@ def test_a_live_display_passed_to_the_suite_is_shown_once_and_taken_down(tmp_pat
     shown = screen.getvalue()
     assert shown.count("\x1b[?25l") == 1 and shown.count("\x1b[?25h") == 1  # hidden, shown
     assert progress.live is None
+
+
+def test_off_a_terminal_running_cells_get_a_line_while_no_step_comes(tmp_path, monkeypatch):
+    """An executor's wait (a SLURM job, a run in its set-up) sends no step: its ticks still give
+    the running cells' plain lines, once a minute (here at once), saying no step came yet."""
+    import io
+
+    from rich.console import Console
+
+    from bench_cli import progress as progress_module
+
+    plan = build_plan(load_suite(write_suite(tmp_path)))
+    cell = plan.tune_cells()[0]
+    screen = io.StringIO()
+    p = Progress(Console(file=screen, width=200), live=False)
+    p.started(cell)
+    monkeypatch.setattr(progress_module, "PLAIN_EVERY", 0.0)
+    p.tick()
+    assert "running  tune noisy-quadratic(preset=tiny) adamw" in screen.getvalue()
+    assert "starting (no step reported yet)" in screen.getvalue()
+    p.step(cell.run_id, 7, 20)
+    assert "step 7/20" in screen.getvalue()

@@ -215,6 +215,7 @@ class LocalExecutor:
             if not busy:
                 return ran
             pipes = {w.results: w for w in busy.values() if w.results is not None}
+            progress.tick()
             for pipe in wait(list(pipes), 1.0):
                 w = pipes[pipe]
                 message = w.receive()

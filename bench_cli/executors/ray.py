@@ -115,6 +115,7 @@ class RayExecutor:
                         progress.step(run_id, step, total)
                 except Empty:
                     pass
+                progress.tick()
                 for ref in done:
                     cell = pending.pop(ref)
                     try:

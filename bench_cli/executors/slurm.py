@@ -126,4 +126,5 @@ class SlurmExecutor:
             pending = still
             if pending:
                 time.sleep(self.POLL)
+                progress.tick()
         return ran
