@@ -352,8 +352,7 @@ def run_summary(req, out_dir, progress=None, executor=None, rerun=False, log=Non
     if isinstance(prepared, BenchError):
         raise prepared
     folder = Folder(out_dir)
-    if folder.is_suite():
-        raise BenchError(f"{out_dir} holds a suite run; choose another --out for `bench run`")
+    folder.check_for_run()
     text = resolved_text(plan)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     log = {"kinds": [], "group": suite.name, **(log or {})}

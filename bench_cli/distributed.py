@@ -15,6 +15,8 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
+from bench_cli.errors import BenchError
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -78,8 +80,6 @@ def _failed(folder: Any, record: Any, since: float) -> NoReturn:
     collective follows: this rank writes the ``error`` record, unless another rank wrote one
     first (with the first cause: this rank's may only say that the other one left), and stops
     with an error, which makes torchrun stop the others."""
-    from bench_cli.errors import BenchError
-
     if folder.record_since(record.run_id, since) is None:
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.write(record)
@@ -94,18 +94,25 @@ def run_request(req: Any, out: Any, rerun: bool = False) -> list:
     from bench_cli.environment import resolve_device
     from bench_cli.folder import Folder
     from bench_cli.plan import build_plan
+    from bench_cli.results.store import ensure_writable_dir
     from bench_cli.runner import run
 
     plan = build_plan(api.request_suite(req))
     if plan.tunes:
         raise ValueError("a sweep under torchrun is not supported; run one configuration")
     cells = plan.score_cells({}, {})
-    device_name = cells[0].spec.settings.device
-    probe = resolve_device(device_name)
+    task = api.make_task(cells[0].spec.task, cells[0].spec.task_options)
+    if not task.distributed:
+        raise BenchError(
+            f"task {cells[0].spec.task!r} does not train under torchrun (it has no batch to "
+            "split over ranks); run it without torchrun"
+        )
+    folder = Folder(out)
+    folder.check_for_run()  # on every rank, before any of them waits for the others
+    ensure_writable_dir(folder.path)
+    probe = resolve_device(cells[0].spec.settings.device)
     init(probe.type)
     device = torch.device("cuda", torch.cuda.current_device()) if probe.type == "cuda" else probe
-    folder = Folder(out)
-    task = api.make_task(cells[0].spec.task, cells[0].spec.task_options)
     task.prepare(device)
     records = []
     for cell in cells:

@@ -204,6 +204,11 @@ class Folder:
     def is_suite(self) -> bool:
         return (self.path / RESOLVED).is_file()
 
+    def check_for_run(self) -> None:
+        """For `bench run`: refuse a folder that holds a suite run."""
+        if self.is_suite():
+            raise BenchError(f"{self.path} holds a suite run; choose another --out for `bench run`")
+
     # -- claims ---------------------------------------------------------------------------------
 
     def _marker(self, run_id: str) -> Path:

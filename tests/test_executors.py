@@ -1022,6 +1022,32 @@ def test_a_run_that_fails_on_one_ddp_rank_ends_the_command_with_its_record(
     assert rec.error.startswith(first)
 
 
+@pytest.mark.parametrize("problem", ["a valley task", "a suite folder"])
+def test_torchrun_refuses_what_it_cannot_run_before_training(tmp_path, shared_data, problem):
+    from bench_cli.folder import RESOLVED
+
+    out = tmp_path / "out"
+    task = ["--task", "lm-small", "--set", "preset=tiny", "--data"]
+    task.append(str(shared_data / "tinyshakespeare.txt"))
+    if problem == "a valley task":
+        task = ["--task", "rosenbrock"]
+    else:
+        out.mkdir()
+        (out / RESOLVED).write_text("name: s\n")
+    res = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", "-m", "bench_cli", "run", "--opt", "adamw", *task, "--steps", "4",
+            "--device", "cpu", "--quiet", "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert res.returncode != 0
+    why = "does not train under torchrun" if problem == "a valley task" else "holds a suite run"
+    assert why in res.stderr
+    assert not out.exists() or [p.name for p in out.iterdir()] == [RESOLVED]
+
+
 def test_result_commands_do_not_import_torch(tmp_path) -> None:
     """leaderboard, export, plot, probe and check work on records alone (and start fast)."""
     base = str(ROOT / "suites" / "baselines" / "ci-smoke")

@@ -135,6 +135,10 @@ class Task(ABC):
     #: step 0 is ``diverged``, like a non-finite loss (None: only non-finite values count)
     divergence_factor: ClassVar[float | None] = 10.0
 
+    #: whether it trains under torchrun (DistributedDataParallel): its loss runs a batch through
+    #: the model, which each rank holds a slice of
+    distributed: ClassVar[bool] = True
+
     @property
     def seed_independent(self) -> bool:
         """True when the outcome does not depend on the seed (no noise, no dropout, no data

@@ -65,6 +65,7 @@ class Rosenbrock(Task):
 
     Options = RosenbrockOptions
     metric_directions = {"distance": "min", "gap": "min", "loss": "min"}
+    distributed = False  # its loss reads the point itself; no batch to split
     BASELINE = dict(lr=3e-2, betas=(0.9, 0.999), weight_decay=0.0)
     PRESETS = {
         name: Preset(
@@ -110,6 +111,7 @@ class _Valley(Task):
     metric_directions = {"gap": "min", "distance": "min", "loss": "min"}
     units_per_step = 1
     memory_gib = 0.5
+    distributed = False  # its loss reads the point itself; no batch to split
 
     def prepare(self, device: torch.device) -> None:
         self.device = device
