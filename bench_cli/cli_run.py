@@ -131,9 +131,12 @@ def log_options(log: list[str] | None, mlflow_uri: str | None) -> dict:
 
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"--seed takes a number or several, like 0,1,2; got {text!r}") from None
+        seeds = []
+    if not seeds:
+        raise ConfigError(f"--seed takes a number or several, like 0,1,2; got {text!r}")
+    return seeds
 
 
 def register(app: typer.Typer) -> None:
@@ -174,8 +177,9 @@ def register(app: typer.Typer) -> None:
             executor, jobs, threads, gpus, runs_per_gpu, mps, ray_address, slurm_cluster,
             slurm_partition, slurm_time, slurm_gpus, slurm_account, slurm_flag,
         )  # fmt: skip
-        if not dry_run and len(optimizers) * max(len(seeds), 1) > 1:  # a pool may start
-            forks.prestart(executor_settings(ExecutorSettings(), dict(ex)), device)  # before torch
+        where = executor_settings(ExecutorSettings(), dict(ex))  # checked, with --dry-run too
+        if not dry_run and len(optimizers) * len(seeds) > 1:  # a pool may start
+            forks.prestart(where, device)  # before torch
         from bench_cli import api, distributed
         from bench_cli.progress import Progress
 
@@ -185,7 +189,7 @@ def register(app: typer.Typer) -> None:
             optimizers=optimizers,
             sets=set_ or [],
             steps=steps,
-            seed=seeds[0] if seeds else 0,
+            seed=seeds[0],
             seeds=seeds,
             data=data,
             device=device,

@@ -46,7 +46,15 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 from bench_cli.config import DEFAULT_MARGIN, RunSettings, validation_message
 from bench_cli.errors import ConfigError
@@ -165,12 +173,12 @@ class SlurmSettings(_Strict):
         None, description="submitit's cluster: slurm (default), or local for one machine"
     )
     partition: str | None = None
-    time_minutes: int = Field(60, ge=1, description="time limit of each job")
-    gpus_per_node: int | None = Field(None, ge=0)
-    cpus_per_task: int | None = Field(None, ge=1)
+    time_minutes: int = Field(60, ge=1, strict=True, description="time limit of each job")
+    gpus_per_node: int | None = Field(None, ge=0, strict=True)
+    cpus_per_task: int | None = Field(None, ge=1, strict=True)
     mem_gb: float | None = Field(None, gt=0)
     account: str | None = None
-    array_parallelism: int = Field(64, ge=1, description="jobs of the array running at once")
+    array_parallelism: int = Field(64, ge=1, strict=True, description="jobs of the array running at once")
     extra: dict[str, Any] = Field({}, description="more sbatch flags, e.g. {qos: high}")
 
 
@@ -178,17 +186,20 @@ class ExecutorSettings(_Strict):
     """How cells run (``--executor`` and its options override these)."""
 
     kind: Literal["local", "ray", "slurm"] = "local"
-    jobs: int = Field(1, ge=1, le=256, description="CPU: runs at once")
+    jobs: int = Field(1, ge=1, le=256, strict=True, description="CPU: runs at once")
     threads: int | None = Field(
         None,
         ge=1,
         le=1024,
+        strict=True,
         description="CPU: torch threads per run (default: cores // jobs); results depend on it "
         "at the level of float rounding, so fix it to compare runs across --jobs",
     )
-    gpus: list[int] | None = Field(None, description="CUDA: which GPUs (default: all visible)")
+    gpus: list[StrictInt] | None = Field(
+        None, description="CUDA: which GPUs (default: all visible)"
+    )
     runs_per_gpu: int | None = Field(
-        None, ge=1, le=16, description="CUDA: runs sharing a GPU (default: from memory, <= 4)"
+        None, ge=1, le=16, strict=True, description="CUDA: runs sharing a GPU (default: from memory, <= 4)"
     )
     mps: bool | None = Field(
         None,

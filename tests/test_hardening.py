@@ -467,3 +467,29 @@ def test_a_command_started_without_stdout_or_stderr_still_runs(tmp_path: Path, c
     assert res.returncode == 1
     refusal = "error: the standard output is closed; pass --out FILE to write to a file"
     assert res.stderr.strip() == refusal
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--seed", ""], "--seed takes a number or several, like 0,1,2; got ''"),
+        (["--seed", " , "], "--seed takes a number or several"),
+        (["--dry-run", "--jobs", "0"], "executor setting jobs: Input should be greater than"),
+    ],
+)
+def test_bad_run_options_are_one_line_and_write_nothing(tmp_path: Path, args, fragment) -> None:
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["run", "--opt", "adamw", "--task", "rosenbrock", *args,
+                              "--out", str(out)])  # fmt: skip
+    one_line_error(res, fragment)
+    assert not out.exists()
+
+
+def test_an_executor_count_written_as_true_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "tasks: [{name: rosenbrock}]\noptimizers: [{name: adamw}]\nexecutor: {jobs: true}\n"
+    )
+    res = runner.invoke(app, ["suite", "run", str(path), "--out", str(tmp_path / "out")])
+    one_line_error(res, "executor.jobs: Input should be a valid integer")
+    assert not (tmp_path / "out").exists()
