@@ -997,6 +997,33 @@ def test_ddp_on_two_gloo_processes_matches_one_process_with_the_same_global_batc
     assert rec.env.world_size == 2 and rec.tokens_done == rec1.tokens_done
 
 
+def _torchrun(args: list[str], env: dict | None = None, timeout: float = 90):
+    """``torchrun --nproc-per-node 2 -m bench_cli run ARGS`` on the CPU; on a hang (ranks
+    waiting in different collectives) the launcher and its ranks are killed and the test fails.
+    ARGS must hold a path of the test's own (its --out): the ranks are found by it."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc = subprocess.Popen(
+        [*cmd, "-m", "bench_cli", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        mark = args[args.index("--out") + 1].encode()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if mark in cmdline.read_bytes().split(b"\0"):
+                    os.kill(int(cmdline.parent.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass  # gone meanwhile
+        proc.communicate()
+        pytest.fail(f"torchrun still ran after {timeout:g} s")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 @pytest.mark.parametrize("how", ["raises", "calls sys.exit"])
 def test_a_run_that_fails_on_one_ddp_rank_ends_the_command_with_its_record(
     tmp_path, shared_data, how
@@ -1004,15 +1031,13 @@ def test_a_run_that_fails_on_one_ddp_rank_ends_the_command_with_its_record(
     """Rank 1 fails while rank 0 waits for it in a collective: the command ends at once, non-zero,
     and the record names rank 1's cause (not rank 0's lost connection)."""
     env = {**os.environ, **({"BENCH_TEST_EXIT": "1"} if how == "calls sys.exit" else {})}
-    res = subprocess.run(  # a hang (ranks in different collectives) times out
+    res = _torchrun(
         [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-            "2", "-m", "bench_cli", "run", "--plugin", str(PLUGINS), "--opt", "adamw", "--task",
-            "rank-one-failing-lm", "--set", "preset=tiny", "--steps", "8", "--device", "cpu",
-            "--data", str(shared_data / "tinyshakespeare.txt"), "--quiet",
-            "--out", str(tmp_path / "out"),
+            "--plugin", str(PLUGINS), "--opt", "adamw", "--task", "rank-one-failing-lm", "--set",
+            "preset=tiny", "--steps", "8", "--device", "cpu", "--data",
+            str(shared_data / "tinyshakespeare.txt"), "--quiet", "--out", str(tmp_path / "out"),
         ],
-        capture_output=True, text=True, env=env, timeout=90,
+        env,
     )  # fmt: skip
     assert res.returncode != 0
     assert "adamw failed on rank 1:" in res.stderr
@@ -1034,14 +1059,9 @@ def test_torchrun_refuses_what_it_cannot_run_before_training(tmp_path, shared_da
     else:
         out.mkdir()
         (out / RESOLVED).write_text("name: s\n")
-    res = subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-            "2", "-m", "bench_cli", "run", "--opt", "adamw", *task, "--steps", "4",
-            "--device", "cpu", "--quiet", "--out", str(out),
-        ],
-        capture_output=True, text=True, timeout=90,
-    )  # fmt: skip
+    res = _torchrun(
+        ["--opt", "adamw", *task, "--steps", "4", "--device", "cpu", "--quiet", "--out", str(out)]
+    )
     assert res.returncode != 0
     why = "does not train under torchrun" if problem == "a valley task" else "holds a suite run"
     assert why in res.stderr
