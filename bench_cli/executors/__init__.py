@@ -53,7 +53,7 @@ def check_settings(settings: ExecutorSettings, trackers: list[str], device: str)
     if settings.kind == "local" and settings.gpus and device != "cpu":
         import torch
 
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        n = torch.cuda.device_count()  # from NVML where it can: no CUDA set-up here
         if missing := [g for g in settings.gpus if g >= n]:
             sees = f"torch sees GPUs 0-{n - 1} only" if n else "torch sees no CUDA GPU here"
             raise ConfigError(
