@@ -479,8 +479,9 @@ def _alive(pid: int) -> bool:
 
 
 def _stop_mid_run(tmp_path: Path, args: list[str], sig: int, runs: int = 2, env=None):
-    """Start ``bench ARGS`` on stalled-quadratic cells, send ``sig`` once ``runs`` of them are in
-    their ten-minute set-up; its exit code, the pids that ran them, and its stderr."""
+    """Start ``bench ARGS`` on stalled-quadratic cells, send ``sig`` once ``runs`` of them (or
+    more) are in their ten-minute set-up; its exit code, the pids that ran them, and its
+    stderr."""
     count = tmp_path / "n"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_TEST_COUNT": str(count), **(env or {})}
     # a shell that starts the tests in the background ignores SIGINT in them; Ctrl-C's own
@@ -496,7 +497,7 @@ def _stop_mid_run(tmp_path: Path, args: list[str], sig: int, runs: int = 2, env=
         deadline = time.time() + 120
         while time.time() < deadline and len(pids := _pids(count)) < runs:
             time.sleep(0.05)
-        assert len(pids) == runs, "the runs should have started"
+        assert len(pids) >= runs, "the runs should have started"
         proc.send_signal(sig)
         code = proc.wait(timeout=60)
     finally:
