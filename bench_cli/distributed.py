@@ -109,11 +109,11 @@ def run_request(req: Any, out: Any, rerun: bool = False) -> list:
         )
     folder = Folder(out)
     folder.check_for_run()  # on every rank, before any of them waits for the others
-    ensure_writable_dir(folder.path)
     probe = resolve_device(cells[0].spec.settings.device)
     init(probe.type)
     device = torch.device("cuda", torch.cuda.current_device()) if probe.type == "cuda" else probe
     task.prepare(device)
+    ensure_writable_dir(folder.path)  # on every rank: made once all else is ready
     records = []
     for cell in cells:
         old = folder.record(cell.run_id) if rank() == 0 and not rerun else None

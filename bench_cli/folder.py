@@ -111,8 +111,8 @@ class Folder:
         return self.record(run_id) if written >= since - 1.0 else None
 
     def version(self, run_id: str) -> tuple[int, int, int] | None:
-        """Which file holds the cell's record (its inode, time and size), None if none does: a
-        record written again (atomically, a new file) has another version."""
+        """Which file holds the cell's record (its inode, time in ns and size), None if none
+        does: a record written again (atomically, a new file) has another version."""
         try:
             st = record_path(self.path, run_id).stat()
         except OSError:

@@ -562,6 +562,46 @@ def test_a_ray_coordinator_stops_on_sigterm_as_the_local_one_does(tmp_path) -> N
     assert not list((out / ".running").iterdir())
 
 
+def test_a_sigterm_during_rays_last_call_is_acted_on_and_a_second_one_kills() -> None:
+    from bench_cli.executors.ray import _sigterm_between_calls
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum, frame):  # as the command's: a second SIGTERM kills at once
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Stop), _sigterm_between_calls(handler) as check:
+            check()  # nothing yet
+            os.kill(os.getpid(), signal.SIGTERM)  # while Ray waits on its last cell: noted
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_rerun_of_a_cell_whose_ray_task_dies_records_the_new_failure_and_ends(tmp_path) -> None:
+    """The old record stays until the new one replaces it: a task that dies writes none, and
+    its failure is recorded, not taken for the old record (which sent the cell again forever)."""
+    pytest.importorskip("ray")
+    args = [
+        "run", "--plugin", str(PLUGINS), "--opt", "adamw", "--task", "killer-quadratic", "--set",
+        "preset=tiny", "--steps", "10", "--seed", "1", "--device", "cpu", "--executor", "ray",
+        "--threads", "1", "--out", str(tmp_path / "out"), "--quiet",
+    ]  # fmt: skip
+    first = subprocess.run([sys.executable, "-m", "bench_cli", *args], capture_output=True)
+    [old] = records_in(tmp_path / "out").values()
+    again = subprocess.run(
+        [sys.executable, "-m", "bench_cli", *args, "--rerun"], capture_output=True, timeout=240
+    )
+    assert first.returncode == again.returncode == 1
+    [new] = records_in(tmp_path / "out").values()
+    assert old.status == new.status == "error" and new.started_at >= old.finished_at
+    assert "the Ray task running this cell failed" in new.error
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_stopped_slurm_coordinator_cancels_its_jobs(tmp_path) -> None:
     pytest.importorskip("submitit")

@@ -80,6 +80,7 @@ class Executors:
 
     def __init__(self, settings: ExecutorSettings, log: dict | None = None):
         self.settings, self.log = settings, log
+        self.started_ns = time.time_ns()  # the command's start, for --rerun (``execute``)
         self._executor: Any = None
         self._gpus: list[int] | None = None
         self._need = 0.0  # the memory need the local pool was made for
@@ -149,9 +150,12 @@ def execute(
 
     def current(cell: Cell) -> RunRecord | None:
         """Its record; with ``rerun``, only one written since this command started (by another
-        coordinator replacing it too: the work is shared)."""
-        if cell.run_id in replaced and folder.version(cell.run_id) == replaced[cell.run_id]:
-            return None
+        coordinator replacing it too: the work is shared): a file other than the one there
+        when this phase began, or one written after the command's start."""
+        if cell.run_id in replaced:
+            v = folder.version(cell.run_id)
+            if v == replaced[cell.run_id] and (v is None or v[1] < executors.started_ns):
+                return None
         return folder.record(cell.run_id)
 
     for c in cells:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from bench_cli.errors import BenchError
@@ -48,8 +49,12 @@ def _sigterm_between_calls(handler):
     does with the local executor). ``handler`` is put back at the end."""
     received: list[int] = []
     main = threading.current_thread() is threading.main_thread()
+
+    def noting(signum, frame) -> None:
+        received.append(signum)
+
     if main and handler is not None:
-        signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+        signal.signal(signal.SIGTERM, noting)
 
     def check() -> None:
         if not received:
@@ -63,8 +68,9 @@ def _sigterm_between_calls(handler):
 
     try:
         yield check
-    finally:
-        if main and handler is not None:
+        check()  # one that came during the last of Ray's calls
+    finally:  # unless the handler changed it meanwhile (the command's: a second SIGTERM kills)
+        if main and handler is not None and signal.getsignal(signal.SIGTERM) is noting:
             signal.signal(signal.SIGTERM, handler)
 
 
@@ -101,6 +107,7 @@ class RayExecutor:
         threads = int(resources["num_cpus"])
         task = ray.remote(max_retries=0)(_run_cell).options(**resources)
         pending: dict[Any, Cell] = {}
+        since = time.time()  # a record from before is not its run's (--rerun replaces it)
         for cell in cells:
             if claim(cell):
                 pending[task.remote(cell, str(folder.path), self.log, threads, queue)] = cell
@@ -122,7 +129,7 @@ class RayExecutor:
                         status = ray.get(ref)
                     except ray.exceptions.RayError as exc:
                         status = "error"
-                        if folder.record(cell.run_id) is None:
+                        if folder.record_since(cell.run_id, since) is None:
                             from bench_cli.executors.worker import failed_record
 
                             reason = f"the Ray task running this cell failed: {type(exc).__name__}"

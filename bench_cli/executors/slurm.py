@@ -88,11 +88,12 @@ class SlurmExecutor:
         return list(zip(mine, jobs))
 
     def run(self, cells: list[Cell], folder: Folder, progress, claim) -> list[str]:
+        since = time.time()  # a record from before is not its run's (--rerun replaces it)
         pending = self.submit(cells, folder, claim)
         for cell, _ in pending:
             progress.started(cell)
         try:
-            return self._wait(pending, folder, progress)
+            return self._wait(pending, folder, progress, since)
         except BaseException:  # Ctrl-C or SIGTERM: the claims are released, so stop the jobs
             for _, job in pending:
                 if not job.done():
@@ -102,7 +103,7 @@ class SlurmExecutor:
                         pass
             raise
 
-    def _wait(self, pending, folder: Folder, progress) -> list[str]:
+    def _wait(self, pending, folder: Folder, progress, since: float) -> list[str]:
         ran = []
         while pending:
             still = []
@@ -114,7 +115,7 @@ class SlurmExecutor:
                     status = job.result()
                 except Exception as exc:  # noqa: BLE001 - a failed job is an error record
                     status = "error"
-                    if folder.record(cell.run_id) is None:
+                    if folder.record_since(cell.run_id, since) is None:
                         from bench_cli.executors.worker import failed_record
 
                         first = str(exc).strip().splitlines()
