@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bench_cli.errors import DISK_FULL, BenchError, Terminated, called_exit, cannot_write
+from bench_cli.errors import DISK_FULL, BenchError, Terminated, cannot_write, describe
 from bench_cli.results.record import RunRecord, TrainPoint
 from bench_cli.spec import RunCallback, RunSpec
 
@@ -168,7 +168,7 @@ def friendly(fn):
         except Terminated:
             raise
         except SystemExit as exc:  # inside a command, only a plug-in's code calls sys.exit
-            stderr.print(f"[red]error:[/red] {escape(called_exit(exc))}", highlight=False)
+            stderr.print(f"[red]error:[/red] {escape(describe(exc))}", highlight=False)
             raise typer.Exit(1) from None
 
     wrapper.__signature__ = inspect.signature(fn)  # typer reads the options from it

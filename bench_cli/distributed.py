@@ -81,7 +81,6 @@ def _failed(folder: Any, record: Any, since: float) -> NoReturn:
     first (with the first cause: this rank's may only say that the other one left), and stops
     with an error, which makes torchrun stop the others."""
     if folder.record_since(record.run_id, since) is None:
-        folder.path.mkdir(parents=True, exist_ok=True)
         folder.write(record)
     first = (record.error or "-").splitlines()[0]
     raise BenchError(f"{record.optimizer} failed on rank {rank()}: {first}")
@@ -126,7 +125,6 @@ def run_request(req: Any, out: Any, rerun: bool = False) -> list:
         if record.status == "error" and active():
             _failed(folder, record, since)
         if rank() == 0:
-            folder.path.mkdir(parents=True, exist_ok=True)
             folder.write(record)
         records.append(record)
     if active():

@@ -23,9 +23,12 @@ class Terminated(SystemExit):
     command."""
 
 
-def called_exit(exc: SystemExit) -> str:
-    """A run's error for a ``sys.exit`` in its task's, optimizer's or plug-in's code."""
-    return f"SystemExit: {exc.code} (the task's, optimizer's or plug-in's code called sys.exit)"
+def describe(exc: BaseException) -> str:
+    """An exception in one line, as a run's error or a plug-in's failure shows it; a
+    ``SystemExit`` says that the task's, optimizer's or plug-in's code called ``sys.exit``."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: {exc.code} (the task's, optimizer's or plug-in's code called sys.exit)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class UnknownNameError(BenchError, KeyError):

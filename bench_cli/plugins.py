@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from bench_cli.errors import BenchError, Terminated, UnknownNameError, called_exit, clip
+from bench_cli.errors import BenchError, Terminated, UnknownNameError, clip, describe
 from bench_cli.results.store import name_problem
 
 T = TypeVar("T")
@@ -104,7 +104,7 @@ class Registry(Generic[T]):
         if isinstance(obj, _Broken):
             raise BenchError(
                 f"{self.kind} {key!r} from {obj.source} failed to load: "
-                f"{type(obj.error).__name__}: {obj.error}"
+                f"{describe(obj.error)}"
             )
         return obj
 
@@ -155,5 +155,4 @@ def load_plugin(spec: str) -> None:
     except Terminated:
         raise
     except (Exception, SystemExit) as exc:
-        why = called_exit(exc) if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
-        raise BenchError(f"plug-in {spec!r} failed to load: {why}") from exc
+        raise BenchError(f"plug-in {spec!r} failed to load: {describe(exc)}") from exc

@@ -29,7 +29,7 @@ from bench_cli import distributed as ddp
 from bench_cli.checkpoint import Checkpointer, rng_state, set_rng_state
 from bench_cli.config import RunSettings
 from bench_cli.environment import environment, resolve_device  # noqa: F401 - re-exported
-from bench_cli.errors import Terminated, called_exit
+from bench_cli.errors import Terminated, describe
 from bench_cli.registry import build_optimizer
 from bench_cli.registry._base import state_bytes
 from bench_cli.results.metrics import best_metrics, to_target
@@ -263,8 +263,7 @@ def run(
         raise
     except (Exception, SystemExit) as exc:  # a failed run is a result: record it, go on
         status = "error"
-        first = called_exit(exc) if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
-        error = f"{first}\n{traceback.format_exc(limit=3)}"
+        error = f"{describe(exc)}\n{traceback.format_exc(limit=3)}"
 
     record = _record(spec, task, device, status, error, curve, train_curve, opt)
     record = record.model_copy(

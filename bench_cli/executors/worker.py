@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench_cli.errors import Terminated, called_exit
+from bench_cli.errors import Terminated, describe
 from bench_cli.executors import mps
 from bench_cli.folder import CHECKPOINTS, Folder, now
 from bench_cli.plan import Cell
@@ -96,9 +96,8 @@ def failed_record(spec: RunSpec, reason: str, unit: str = "steps") -> RunRecord:
 def _failure(what: str, exc: BaseException) -> str:
     """An error record's reason: what failed, the exception (or ``sys.exit``), and where (the
     innermost frames of its traceback)."""
-    first = called_exit(exc) if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
     trace = "".join(traceback.format_exception(exc, limit=-3))
-    return f"{what}: {first}\n{trace}"
+    return f"{what}: {describe(exc)}\n{trace}"
 
 
 def execute_cell(
