@@ -199,13 +199,20 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             _print_plan(api.request_suite(req), None, Path(out))
             return
-        if distributed.world_size() > 1:
-            _run_distributed(req, Path(out), rerun)
-            return
-        with Progress(stderr, quiet=quiet) as progress:
-            summary = api.run_summary(
-                req, Path(out), progress, ex, rerun, log_options(log, mlflow_uri)
-            )
+        trackers = log_options(log, mlflow_uri)
+
+        def command():
+            with Progress(stderr, quiet=quiet) as progress:
+                return api.run_summary(req, Path(out), progress, ex, rerun, trackers)
+
+        if distributed.world_size() > 1:  # every rank trains each run; rank 0 reports
+            from bench_cli.plan import build_plan
+
+            summary = distributed.under_torchrun(build_plan(api.request_suite(req)), ex, command)
+            if summary is None:
+                return
+        else:
+            summary = command()
         records = summary.scored
         df = api.summary(records)
         title = f"{records[0].task_id} (seed {seed})" if records else task
@@ -250,15 +257,3 @@ def _print_plan(suite, tier, history: Path | None) -> None:
 
     for line in describe_plan(suite, tier, history):
         stdout.print(line, highlight=False, markup=False, soft_wrap=True)
-
-
-def _run_distributed(req, out: Path, rerun: bool) -> None:
-    """Under torchrun: every rank trains; rank 0 writes the record."""
-    from bench_cli.distributed import run_request
-
-    for record in run_request(req, out, rerun):
-        stdout.print(
-            f"{record.optimizer}: {record.status}, best {record.best_metrics}, "
-            f"world size {record.env.world_size}",
-            highlight=False,
-        )

@@ -1,5 +1,6 @@
 """``bench suite``: validate, run and inspect YAML suites (thin commands over bench_cli.suite)."""
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -106,10 +107,23 @@ def run_(
     from bench_cli import suite
     from bench_cli.progress import Progress
 
-    with Progress(stderr, quiet=quiet) as progress:
-        summary = suite.run_suite(
-            file, tier, out, resume, progress, ex, log_options(log, mlflow_uri), max_cells, only
+    trackers = log_options(log, mlflow_uri)
+
+    def command():
+        with Progress(stderr, quiet=quiet) as progress:
+            return suite.run_suite(file, tier, out, resume, progress, ex, trackers, max_cells, only)
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank trains each run; rank 0 reports
+        from bench_cli import distributed
+        from bench_cli.plan import at_path, build_plan
+
+        summary = distributed.under_torchrun(
+            at_path(str(file), build_plan, spec, tier), ex, command
         )
+        if summary is None:
+            return
+    else:
+        summary = command()
     stdout.print(frame_table(suite.status_counts(summary.table), title=str(summary.out)))
     _print_targets(summary.calibration)
     stderr.print(f"{summary.ran} runs now, {summary.skipped} already done", highlight=False)

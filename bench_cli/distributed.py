@@ -1,21 +1,24 @@
 """One run on several processes (``torchrun --nproc-per-node N -m bench_cli run ...``).
 
-Each rank trains on its slice of every global batch under DistributedDataParallel, so the
+The command takes its one path on rank 0 (planning, claims, reused records, checkpoints, the
+progress), and every cell it runs is trained by all ranks together (``under_torchrun``). Each rank trains on its slice of every global batch under DistributedDataParallel, so the
 averaged gradient equals the single-process gradient of the whole batch. Tokens are counted
 globally (a task's ``units_per_step`` is the global batch), rank 0 evaluates and broadcasts the
-metrics, and only rank 0 writes the record, unless the run fails on a rank (``_failed``).
+metrics, and only rank 0 writes the record, unless the run fails on a rank (``failed``).
 """
 
 from __future__ import annotations
 
 import os
-import time
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from bench_cli.errors import BenchError
+from bench_cli.errors import BenchError, ConfigError
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -30,13 +33,17 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def init(device_type: str) -> None:
-    """Join the process group torchrun describes in the environment (once per process)."""
+def init(device: str) -> None:
+    """Join the process group torchrun describes in the environment (once per process): NCCL on
+    the rank's own GPU (``LOCAL_RANK``) unless the runs are on the CPU, gloo there. No CUDA
+    context is made before the rank's GPU is chosen."""
     if world_size() > 1 and not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        dist.init_process_group(backend)
-        if device_type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if device in ("auto", "cuda") and torch.cuda.is_available():
+            gpu = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(gpu)
+            dist.init_process_group("nccl", device_id=gpu)
+        else:
+            dist.init_process_group("gloo")
 
 
 def shard(batch: Any) -> Any:
@@ -74,7 +81,16 @@ def from_rank0(obj: Any) -> Any:
     return box[0]
 
 
-def _failed(folder: Any, record: Any, since: float) -> NoReturn:
+def close() -> None:
+    """Leave the process group together: every rank waits for the others, so that none exits
+    while a peer still reads from it."""
+    if active():
+        dist.barrier()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def failed(folder: Any, record: Any, since: float) -> NoReturn:
     """A run that failed on this rank (another rank may have failed too, or not at all). A rank
     that did not fail may be waiting in a collective that this one will never join, so no
     collective follows: this rank writes the ``error`` record, unless another rank wrote one
@@ -86,47 +102,41 @@ def _failed(folder: Any, record: Any, since: float) -> NoReturn:
     raise BenchError(f"{record.optimizer} failed on rank {rank()}: {first}")
 
 
-def run_request(req: Any, out: Any, rerun: bool = False) -> list:
-    """``bench run`` under torchrun: each cell trained by all ranks together; rank 0 reuses or
-    writes its record. Returns the records (on every rank)."""
+def under_torchrun(plan: Any, executor: dict, command: Callable[[], T]) -> T | None:
+    """A command (``bench run``, ``bench suite run``) of ``plan`` on a torchrun rank. Every rank
+    first refuses what ranks cannot run (no collective waits yet, so each says why): executor
+    options, a GPU named by number, runs on several devices, a task with no batch to split. Then
+    the ranks join the process group; rank 0 runs ``command``, the command's one path, whose cells
+    every rank trains together (``bench_cli.executors.ranks``), and returns its result; the other
+    ranks return None once rank 0 is done."""
     from bench_cli import api
-    from bench_cli.environment import resolve_device
-    from bench_cli.folder import Folder
-    from bench_cli.plan import build_plan
-    from bench_cli.results.store import ensure_writable_dir
-    from bench_cli.runner import run
+    from bench_cli.executors import ranks
 
-    plan = build_plan(api.request_suite(req))
-    if plan.tunes:
-        raise ValueError("a sweep under torchrun is not supported; run one configuration")
-    cells = plan.score_cells({}, {})
-    task = api.make_task(cells[0].spec.task, cells[0].spec.task_options)
-    if not task.distributed:
-        raise BenchError(
-            f"task {cells[0].spec.task!r} does not train under torchrun (it has no batch to "
-            "split over ranks); run it without torchrun"
+    if given := [k for k, v in executor.items() if v not in (None, {}, [])]:
+        names = ("--" + ("executor" if k == "kind" else k.replace("_", "-")) for k in given)
+        raise ConfigError(
+            "under torchrun every run trains on all ranks together: leave out the executor options "
+            f"({', '.join(names)}); torchrun's --nproc-per-node chooses the processes"
         )
-    folder = Folder(out)
-    folder.check_for_run()  # on every rank, before any of them waits for the others
-    probe = resolve_device(cells[0].spec.settings.device)
-    init(probe.type)
-    device = torch.device("cuda", torch.cuda.current_device()) if probe.type == "cuda" else probe
-    task.prepare(device)
-    ensure_writable_dir(folder.path)  # on every rank: made once all else is ready
-    records = []
-    for cell in cells:
-        old = folder.record(cell.run_id) if rank() == 0 and not rerun else None
-        old = from_rank0(old)
-        if old is not None:
-            records.append(old)
-            continue
-        since = time.time()
-        record = run(cell.spec, task, device)
-        if record.status == "error" and active():
-            _failed(folder, record, since)
-        if rank() == 0:
-            folder.write(record)
-        records.append(record)
-    if active():
-        dist.barrier()
-    return records
+    specs = [plan.cell(tp, 0, plan.grid(0)[0], 0, "score", None).spec for tp in plan.tasks]
+    devices = sorted({s.settings.device for s in specs})
+    if len(devices) > 1:
+        raise ConfigError(
+            f"under torchrun all runs train on one kind of device; these name {', '.join(devices)}"
+        )
+    if devices[0] not in ("auto", "cuda", "cpu"):
+        raise ConfigError(
+            f"--device {devices[0]} under torchrun: each rank trains on the GPU of its LOCAL_RANK; "
+            "use --device cuda (or auto, or cpu)"
+        )
+    for s in specs:
+        if not api.make_task(s.task, s.task_options).distributed:
+            raise BenchError(
+                f"task {s.task!r} does not train under torchrun (it has no batch to split over "
+                "ranks); run it without torchrun"
+            )
+    init(devices[0])
+    if rank() == 0:
+        return ranks.lead(command)
+    ranks.follow()
+    return None

@@ -3,12 +3,14 @@
 ``execute`` reuses the cells whose record exists (``rerun`` replaces them), claims each other
 cell atomically before running it (so coordinators sharing a folder share the work and never run
 a cell twice), waits for cells that another live coordinator holds, and takes over claims whose
-holder is gone. The executor (``local``, ``ray`` or ``slurm``) decides where claimed cells run.
+holder is gone. The executor (``local``, ``ray`` or ``slurm``) decides where claimed cells run;
+under torchrun, every rank runs each cell together (``ranks``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +89,12 @@ class Executors:
         self._needs: dict = {}  # each task's
 
     def for_cells(self, cells: list[Cell]):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank: all ranks run each cell
+            if self._executor is None:
+                from bench_cli.executors.ranks import RanksExecutor
+
+                self._executor = RanksExecutor(self.log)
+            return self._executor
         if self.settings.kind != "local":
             if self._executor is None:
                 self._executor = _other(self.settings, self.log)

@@ -106,12 +106,15 @@ def execute_cell(
     callback: RunCallback | None = None,
     log: dict[str, Any] | None = None,
 ) -> str:
-    """Run ``cell`` and write its record into ``out``; returns the record's status."""
+    """Run ``cell`` and write its record into ``out``; returns the record's status. Under
+    torchrun every rank runs it and rank 0 writes the record (``bench_cli.executors.ranks``)."""
     from bench_cli import api
+    from bench_cli import distributed as ddp
     from bench_cli.runner import run as run_loop
 
     folder = Folder(out)
     spec = cell.spec
+    since = time.time()
     try:
         api.load_plugins(list(cell.plugins))
         prepared = _prepared(spec)
@@ -142,7 +145,10 @@ def execute_cell(
             raise
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - plug-in code around the loop
             record = failed_record(spec, _failure("the run failed outside its training loop", exc))
-    folder.write(record)
-    if not mps.failed(record.error):  # a run lost with its MPS server runs again from here
-        (folder.path / CHECKPOINTS / f"{spec.run_id}.pt").unlink(missing_ok=True)
+    if record.status == "error" and ddp.active():
+        ddp.failed(folder, record, since)  # the other ranks may wait for this one: it ends here
+    if ddp.rank() == 0:  # under torchrun, rank 0 writes the record of every rank's run
+        folder.write(record)
+        if not mps.failed(record.error):  # a run lost with its MPS server runs again from here
+            (folder.path / CHECKPOINTS / f"{spec.run_id}.pt").unlink(missing_ok=True)
     return record.status
