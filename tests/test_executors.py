@@ -142,6 +142,8 @@ def test_a_killed_worker_leaves_an_error_record_and_the_suite_goes_on(tmp_path) 
     by_seed = {(r.optimizer, r.seed): r for r in summary.records}
     assert {k for k, r in by_seed.items() if r.status == "error"} == {("adamw", 1), ("lion", 1)}
     assert "SIGKILL" in by_seed[("adamw", 1)].error
+    threads = max(1, (os.cpu_count() or 1) // 2)  # the cores shared by the two workers
+    assert by_seed[("adamw", 1)].env.threads == by_seed[("adamw", 0)].env.threads == threads
     assert all(r.status == "done" for k, r in by_seed.items() if k[1] != 1)
     assert not list((tmp_path / "out" / ".running").iterdir())
 
@@ -154,6 +156,8 @@ def test_a_worker_killed_in_the_middle_of_a_message_leaves_the_others_theirs(tmp
     by_seed = {(r.optimizer, r.seed): r for r in summary.records}
     assert {k for k, r in by_seed.items() if r.status == "error"} == {("adamw", 1), ("lion", 1)}
     assert "SIGKILL" in by_seed[("adamw", 1)].error
+    threads = max(1, (os.cpu_count() or 1) // 2)  # the cores shared by the two workers
+    assert by_seed[("adamw", 1)].env.threads == by_seed[("adamw", 0)].env.threads == threads
     assert all(r.status == "done" for k, r in by_seed.items() if k[1] != 1)
     assert len(by_seed) == 8
 

@@ -367,7 +367,7 @@ class LocalExecutor:
                 f"the worker process running this cell died ({ended(w.process.exitcode)}); it "
                 "may have run out of memory or been killed"
             )
-            record = worker.failed_record(cell.spec, reason)
+            record = worker.failed_record(cell.spec, reason, threads=w.slot.threads)
             folder.write(record)
         folder.release(cell.run_id)
         progress.finished(cell, record.status)  # it may have died after writing its record

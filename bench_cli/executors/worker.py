@@ -69,8 +69,11 @@ def _prepared(spec: RunSpec):
     return _PREPARED[key]
 
 
-def failed_record(spec: RunSpec, reason: str, unit: str = "steps") -> RunRecord:
-    """The ``error`` record of a cell that could not run (set-up failed, its worker died)."""
+def failed_record(
+    spec: RunSpec, reason: str, unit: str = "steps", threads: int | None = None
+) -> RunRecord:
+    """The ``error`` record of a cell that could not run (set-up failed, its worker died);
+    ``threads``: the CPU threads its worker had, where known."""
     import platform
 
     import bench_cli
@@ -87,6 +90,7 @@ def failed_record(spec: RunSpec, reason: str, unit: str = "steps") -> RunRecord:
             bench=bench_cli.__version__,
             python=platform.python_version(),
             platform=platform.platform(),
+            threads=threads,
         ),
         started_at=now(),
         finished_at=now(),
