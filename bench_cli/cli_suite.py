@@ -1,5 +1,6 @@
 """``bench suite``: validate, run and inspect YAML suites (thin commands over bench_cli.suite)."""
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Annotated
@@ -117,9 +118,9 @@ def run_(
         from bench_cli import distributed
         from bench_cli.plan import at_path, build_plan
 
-        summary = distributed.under_torchrun(
-            at_path(str(file), build_plan, spec, tier), ex, command
-        )
+        plan = at_path(str(file), build_plan, spec, tier)
+        tasks = [tp for tp in plan.tasks if not only or tp.task_id in only]  # what it will run
+        summary = distributed.under_torchrun(dataclasses.replace(plan, tasks=tasks), ex, command)
         if summary is None:
             return
     else:

@@ -234,6 +234,8 @@ def run(
                     at_eval = True
                 if s.max_seconds is not None and elapsed >= s.max_seconds:
                     at_eval = True
+                if s.max_seconds is not None:  # rank 0's clock decides for every rank
+                    at_eval = ddp.from_rank0(at_eval)
             if at_eval:
                 sync()
                 train_seconds += time.perf_counter() - t_start  # clock stops for evaluation

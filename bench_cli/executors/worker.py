@@ -149,10 +149,12 @@ def execute_cell(
             raise
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - plug-in code around the loop
             record = failed_record(spec, _failure("the run failed outside its training loop", exc))
+    checkpoint = folder.path / CHECKPOINTS / f"{spec.run_id}.pt"
     if record.status == "error" and ddp.active():
+        checkpoint.unlink(missing_ok=True)  # a rerun starts over, as it does without torchrun
         ddp.failed(folder, record, since)  # the other ranks may wait for this one: it ends here
     if ddp.rank() == 0:  # under torchrun, rank 0 writes the record of every rank's run
         folder.write(record)
         if not mps.failed(record.error):  # a run lost with its MPS server runs again from here
-            (folder.path / CHECKPOINTS / f"{spec.run_id}.pt").unlink(missing_ok=True)
+            checkpoint.unlink(missing_ok=True)
     return record.status
