@@ -1,10 +1,11 @@
-"""One run on several processes (``torchrun --nproc-per-node N -m bench_cli run ...``).
+"""Runs on several processes (``torchrun --nproc-per-node N -m bench_cli run ...``).
 
 The command takes its one path on rank 0 (planning, claims, reused records, checkpoints, the
-progress), and every cell it runs is trained by all ranks together (``under_torchrun``). Each rank trains on its slice of every global batch under DistributedDataParallel, so the
-averaged gradient equals the single-process gradient of the whole batch. Tokens are counted
-globally (a task's ``units_per_step`` is the global batch), rank 0 evaluates and broadcasts the
-metrics, and only rank 0 writes the record, unless the run fails on a rank (``failed``).
+progress), and every cell it runs is trained by all ranks together (``under_torchrun``). Each
+rank trains on its slice of every global batch under DistributedDataParallel, so the averaged
+gradient equals the single-process gradient of the whole batch. Tokens are counted globally (a
+task's ``units_per_step`` is the global batch), rank 0 evaluates and broadcasts the metrics, and
+only rank 0 writes the record, unless the run fails on a rank (``failed``).
 """
 
 from __future__ import annotations
