@@ -1,7 +1,6 @@
 """``bench suite``: validate, run and inspect YAML suites (thin commands over bench_cli.suite)."""
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -105,7 +104,7 @@ def run_(
     )  # fmt: skip
     spec = load_suite(file)
     forks.prestart(executor_settings(spec.executor, dict(ex)), spec.device)  # before torch loads
-    from bench_cli import suite
+    from bench_cli import distributed, suite
     from bench_cli.progress import Progress
 
     trackers = log_options(log, mlflow_uri)
@@ -114,8 +113,7 @@ def run_(
         with Progress(stderr, quiet=quiet) as progress:
             return suite.run_suite(file, tier, out, resume, progress, ex, trackers, max_cells, only)
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank trains each run; rank 0 reports
-        from bench_cli import distributed
+    if distributed.world_size() > 1:  # every rank trains each run; rank 0 reports
         from bench_cli.plan import at_path, build_plan
 
         plan = at_path(str(file), build_plan, spec, tier)

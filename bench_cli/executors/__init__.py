@@ -10,7 +10,6 @@ under torchrun, every rank runs each cell together (``ranks``).
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +88,9 @@ class Executors:
         self._needs: dict = {}  # each task's
 
     def for_cells(self, cells: list[Cell]):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank: all ranks run each cell
+        from bench_cli import distributed  # torch is loaded by now: the plan imports it
+
+        if distributed.world_size() > 1:  # a torchrun rank: all ranks run each cell
             if self._executor is None:
                 from bench_cli.executors.ranks import RanksExecutor
 
