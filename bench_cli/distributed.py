@@ -106,10 +106,11 @@ def failed(folder: Any, record: Any, since: float) -> NoReturn:
 def under_torchrun(plan: Any, executor: dict, command: Callable[[], T]) -> T | None:
     """A command (``bench run``, ``bench suite run``) of ``plan`` on a torchrun rank. Every rank
     first refuses what ranks cannot run (no collective waits yet, so each says why): executor
-    options, a GPU named by number, runs on several devices, a task with no batch to split. Then
-    the ranks join the process group; rank 0 runs ``command``, the command's one path, whose cells
-    every rank trains together (``bench_cli.executors.ranks``), and returns its result; the other
-    ranks return None once rank 0 is done."""
+    options, a GPU named by number, runs on several devices, a task with no batch to split, a
+    batch that does not split over the ranks. Then the ranks join the process group; rank 0 runs
+    ``command``, the command's one path, whose cells every rank trains together
+    (``bench_cli.executors.ranks``), and returns its result; the other ranks return None once
+    rank 0 is done."""
     from bench_cli import api
     from bench_cli.executors import ranks
 
@@ -131,10 +132,18 @@ def under_torchrun(plan: Any, executor: dict, command: Callable[[], T]) -> T | N
             "use --device cuda (or auto, or cpu)"
         )
     for s in specs:
-        if not api.make_task(s.task, s.task_options).distributed:
+        task = api.make_task(s.task, s.task_options)
+        if not task.distributed:
             raise BenchError(
                 f"task {s.task!r} does not train under torchrun (it has no batch to split over "
                 "ranks); run it without torchrun"
+            )
+        batch, n = getattr(task.options, "batch_size", None), world_size()
+        if isinstance(batch, int) and batch % n:
+            raise ConfigError(
+                f"task {s.task!r}: its global batch of {batch} does not split over {n} ranks; "
+                f"set batch_size to a multiple of {n} (--set batch_size=N, or the suite's task "
+                f"options), or choose a --nproc-per-node that divides {batch}"
             )
     init(devices[0])
     if rank() == 0:

@@ -145,7 +145,9 @@ def test_a_run_that_fails_on_one_ddp_rank_ends_the_command_with_its_record(
     assert rec.error.startswith(first)
 
 
-@pytest.mark.parametrize("problem", ["a valley task", "a suite folder", "executor options"])
+@pytest.mark.parametrize(
+    "problem", ["a valley task", "a suite folder", "executor options", "a batch of 3"]
+)
 def test_torchrun_refuses_what_it_cannot_run_before_training(tmp_path, shared_data, problem):
     from bench_cli.folder import RESOLVED
 
@@ -156,6 +158,8 @@ def test_torchrun_refuses_what_it_cannot_run_before_training(tmp_path, shared_da
         task = ["--task", "rosenbrock"]
     elif problem == "executor options":
         task += ["--jobs", "2"]
+    elif problem == "a batch of 3":
+        task += ["--set", "batch_size=3"]
     else:
         out.mkdir()
         (out / RESOLVED).write_text("name: s\n")
@@ -167,6 +171,7 @@ def test_torchrun_refuses_what_it_cannot_run_before_training(tmp_path, shared_da
         "a valley task": "error: task 'rosenbrock' does not train under torchrun",
         "a suite folder": "holds a suite run",
         "executor options": "leave out the executor options (--jobs)",
+        "a batch of 3": "its global batch of 3 does not split over 2 ranks; set batch_size",
     }[problem]
     assert why in res.stderr
     assert not out.exists() or [p.name for p in out.iterdir()] == [RESOLVED]
