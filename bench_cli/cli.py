@@ -132,6 +132,19 @@ class _Command(TyperCommand):
     def get_params(self, ctx):
         return _untyped_flags(super().get_params(ctx))
 
+    def parse_args(self, ctx, args):
+        """An empty ``--out`` (``--out "$DIR"`` with DIR unset) would be the current folder."""
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--out=" or (arg == "--out" and args[i + 1 : i + 2] == [""]):
+                raise typer.BadParameter(
+                    "it is empty; name a file or folder (--out . for the current folder)",
+                    ctx=ctx,
+                    param_hint="'--out'",
+                )
+        return super().parse_args(ctx, args)
+
 
 class _Group(TyperGroup):
     def get_params(self, ctx):

@@ -493,3 +493,22 @@ def test_an_executor_count_written_as_true_is_refused(tmp_path: Path) -> None:
     res = runner.invoke(app, ["suite", "run", str(path), "--out", str(tmp_path / "out")])
     one_line_error(res, "executor.jobs: Input should be a valid integer")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "--opt", "adamw", "--task", "noisy-quadratic", "--steps", "3", "--out", ""],
+        ["run", "--opt", "adamw", "--task", "noisy-quadratic", "--steps", "3", "--out="],
+        ["suite", "run", "SUITE", "--out", ""],
+        ["export", ".", "--out", ""],
+    ],
+)
+def test_an_empty_out_is_refused_and_nothing_is_written(tmp_path, monkeypatch, command) -> None:
+    """``--out "$DIR"`` with DIR unset: not the current folder."""
+    (tmp_path / "s.yaml").write_text(SUITE.format(task_id="r", extra=""))
+    monkeypatch.chdir(tmp_path)
+    res = bench(*(str(tmp_path / "s.yaml") if a == "SUITE" else a for a in command))
+    assert res.exit_code == 2, res.output
+    assert "'--out': it is empty; name a file or folder" in " ".join(res.output.split())
+    assert [p.name for p in tmp_path.iterdir()] == ["s.yaml"]
