@@ -964,6 +964,30 @@ def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch) -> None:
             assert not out.exists()  # refused before anything is written
 
 
+@pytest.mark.parametrize("address", ["a free port", "host-without-port"])
+def test_a_ray_address_where_nothing_answers_is_refused_at_once(tmp_path, address) -> None:
+    """ray.init would retry an address where no cluster listens for minutes."""
+    pytest.importorskip("ray")
+    import socket
+
+    if address == "a free port":
+        with socket.socket() as s:  # a port that was free a moment ago, closed again
+            s.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{s.getsockname()[1]}"
+    path = write_suite(tmp_path / "x.yaml", "noisy-quadratic", "[0]")
+    out = tmp_path / "out"
+    started = time.monotonic()
+    res = CliRunner().invoke(
+        app, ["suite", "run", str(path), "--out", str(out), "--executor", "ray",
+              "--ray-address", address],
+    )  # fmt: skip
+    assert res.exit_code == 1 and time.monotonic() - started < 60
+    why = "nothing answers at 127.0.0.1:" if ":" in address else "give the head's HOST:PORT"
+    assert f"--ray-address (or executor.ray_address in a suite file) {address}" in res.output
+    assert why in res.output and "Traceback" not in res.output
+    assert not out.exists()  # refused before anything is written
+
+
 def test_gpus_that_torch_does_not_see_are_refused_before_anything_is_written(tmp_path) -> None:
     import torch
 

@@ -37,12 +37,14 @@ def _other(settings: ExecutorSettings, log: dict | None):
 
 def check_settings(settings: ExecutorSettings, trackers: list[str], device: str) -> None:
     """Refuse, before the command writes anything, what it could not run with: the executor's
-    extra or a tracker's package is missing, or, for runs on ``device`` other than the CPU, a
-    GPU it names is not one that torch sees."""
+    extra or a tracker's package is missing, nothing answers at the Ray cluster's address, or,
+    for runs on ``device`` other than the CPU, a GPU it names is not one that torch sees."""
     if settings.kind == "ray":
-        from bench_cli.executors.ray import ray_module
+        from bench_cli.executors.ray import check_address, ray_module
 
         ray_module()
+        if settings.ray_address:
+            check_address(settings.ray_address)
     elif settings.kind == "slurm":
         from bench_cli.executors.slurm import submitit_module
 

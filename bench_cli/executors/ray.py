@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Any
 
-from bench_cli.errors import BenchError
+from bench_cli.errors import BenchError, ConfigError
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
 
@@ -29,6 +30,28 @@ def ray_module():
             'the ray executor needs Ray; install it with: pip install "bench-cli[ray]"'
         ) from None
     return ray
+
+
+def check_address(address: str) -> None:
+    """Refuse at once a cluster address where nothing answers: ``ray.init`` would retry it for
+    minutes. ``auto`` (the cluster this machine has joined) is left to Ray, which fails fast."""
+    if address in ("auto", "local"):
+        return
+    where = "--ray-address (or executor.ray_address in a suite file)"
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError(
+            f"{where} {address}: give the head's HOST:PORT (as `ray start --head` prints it), "
+            "ray://HOST:PORT, or auto"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise BenchError(
+            f"{where} {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+            "start the cluster's head there (ray start --head), or leave the address out for a "
+            "local Ray"
+        ) from None
 
 
 def _run_cell(cell: Cell, out: str, log: dict | None, threads: int, queue: Any) -> str:
@@ -91,8 +114,11 @@ class RayExecutor:
         ray = self.ray
         handler = signal.getsignal(signal.SIGTERM)
         if not ray.is_initialized():
-            if self.settings.ray_address:
-                ray.init(address=self.settings.ray_address, log_to_driver=False)
+            if address := self.settings.ray_address:
+                try:
+                    ray.init(address=address, log_to_driver=False)
+                except ConnectionError as exc:  # "auto" with no cluster on this machine
+                    raise BenchError(f"--ray-address {address}: {exc}") from None
             else:
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         with _sigterm_between_calls(handler) as sigterm:
