@@ -19,7 +19,8 @@ leave it. ``failing-setup-quadratic`` raises while it prepares its data, for eve
 ``exiting-record-quadratic``: the run of seed 1 calls ``sys.exit(3)`` as its record is made,
 after its training loop. ``rank-one-failing-lm``: ``lm-small`` whose rank 1, under torchrun,
 fails at its 3rd training loss: it raises, or calls ``sys.exit(3)`` if ``$BENCH_TEST_EXIT`` is
-set.
+set. ``fast-clock-rank-one-lm``: ``lm-small`` whose rank 1 reads a run-loop clock that runs an
+hour ahead at every reading, so that its own clock would end a ``max_seconds`` run at once.
 """
 
 from __future__ import annotations
@@ -98,6 +99,32 @@ class RankOneFailingLM(TASKS.get("lm-small")):
                 sys.exit(3)
             raise RuntimeError("boom on rank 1")
         return super().loss(model, batch)
+
+
+class _FastClock:
+    """The ``time`` module, but ``perf_counter`` gains an hour at every reading."""
+
+    def __init__(self):
+        self._ahead = 0.0
+
+    def perf_counter(self) -> float:
+        self._ahead += 3600.0
+        return time.perf_counter() + self._ahead
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@TASKS.register("fast-clock-rank-one-lm")
+class FastClockRankOneLM(TASKS.get("lm-small")):
+    """lm-small, whose rank 1 under torchrun reads a run-loop clock far ahead of rank 0's."""
+
+    def prepare(self, device):
+        if os.environ.get("RANK") == "1":
+            import bench_cli.runner
+
+            bench_cli.runner.time = _FastClock()
+        super().prepare(device)
 
 
 @TASKS.register("failing-setup-quadratic")

@@ -145,6 +145,21 @@ def test_a_run_that_fails_on_one_ddp_rank_ends_the_command_with_its_record(
     assert rec.error.startswith(first)
 
 
+def test_rank_zeros_clock_ends_a_max_seconds_run_on_every_rank(tmp_path, shared_data) -> None:
+    """Rank 1's clock is far ahead: were each rank to read its own, rank 1 would stop to evaluate
+    (a broadcast) at the first log point while rank 0 trained on (an all-reduce), and the two
+    would wait on each other. Rank 0's clock, under the limit, decides for both."""
+    out = tmp_path / "out"
+    lm = [*_lm(shared_data, "--steps", "6", "--set", "log_interval=1", "--set", "eval_interval=3")]
+    lm[lm.index("lm-small")] = "fast-clock-rank-one-lm"
+    args = ["--plugin", str(PLUGINS), "--opt", "adamw", *lm, "--set", "max_seconds=600"]
+    res = _torchrun([*args, "--quiet", "--out", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    [rec] = records_in(out).values()
+    assert rec.status == "done" and rec.steps_done == 6 and rec.env.world_size == 2
+    assert [p.step for p in rec.curve] == [0, 3, 6]
+
+
 @pytest.mark.parametrize(
     "problem", ["a valley task", "a suite folder", "executor options", "a batch of 3"]
 )
