@@ -15,7 +15,7 @@ from bench_cli.cli_data import data_app
 from bench_cli.cli_results import register as register_results_commands
 from bench_cli.cli_run import register as register_run_commands
 from bench_cli.cli_suite import suite_app
-from bench_cli.display import friendly, stdout
+from bench_cli.display import friendly, other_rank, stdout
 from bench_cli.errors import Terminated
 
 app = typer.Typer(
@@ -190,6 +190,7 @@ def main() -> None:
     # and torchrun stops its ranks with SIGTERM
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         signal.signal(signal.SIGTERM, _terminate)
+    stdout.quiet = other_rank()  # under torchrun rank 0 prints the tables and the plan, once
     try:
         app()
     except Terminated:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import re
 import sys
 from typing import TYPE_CHECKING
@@ -71,6 +72,20 @@ def _width(stream) -> int | None:
 
 stderr = _CleanConsole(stderr=True, width=_width(sys.stderr))
 stdout = _CleanConsole(width=_width(sys.stdout))
+
+
+def other_rank() -> bool:
+    """A torchrun rank other than 0: rank 0 prints the command's output for all of them."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("RANK", "0") != "0"
+
+
+def _said_by_rank_zero() -> bool:
+    """Another rank before it joined the process group: it refuses what rank 0 refuses (the same
+    command line, checked the same way), so rank 0's line says it. Once joined, a rank's own
+    failure is its own to say."""
+    dist = sys.modules.get("torch.distributed")
+    joined = dist is not None and dist.is_available() and dist.is_initialized()
+    return other_rank() and not joined
 
 
 class ProgressBar(RunCallback):
@@ -161,6 +176,8 @@ def friendly(fn):
                     raise
                 raise cannot_write(exc, exc.filename or "to the disk") from None
         except BenchError as exc:
+            if _said_by_rank_zero():
+                raise typer.Exit(1) from None
             for line in exc.details:
                 stderr.print(escape(line), highlight=False, soft_wrap=True)
             stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

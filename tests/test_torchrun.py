@@ -188,8 +188,17 @@ def test_torchrun_refuses_what_it_cannot_run_before_training(tmp_path, shared_da
         "executor options": "leave out the executor options (--jobs)",
         "a batch of 3": "its global batch of 3 does not split over 2 ranks; set batch_size",
     }[problem]
-    assert why in res.stderr
+    assert res.stderr.count(why) == 1  # said once, by rank 0
     assert not out.exists() or [p.name for p in out.iterdir()] == [RESOLVED]
+
+
+def test_a_dry_run_under_torchrun_shows_the_plan_once(tmp_path, shared_data) -> None:
+    out = tmp_path / "out"
+    res = _torchrun(["--opt", "adamw,lion", *_lm(shared_data, "--dry-run"), "--out", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("2 cells in all (0 tune, 0 calibrate, 2 score)") == 1, res.stdout
+    assert res.stdout.count("  adamw  seed 0") == 1 and res.stdout.count("  lion  seed 0") == 1
+    assert not out.exists()
 
 
 def _versions(folder: Path) -> dict[str, tuple[int, int]]:
