@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 import torch
@@ -20,6 +21,12 @@ import torch.distributed as dist
 from bench_cli.errors import BenchError, ConfigError
 
 T = TypeVar("T")
+
+#: how long the other ranks wait for rank 0's next order between cells: as long as it lives (it
+#: may prepare a task's data, or wait for another coordinator's cells, for hours; torchrun stops
+#: them when it dies)
+ORDERS_TIMEOUT = timedelta(days=365)
+_orders: Any = None  # the process group (gloo) the orders go through
 
 
 def world_size() -> int:
@@ -38,6 +45,7 @@ def init(device: str) -> None:
     """Join the process group torchrun describes in the environment (once per process): NCCL on
     the rank's own GPU (``LOCAL_RANK``) unless the runs are on the CPU, gloo there. No CUDA
     context is made before the rank's GPU is chosen."""
+    global _orders
     if world_size() > 1 and not dist.is_initialized():
         if device in ("auto", "cuda") and torch.cuda.is_available():
             gpu = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -45,6 +53,9 @@ def init(device: str) -> None:
             dist.init_process_group("nccl", device_id=gpu)
         else:
             dist.init_process_group("gloo")
+        # the training's collectives keep the backend's deadline (NCCL's 10 minutes), which
+        # ends a rank stuck in one; the orders between cells have none
+        _orders = dist.new_group(backend="gloo", timeout=ORDERS_TIMEOUT)
 
 
 def shard(batch: Any) -> Any:
@@ -73,22 +84,30 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return value / dist.get_world_size()
 
 
-def from_rank0(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
+def from_rank0(obj: Any, group: Any = None) -> Any:
+    """Rank 0's ``obj`` on every rank (inside a run)."""
     if not active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
+
+
+def order(obj: Any = None) -> Any:
+    """Rank 0's order between cells (``bench_cli.executors.ranks``), on every rank, without a
+    deadline: the other ranks wait for it while rank 0 plans, prepares data or waits."""
+    return from_rank0(obj, _orders)
 
 
 def close() -> None:
     """Leave the process group together: every rank waits for the others, so that none exits
     while a peer still reads from it."""
+    global _orders
     if active():
-        dist.barrier()
+        dist.barrier(group=_orders)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _orders = None
 
 
 def failed(folder: Any, record: Any, since: float) -> NoReturn:

@@ -21,6 +21,9 @@ after its training loop. ``rank-one-failing-lm``: ``lm-small`` whose rank 1, und
 fails at its 3rd training loss: it raises, or calls ``sys.exit(3)`` if ``$BENCH_TEST_EXIT`` is
 set. ``fast-clock-rank-one-lm``: ``lm-small`` whose rank 1 reads a run-loop clock that runs an
 hour ahead at every reading, so that its own clock would end a ``max_seconds`` run at once.
+``slow-rank-zero-lm``: ``lm-small`` whose rank 0 takes ``$BENCH_TEST_SLOW`` seconds to prepare
+its data; with ``$BENCH_TEST_PG_TIMEOUT`` set, the process group torchrun's ranks join has that
+many seconds as its collectives' deadline.
 """
 
 from __future__ import annotations
@@ -36,6 +39,18 @@ import torch
 
 from bench_cli.tasks import TASKS
 from bench_cli.tasks.valleys import NoisyQuadratic
+
+if "BENCH_TEST_PG_TIMEOUT" in os.environ and not hasattr(torch.distributed, "_bench_test_init"):
+    import datetime
+
+    torch.distributed._bench_test_init = torch.distributed.init_process_group
+
+    def _init_with_deadline(*args, **kwargs):
+        seconds = float(os.environ["BENCH_TEST_PG_TIMEOUT"])
+        kwargs["timeout"] = datetime.timedelta(seconds=seconds)
+        return torch.distributed._bench_test_init(*args, **kwargs)
+
+    torch.distributed.init_process_group = _init_with_deadline
 
 
 class _AtStep:
@@ -124,6 +139,16 @@ class FastClockRankOneLM(TASKS.get("lm-small")):
             import bench_cli.runner
 
             bench_cli.runner.time = _FastClock()
+        super().prepare(device)
+
+
+@TASKS.register("slow-rank-zero-lm")
+class SlowRankZeroLM(TASKS.get("lm-small")):
+    """lm-small, whose rank 0 under torchrun prepares its data slowly."""
+
+    def prepare(self, device):
+        if os.environ.get("RANK") == "0":
+            time.sleep(float(os.environ["BENCH_TEST_SLOW"]))
         super().prepare(device)
 
 

@@ -160,6 +160,24 @@ def test_rank_zeros_clock_ends_a_max_seconds_run_on_every_rank(tmp_path, shared_
     assert [p.step for p in rec.curve] == [0, 3, 6]
 
 
+def test_the_other_ranks_wait_for_rank_zero_between_cells_past_the_collectives_deadline(
+    tmp_path, shared_data
+) -> None:
+    """Rank 0 prepares the task's data for longer than a training collective may take (set to
+    6 s here; NCCL's is 10 minutes): the other ranks wait for its first cell all that time and
+    the run trains to the end."""
+    out = tmp_path / "out"
+    lm = _lm(shared_data, "--steps", "4")
+    lm[lm.index("lm-small")] = "slow-rank-zero-lm"
+    env = {**os.environ, "BENCH_TEST_PG_TIMEOUT": "6", "BENCH_TEST_SLOW": "15"}
+    res = _torchrun(
+        ["--plugin", str(PLUGINS), "--opt", "adamw", *lm, "--quiet", "--out", str(out)], env
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    [rec] = records_in(out).values()
+    assert rec.status == "done" and rec.steps_done == 4 and rec.env.world_size == 2
+
+
 @pytest.mark.parametrize(
     "problem", ["a valley task", "a suite folder", "executor options", "a batch of 3"]
 )

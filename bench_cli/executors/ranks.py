@@ -44,7 +44,7 @@ class RanksExecutor:
             progress.started(cell)
             _in_cell = True
             try:
-                ddp.from_rank0(("cell", cell, str(folder.path)))
+                ddp.order(("cell", cell, str(folder.path)))
                 status = worker.execute_cell(cell, folder.path, progress.callback(cell), self.log)
             finally:
                 folder.release(cell.run_id)
@@ -52,7 +52,7 @@ class RanksExecutor:
             ran.append(cell.run_id)
             progress.finished(cell, status)
         if not ran:  # every cell is another coordinator's: the ranks hear from rank 0 as it waits
-            ddp.from_rank0(("wait",))
+            ddp.order(("wait",))
         return ran
 
 
@@ -63,7 +63,7 @@ def lead(command: Callable[[], T]) -> T:
         return command()
     finally:
         if not _in_cell:
-            ddp.from_rank0(None)
+            ddp.order(None)
             ddp.close()
 
 
@@ -71,7 +71,7 @@ def follow() -> None:
     """Any other rank: run the cells rank 0 sends until it says stop. Rank 0 writes the records;
     a run that fails on this rank is written here and ends the command (``worker.execute_cell``)."""
     while True:
-        message: Any = ddp.from_rank0(None)
+        message: Any = ddp.order()
         if message is None:
             ddp.close()
             return
