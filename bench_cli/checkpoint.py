@@ -22,6 +22,7 @@ class Checkpointer:
 
     def __init__(self, directory: Path | None, run_id: str, minutes: float | None):
         self.path = Path(directory) / f"{run_id}.pt" if directory is not None else None
+        self.run_id = run_id
         self.every = minutes * 60 if minutes else None
         self.last = time.monotonic()
 
@@ -37,7 +38,7 @@ class Checkpointer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            torch.save(state, tmp)
+            torch.save({**state, "run_id": self.run_id}, tmp)
             os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -47,14 +48,20 @@ class Checkpointer:
         if self.path is None or not self.path.is_file():
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged checkpoint: start over rather than trust it
-            print(
-                f"warning: the checkpoint {self.path} is damaged ({type(exc).__name__}); the "
-                "run starts over from its first step",
-                file=sys.stderr,
-            )
-            return None
+            return self._ignored(f"is damaged ({type(exc).__name__})")
+        owner = state.get("run_id") if isinstance(state, dict) else None
+        if owner != self.run_id:  # copied or renamed from another run's
+            return self._ignored(f"is not this run's (it holds {owner or 'no run id'})")
+        return state
+
+    def _ignored(self, why: str) -> None:
+        print(
+            f"warning: the checkpoint {self.path} {why}; the run starts over from its first step",
+            file=sys.stderr,
+        )
+        return None
 
     def remove(self) -> None:
         if self.path is not None:

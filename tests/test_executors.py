@@ -853,11 +853,28 @@ def test_a_damaged_checkpoint_is_reported_and_the_run_starts_over(tmp_path, caps
 
     ckpt = Checkpointer(tmp_path, "some-run", 1.0)
     ckpt.save({"step": 3})
-    assert ckpt.load() == {"step": 3}
+    assert ckpt.load() == {"step": 3, "run_id": "some-run"}
     ckpt.path.write_bytes(ckpt.path.read_bytes()[:50])  # cut short: damaged on disk
     assert ckpt.load() is None
     err = capsys.readouterr().err
     assert f"warning: the checkpoint {ckpt.path} is damaged" in err and "starts over" in err
+
+
+def test_another_runs_checkpoint_is_reported_and_the_run_starts_over(tmp_path, capsys) -> None:
+    """A checkpoint copied (or renamed) from another run's file would load into a model or
+    optimizer of another shape, or resume the wrong run: it is set aside like a damaged one."""
+    from bench_cli.checkpoint import Checkpointer
+
+    mine, other = Checkpointer(tmp_path, "run-b", 1.0), Checkpointer(tmp_path, "run-a", 1.0)
+    other.save({"step": 3})
+    mine.path.write_bytes(other.path.read_bytes())
+    assert mine.load() is None
+    err = capsys.readouterr().err
+    assert f"warning: the checkpoint {mine.path} is not this run's (it holds run-a)" in err
+    import torch
+
+    torch.save({"step": 3}, mine.path)  # no run id: not known to be this run's
+    assert mine.load() is None and "(it holds no run id)" in capsys.readouterr().err
 
 
 def test_ray_runs_a_small_suite_to_the_records_of_the_local_executor(tmp_path) -> None:
