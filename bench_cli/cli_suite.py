@@ -140,6 +140,8 @@ def status(directory: Annotated[Path, typer.Argument(help="A suite directory.")]
     from bench_cli import suite
 
     table = suite.suite_status(directory)
+    if table.attrs.get("damage"):  # no claim can be read: no cell shows as running
+        stderr.print(f"[yellow]warning:[/yellow] {escape(table.attrs['damage'])}", highlight=False)
     for run_id in table.attrs.get("damaged", []):
         stderr.print(
             f"[yellow]warning:[/yellow] {escape(run_id)}: its record is damaged (it cannot be "

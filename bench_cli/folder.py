@@ -170,6 +170,8 @@ class Folder:
         """Make the folder hold this suite, or check that it already does (atomically)."""
         from bench_cli.config import read_yaml
 
+        if damage := self.damage():
+            raise BenchError(damage)
         ensure_writable_dir(self.path)
         path = self.path / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,13 +191,29 @@ class Folder:
             raise BenchError(
                 f"{path} is damaged ({type(exc).__name__}); choose another --out"
             ) from exc
-        old = _by_content(read_yaml(old_text, str(path)))
+        try:
+            old = _by_content(read_yaml(old_text, str(path)))
+        except BenchError as exc:
+            why = str(exc).removeprefix(f"{path}: ")
+            raise BenchError(f"{path} is damaged ({why}); choose another --out") from None
         new = _by_content(read_yaml(resolved_text, name))
         if old != new:
             raise BenchError(
                 f"{self.path} holds another suite ({_difference(old, new)} differs from its "
                 f"{name}); choose another --out"
             )
+
+    def damage(self) -> str | None:
+        """What is in the way of the folder's own subfolders (its claims, checkpoints, and the
+        suites of `bench run`), if anything: a file, or a link to nowhere, by that name."""
+        for name, what in ((MARKERS, "claims"), (CHECKPOINTS, "checkpoints"), (RUNS, "runs")):
+            path = self.path / name
+            if (path.exists() or path.is_symlink()) and not path.is_dir():
+                return (
+                    f"{path} is not a folder: a results folder keeps its {what} there; move it "
+                    "away, or choose another --out"
+                )
+        return None
 
     def foreign_records(self) -> bool:
         """Whether records from ``bench run`` are here (a suite folder has none)."""

@@ -243,16 +243,19 @@ def _suites_in(out: Path) -> list[tuple[Path, SuiteFile, str | None]]:
             raise BenchError(
                 f"{path} is damaged ({type(exc).__name__}); it cannot be read"
             ) from exc
-        data = read_yaml(text, str(path))
+        fix = "restore it, or run the suite into another --out"
+        try:
+            data = read_yaml(text, str(path))
+        except BenchError as exc:
+            why = str(exc).removeprefix(f"{path}: ")
+            raise BenchError(f"{path} is damaged ({why}); {fix}") from None
         if not isinstance(data, dict):
-            raise BenchError(f"{path} is damaged (not a suite)")
+            raise BenchError(f"{path} is damaged (not a suite); {fix}")
         tier = data.pop("tier", None)
         try:
             suites.append((path, SuiteFile.model_validate(data), tier))
         except Exception as exc:
-            raise BenchError(
-                f"{path} is damaged ({type(exc).__name__}); it is not a suite"
-            ) from exc
+            raise BenchError(f"{path} is damaged ({type(exc).__name__}); {fix}") from exc
     return suites
 
 
@@ -339,6 +342,7 @@ def suite_status(out: str | Path) -> pd.DataFrame:
             damaged.append(c.run_id)
     table = frame(rows)
     table.attrs["damaged"] = damaged  # records there but unreadable: a run runs them again
+    table.attrs["damage"] = folder.damage()  # claims unreadable: a run refuses the folder
     return table
 
 

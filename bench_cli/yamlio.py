@@ -118,7 +118,9 @@ def read_yaml(text: str, source: str) -> Any:
             message += f" ({clip(exc.context)} at {at(exc.context_mark)})"
         raise ConfigError(message) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {clip(exc, 160)}") from exc
+        raise ConfigError(
+            f"{source}: invalid YAML: {clip(' '.join(str(exc).split()), 160)}"
+        ) from exc
     except RecursionError as exc:
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from exc
 
@@ -142,7 +144,6 @@ def schema_message(exc: ValidationError) -> str:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{key_path(err['loc'])}: {msg} (got {got})")
     return "; ".join(lines)
-
 
 
 def read_text_file(path: str | Path, what: str, limit: int = 2**20) -> str:

@@ -192,6 +192,9 @@ def test_damaged_side_files_are_one_line_errors(tmp_path) -> None:
     (out / "suite.resolved.yaml").write_bytes(b"\xff\xfe\x00binary")
     one_line_error(runner.invoke(app, ["suite", "status", str(out)]), "suite.resolved.yaml")
     one_line_error(runner.invoke(app, ["suite", "run", str(path), "--out", str(out)]), "damaged")
+    (out / "suite.resolved.yaml").write_bytes(b"name: [unclosed\n\x00")  # YAML, damaged
+    one_line_error(runner.invoke(app, ["suite", "status", str(out)]), "is damaged", "restore it")
+    one_line_error(runner.invoke(app, ["suite", "run", str(path), "--out", str(out)]), "damaged")
     (out / "suite.resolved.yaml").write_bytes(good)
     for bad in (
         b"\x00\xff binary",
@@ -202,6 +205,32 @@ def test_damaged_side_files_are_one_line_errors(tmp_path) -> None:
         one_line_error(runner.invoke(app, ["suite", "status", str(out)]), "calibration.json")
     (out / "calibration.json").unlink()
     assert runner.invoke(app, ["suite", "status", str(out)]).exit_code == 0
+
+
+@pytest.mark.parametrize("name", [".running", ".checkpoints", ".runs"])
+def test_a_file_where_a_folder_keeps_its_claims_or_checkpoints_is_one_line(tmp_path, name) -> None:
+    """A file (or a link to nowhere) named as one of the folder's own subfolders: `suite run`
+    and `bench run` refuse the folder and write nothing; `suite status` warns."""
+    path = suite_file(tmp_path)
+    out, single = tmp_path / "out", tmp_path / "single"
+    assert runner.invoke(app, ["suite", "run", str(path), "--out", str(out), "-q"]).exit_code == 0
+    (out / f"{records(out)[0]['run_id']}.json").unlink()  # a cell left to run
+    (out / ".running").rmdir()
+    if name == ".runs":
+        (out / name).symlink_to(out / "gone")  # a link to nowhere
+    else:
+        (out / name).write_text("x")
+    before = sorted(p.name for p in out.iterdir())
+    again = runner.invoke(app, ["suite", "run", str(path), "--out", str(out), "-q"])
+    one_line_error(again, f"{out / name} is not a folder", "move it away")
+    assert sorted(p.name for p in out.iterdir()) == before
+    status = runner.invoke(app, ["suite", "status", str(out)])
+    assert status.exit_code == 0 and f"warning: {out / name} is not a folder" in status.output
+    single.mkdir()
+    (single / name).write_text("x")
+    run = ["run", "--opt", "adamw", "--task", "rosenbrock", "--steps", "5", "--out", str(single)]
+    one_line_error(runner.invoke(app, [*run, "-q"]), f"{single / name} is not a folder")
+    assert [p.name for p in single.iterdir()] == [name]
 
 
 @pytest.mark.parametrize("damage", ["garbage", "a folder"])
@@ -378,19 +407,49 @@ def test_conflicting_and_oversized_requests_are_refused_before_anything_is_writt
 
 def test_mars_on_a_vector_only_task_runs_and_records_its_mars_update(tmp_path) -> None:
     """Every parameter of the valleys is 1-D; MARS must not silently run its AdamW branch."""
-    res = runner.invoke(app, ["run", "--opt", "adamw,mars", "--task", "rosenbrock", "--steps",
-                              "100", "--out", str(tmp_path), "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--opt",
+            "adamw,mars",
+            "--task",
+            "rosenbrock",
+            "--steps",
+            "100",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = {r["optimizer"]: r for r in records(tmp_path)}
     assert got["mars"]["optimizer_branches"] == {"mars": 1, "adamw": 0}
     assert got["adamw"]["optimizer_branches"] is None
-    assert [p["metrics"] for p in got["mars"]["curve"]] != [p["metrics"] for p in got["adamw"]["curve"]]
+    assert [p["metrics"] for p in got["mars"]["curve"]] != [
+        p["metrics"] for p in got["adamw"]["curve"]
+    ]
 
 
 def test_bench_run_dry_run_shows_the_resolved_cells_and_writes_nothing(tmp_path) -> None:
     out = tmp_path / "out"
-    res = runner.invoke(app, ["run", "--opt", "adamw,lion", "--task", "rosenbrock", "--seed", "0,1",
-                              "--set", "lion.lr=0.001", "--out", str(out), "--dry-run"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--opt",
+            "adamw,lion",
+            "--task",
+            "rosenbrock",
+            "--seed",
+            "0,1",
+            "--set",
+            "lion.lr=0.001",
+            "--out",
+            str(out),
+            "--dry-run",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "phase score: 2 cells" in res.output  # rosenbrock is seed-independent: one seed
     lion = next(ln for ln in res.output.splitlines() if " lion " in ln)
@@ -454,8 +513,9 @@ def test_a_claims_file_left_by_a_killed_coordinator_is_cleaned_at_once(tmp_path)
 
     folder = Folder(tmp_path)
     (tmp_path / ".running").mkdir()
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
-                          capture_output=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    )
     dead = tmp_path / ".running" / ".cell-a.k1ll3d00.tmp"
     dead.write_text(json.dumps({**folder.me, "pid": int(done.stdout)}))
     live = tmp_path / ".running" / ".cell-b.l1v3aaaa.tmp"
