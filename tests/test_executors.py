@@ -778,7 +778,9 @@ def test_workers_do_not_run_the_bench_launcher_again(tmp_path) -> None:
     marks = tmp_path / "marks.txt"
     args = [sys.executable, str(launcher), "suite", "run", str(path), "--out", str(tmp_path / "o")]
     env = {**os.environ, "BENCH_TEST_MARKS": str(marks)}
-    done = subprocess.run([*args, "--jobs", "2", "--quiet"], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [*args, "--jobs", "2", "--quiet"], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(records_in(tmp_path / "o")) == 4
     assert not marks.exists()
@@ -973,7 +975,10 @@ def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch) -> None:
     path = write_suite(tmp_path / "x.yaml", "noisy-quadratic", "[0]")
     runner = CliRunner()
     for kind, extra in (("ray", "ray"), ("slurm", "slurm")):
-        for command in (["suite", "run", str(path)], ["run", "--opt", "adamw", "--task", "rosenbrock"]):
+        for command in (
+            ["suite", "run", str(path)],
+            ["run", "--opt", "adamw", "--task", "rosenbrock"],
+        ):
             out = tmp_path / f"{kind}-{command[0]}"
             res = runner.invoke(app, [*command, "--out", str(out), "--executor", kind])
             assert res.exit_code == 1
@@ -1016,6 +1021,24 @@ def test_gpus_that_torch_does_not_see_are_refused_before_anything_is_written(tmp
     assert res.exit_code == 1
     assert f"GPU {n} (--gpus, or executor.gpus in a suite file) is not there" in res.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "executor", [["--runs-per-gpu", "2"], ["--jobs", "2", "--runs-per-gpu", "2"]]
+)
+def test_runs_per_gpu_for_runs_on_the_cpu_is_refused_before_anything_is_written(
+    tmp_path, executor
+) -> None:
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--device", "cpu", *executor,
+              "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "error: --runs-per-gpu (or executor.runs_per_gpu in a suite file): the runs" in (
+        " ".join(res.output.split())
+    )
+    assert not out.exists()
 
 
 def test_result_commands_do_not_import_torch(tmp_path) -> None:

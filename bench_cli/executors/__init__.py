@@ -53,6 +53,12 @@ def check_settings(settings: ExecutorSettings, trackers: list[str], device: str)
         from bench_cli.trackers import check_trackers
 
         check_trackers(list(trackers))
+    if settings.kind == "local" and settings.runs_per_gpu and not settings.gpus and device == "cpu":
+        raise ConfigError(
+            "--runs-per-gpu (or executor.runs_per_gpu in a suite file): the runs are on the CPU "
+            "(--device cpu), where it does nothing; leave it out (--jobs N runs N at once on "
+            "the CPU), or run on cuda"
+        )
     if settings.kind == "local" and settings.gpus and device != "cpu":
         import torch
 
