@@ -148,6 +148,16 @@ def status(directory: Annotated[Path, typer.Argument(help="A suite directory.")]
             "read), so the cell counts as missing; `bench suite run` runs it again",
             highlight=False,
         )
+    if unplanned := table.attrs.get("unplanned"):
+        shown = ", ".join(unplanned[:3]) + (
+            f" and {len(unplanned) - 3} more" * (len(unplanned) > 3)
+        )
+        stderr.print(
+            f"[yellow]warning:[/yellow] {len(unplanned)} record file(s) here are not cells this "
+            f"suite has planned ({escape(shown)}): from another suite? `bench leaderboard` "
+            "counts them; move them out if so",
+            highlight=False,
+        )
     stdout.print(frame_table(suite.status_counts(table), title=str(directory)))
     counts = table["state"].value_counts()
     stdout.print(

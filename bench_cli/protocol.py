@@ -332,9 +332,12 @@ def _targets_from(plan: Plan, cells: list[Cell], folder: Folder, known: set[str]
 
 def suite_status(out: str | Path) -> pd.DataFrame:
     """One row per planned cell: phase, task, optimizer, config, seed, state (``STATES``)."""
+    from bench_cli.results.store import scan_records
+
     folder = Folder(out)
     rows, damaged = [], []
-    for c in planned_cells(Path(out)):
+    cells = planned_cells(Path(out))
+    for c in cells:
         record = folder.record(c.run_id)
         state = _STATE[record.status] if record else (folder.running(c.run_id) or "missing")
         rows.append((c, state))
@@ -343,6 +346,10 @@ def suite_status(out: str | Path) -> pd.DataFrame:
     table = frame(rows)
     table.attrs["damaged"] = damaged  # records there but unreadable: a run runs them again
     table.attrs["damage"] = folder.damage()  # claims unreadable: a run refuses the folder
+    planned = {c.run_id for c in cells}
+    table.attrs["unplanned"] = sorted(  # copied in from another suite's folder, say
+        r.run_id for r in scan_records(Path(out)).records if r.run_id not in planned
+    )
     return table
 
 

@@ -233,6 +233,31 @@ def test_a_file_where_a_folder_keeps_its_claims_or_checkpoints_is_one_line(tmp_p
     assert [p.name for p in single.iterdir()] == [name]
 
 
+def test_status_names_records_copied_in_from_another_suite(tmp_path) -> None:
+    """Merging copies records; one of another suite (here: other steps) is not this suite's cell.
+    `bench leaderboard` would count it, so `suite status` names it."""
+    path, other = suite_file(tmp_path / "a"), suite_file(tmp_path / "b")
+    other.write_text(other.read_text().replace("steps: 20", "steps: 30"))
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    for suite, folder in ((path, out), (other, elsewhere)):
+        res = runner.invoke(app, ["suite", "run", str(suite), "--out", str(folder), "-q"])
+        assert res.exit_code == 0, res.output
+    export = runner.invoke(
+        app, ["export", str(out), "--format", "json", "--out", str(out / "t.json")]
+    )
+    assert export.exit_code == 0, export.output
+    clean = runner.invoke(app, ["suite", "status", str(out)])
+    assert clean.exit_code == 0 and "warning" not in clean.output, clean.output
+    foreign = records(elsewhere)[0]["run_id"]
+    (out / f"{foreign}.json").write_bytes((elsewhere / f"{foreign}.json").read_bytes())
+    res = runner.invoke(app, ["suite", "status", str(out)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "2 done" in said, res.output
+    assert (
+        f"warning: 1 record file(s) here are not cells this suite has planned ({foreign})" in said
+    )
+
+
 @pytest.mark.parametrize("damage", ["garbage", "a folder"])
 def test_claims_that_are_damaged_or_name_an_unrelated_live_pid_are_not_running(
     tmp_path, damage
