@@ -32,8 +32,8 @@ SkipDamagedOpt = Annotated[
 BaselineOpt = Annotated[
     str | None,
     typer.Option(
-        help=f"Optimizer that speedups are measured against ({defaults.DEFAULT_BASELINE} "
-        "unless given)."
+        help="Optimizer that speedups are measured against (the suite's baseline in a suite's "
+        f"folder, else {defaults.DEFAULT_BASELINE})."
     ),
 ]
 
@@ -51,10 +51,28 @@ def _records(directory: Path, skip_damaged: bool = False) -> list[RunRecord]:
     return records
 
 
-def _baseline(records: list[RunRecord], baseline: str | None) -> str:
-    """The baseline; an explicit one must have runs, the default only gets a warning."""
+def suite_baseline(directory: Path) -> str | None:
+    """The baseline that the suite run in ``directory`` names (None outside a suite's folder)."""
+    from bench_cli.folder import RESOLVED
+    from bench_cli.yamlio import read_yaml
+
+    path = Path(directory) / RESOLVED
+    if not path.is_file():
+        return None
+    try:
+        data = read_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, BenchError) as exc:
+        why = str(exc).removeprefix(f"{path}: ") if isinstance(exc, BenchError) else exc
+        raise BenchError(f"{path} is damaged ({why}); restore it, or pass --baseline") from None
+    value = data.get("baseline") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _baseline(records: list[RunRecord], baseline: str | None, directory: Path) -> str:
+    """The baseline: as given, else the suite's, else the default. One given must have runs;
+    the others only get a warning."""
     names = sorted({r.optimizer for r in records})
-    chosen = baseline or defaults.DEFAULT_BASELINE
+    chosen = baseline or suite_baseline(directory) or defaults.DEFAULT_BASELINE
     if chosen not in names:
         message = f"baseline {chosen!r} has no runs here (optimizers: {', '.join(names)})"
         if baseline is not None:
@@ -109,7 +127,7 @@ def show_leaderboard(
         raise BenchError(f"--alpha must lie strictly between 0 and 1 (0.05 = 5%), got {alpha}")
     shown = export.parse_columns(columns) if columns else export.WIDE if wide else export.COMPACT
     records = _records(directory, skip_damaged)
-    lb = leaderboard.build(records, _baseline(records, baseline), alpha=alpha)
+    lb = leaderboard.build(records, _baseline(records, baseline, directory), alpha=alpha)
     if lb.tasks.empty:
         raise _nothing_scored(directory, records)
     for name, task in export.tasks_of(lb):
@@ -134,7 +152,9 @@ def export_tables(
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(export.FORMATS)}")
     _check_out(out)
     records = _records(directory, skip_damaged)
-    text = export.render(leaderboard.build(records, _baseline(records, baseline)), fmt, table)
+    text = export.render(
+        leaderboard.build(records, _baseline(records, baseline, directory)), fmt, table
+    )
     if out is None:
         write_plain(text)
     else:
@@ -165,7 +185,9 @@ def plot(
         raise _nothing_scored(directory, records)
     if left := sorted({r.task_key for r in records} - scored):
         _warn(f"no scored runs yet for {', '.join(left)}: left out of the figures")
-    options = plots.PlotOptions(fmt=fmt, baseline=_baseline(records, baseline), logx=logx)
+    options = plots.PlotOptions(
+        fmt=fmt, baseline=_baseline(records, baseline, directory), logx=logx
+    )
     for path in plots.plot_all(records, out, options):
         stdout.print(str(path), highlight=False, markup=False, soft_wrap=True)
 
@@ -196,7 +218,7 @@ def probe_table(
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(probe.FORMATS)}")
     _check_out(out)
     records = _records(directory, skip_damaged)
-    base = _baseline(records, baseline)
+    base = _baseline(records, baseline, directory)
     text = probe.render(probe.table(records, base, steps), fmt, base)
     if out is None:
         write_plain(text)

@@ -270,6 +270,11 @@ def build_plan(suite: SuiteFile, tier: str | None = None) -> Plan:
     baseline = at_path("baseline", lambda n: normalize(OPTIMIZERS.get(n).registry_name), suite.baseline)
     if any(t.target == "calibrate" for t in suite.tasks) and baseline not in names:
         raise ConfigError(f"baseline: {baseline!r} is not among the optimizers; calibrate needs it")
+    if "baseline" in suite.model_fields_set and baseline not in names:  # the leaderboard's too
+        raise ConfigError(
+            f"baseline: {baseline!r} is not among the optimizers ({', '.join(names)}); name one "
+            "of them, or add it"
+        )
     for j, (entry, name) in enumerate(zip(suite.optimizers, names)):
         _check_hparams(entry, name, f"optimizers[{j}]")
     sizes = {name: len(expand_grid({}, e.sweep)) for e, name in zip(suite.optimizers, names)}

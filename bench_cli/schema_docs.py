@@ -27,7 +27,8 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("SuiteFile", "tasks"): "the tasks to run, each with options, budget and target",
     ("SuiteFile", "optimizers"): "the optimizers to run, each with fixed values and a sweep grid",
     ("SuiteFile", "seeds"): "the seeds every scored configuration runs with",
-    ("SuiteFile", "baseline"): "the optimizer that speedups are measured against",
+    ("SuiteFile", "baseline"): "the optimizer that speedups are measured against (the "
+    "leaderboard's default in the suite's folder) and targets calibrated from; one of `optimizers`",
     ("SuiteFile", "device"): "auto, cpu, cuda, cuda:N or mps for every run (default: auto)",
     ("SuiteFile", "plugins"): "modules or .py files to import first; they register optimizers "
     "and tasks (as `--plugin`)",

@@ -8,7 +8,7 @@ known; a key known in two places must be prefixed; an unknown key is an error na
 A suite file (more in ``suites/*.yaml``)::
 
     name: example
-    baseline: adamw                      # targets are calibrated from it (default adamw)
+    baseline: adamw                      # speedups and calibrated targets (default adamw)
     seeds: [0, 1, 2]
     tasks:
       - name: lm-small

@@ -61,7 +61,7 @@ def test_the_command_line_loads_without_torch_or_pandas_and_names_the_defaults()
         return " ".join(res.output.replace("│", " ").split())  # help text wraps in its box
 
     shown = flat_help("leaderboard")
-    assert f"({leaderboard.DEFAULT_BASELINE} unless given)" in shown
+    assert f"folder, else {leaderboard.DEFAULT_BASELINE})" in shown
     assert ", ".join(export.WIDE) in shown
     assert ",".join(map(str, probe.DEFAULT_AFTER)) in flat_help("probe")
     assert f"[default: {check.DEFAULT_TOLERANCE}]" in flat_help("check")

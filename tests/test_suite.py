@@ -777,3 +777,27 @@ def test_off_a_terminal_running_cells_get_a_line_while_no_step_comes(tmp_path, m
     assert "starting (no step reported yet)" in screen.getvalue()
     p.step(cell.run_id, 7, 20)
     assert "step 7/20" in screen.getvalue()
+
+
+def test_the_suites_baseline_is_the_leaderboards_and_must_be_one_of_its_optimizers(
+    tmp_path: Path,
+) -> None:
+    from bench_cli.cli import app
+
+    path = write_suite(tmp_path)
+    path.write_text(path.read_text().replace("executor:", "baseline: lion\nexecutor:"))
+    out = tmp_path / "out"
+    suite.run_suite(path, out=out)
+    runner = CliRunner()
+    for command in (["leaderboard", str(out)], ["export", str(out), "--format", "csv"]):
+        shown = runner.invoke(app, command)
+        assert shown.exit_code == 0, shown.output
+        given = runner.invoke(app, [*command, "--baseline", "adamw"])
+        if command[0] == "leaderboard":
+            assert "baseline lion" in shown.output and "baseline adamw" in given.output
+        else:  # the baseline's own speedup is 1 and its verdict says it is the baseline
+            lion = [ln for ln in shown.output.splitlines() if ",lion," in ln]
+            adamw = [ln for ln in given.output.splitlines() if ",adamw," in ln]
+            assert lion and adamw and all(",baseline," in ln for ln in lion + adamw)
+    path.write_text(path.read_text().replace("baseline: lion", "baseline: mars"))
+    assert "baseline: 'mars' is not among the optimizers (adamw, lion)" in invalid(path.read_text())
