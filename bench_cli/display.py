@@ -50,11 +50,28 @@ def clean(text: str) -> str:
     return _CONTROL.sub("", text)
 
 
+class ReaderGone(Exception):
+    """The reader of the output left (``bench leaderboard DIR | head``)."""
+
+
 class _CleanConsole(Console):
     """A console that removes control characters from the text it is given."""
 
     def print(self, *objects, **kwargs) -> None:  # noqa: A003 - rich's name
         super().print(*(clean(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+    def on_broken_pipe(self) -> None:
+        """Stop quietly, as Unix tools do when the reader leaves (rich's own raises SystemExit,
+        which would read as a plug-in's)."""
+        self.quiet = True
+        raise ReaderGone
+
+
+def _reader_gone() -> typer.Exit:
+    """The exit of a command whose reader left: quietly, with the status of a process that
+    SIGPIPE ends, and with the output pointed at /dev/null so that no later flush fails."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return typer.Exit(128 + 13)
 
 
 def write_plain(text: str) -> None:
@@ -164,13 +181,15 @@ def frame_table(df: pd.DataFrame, title: str | None = None, transpose: bool = Fa
 def friendly(fn):
     """For CLI commands: a domain error, a write that found the disk full, or a plug-in's
     ``sys.exit`` (while the command plans its runs, say), prints one red line on stderr and exits
-    1."""
+    1. A reader of the output that left (``| head``) ends the command quietly."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             try:
                 return fn(*args, **kwargs)
+            except BrokenPipeError:
+                raise ReaderGone from None  # an export written to a pipe that closed
             except OSError as exc:
                 if exc.errno not in DISK_FULL:
                     raise
@@ -184,6 +203,8 @@ def friendly(fn):
             raise typer.Exit(1) from None
         except Terminated:
             raise
+        except ReaderGone:
+            raise _reader_gone() from None
         except SystemExit as exc:  # inside a command, only a plug-in's code calls sys.exit
             stderr.print(f"[red]error:[/red] {escape(describe(exc))}", highlight=False)
             raise typer.Exit(1) from None

@@ -268,3 +268,23 @@ def test_python_dash_m_works() -> None:
         [sys.executable, "-m", "bench_cli", "--version"], capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 0 and "bench" in res.stdout
+
+
+@pytest.mark.parametrize("command", [["leaderboard"], ["export", "--format", "json"]])
+def test_a_reader_that_leaves_ends_the_command_quietly(command) -> None:
+    """``bench leaderboard DIR | head``: the pipe closes before the output is written; the
+    command stops with SIGPIPE's status and says nothing (not a plug-in's sys.exit, no
+    traceback)."""
+    import subprocess
+    import sys
+
+    base = Path(__file__).resolve().parents[1] / "suites" / "baselines" / "ci-smoke"
+    code = "import sys; from bench_cli.cli import main; sys.argv[0] = 'bench'; main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, command[0], str(base), *command[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before the first write
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""
