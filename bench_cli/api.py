@@ -356,7 +356,7 @@ def run_summary(req, out_dir, progress=None, executor=None, rerun=False, log=Non
     text = resolved_text(plan)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     log = {"kinds": [], "group": suite.name, **(log or {})}
-    check_settings(settings, log["kinds"], first.settings.device)
+    check_settings(settings, log["kinds"], first.settings.device, log.get("mlflow_uri"))
     folder.claim_suite(text, name=f"{RUNS}/{suite.name}-{digest}.yaml")
     with folder, progress or Progress(quiet=True) as bar:
         return run_plan(plan, folder, settings, bar, rerun=rerun, log=log)

@@ -107,7 +107,7 @@ def run_suite(
             "choose another --out"
         )
     log = {"kinds": suite.log, "group": suite.name or Path(path).stem, **(log or {})}
-    check_settings(settings, log["kinds"], suite.device or "auto")
+    check_settings(settings, log["kinds"], suite.device or "auto", log.get("mlflow_uri"))
     folder.claim_suite(whole)
     write_environment(folder, str(path), tier_name, suite.device or "auto")
     with folder, progress or Progress(quiet=True) as bar:

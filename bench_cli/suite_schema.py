@@ -151,7 +151,9 @@ class Tuning(_Strict):
     """How configurations are chosen before scoring (``bench_cli.protocol``)."""
 
     seeds: list[int] | None = Field(
-        None, min_length=1, description="seeds of the tuning runs (default: one seed, above `seeds`)"
+        None,
+        min_length=1,
+        description="seeds of the tuning runs (default: one seed, above `seeds`)",
     )
     calibration_seeds: list[int] | None = Field(
         None,
@@ -178,7 +180,9 @@ class SlurmSettings(_Strict):
     cpus_per_task: int | None = Field(None, ge=1, strict=True)
     mem_gb: float | None = Field(None, gt=0)
     account: str | None = None
-    array_parallelism: int = Field(64, ge=1, strict=True, description="jobs of the array running at once")
+    array_parallelism: int = Field(
+        64, ge=1, strict=True, description="jobs of the array running at once"
+    )
     extra: dict[str, Any] = Field({}, description="more sbatch flags, e.g. {qos: high}")
 
 
@@ -199,7 +203,11 @@ class ExecutorSettings(_Strict):
         None, description="CUDA: which GPUs (default: all visible)"
     )
     runs_per_gpu: int | None = Field(
-        None, ge=1, le=16, strict=True, description="CUDA: runs sharing a GPU (default: from memory, <= 4)"
+        None,
+        ge=1,
+        le=16,
+        strict=True,
+        description="CUDA: runs sharing a GPU (default: from memory, <= 4)",
     )
     mps: bool | None = Field(
         None,
@@ -211,15 +219,38 @@ class ExecutorSettings(_Strict):
     slurm: SlurmSettings = SlurmSettings()
 
 
+#: the command line's options that only one executor takes: option -> (key, executor)
+_ONE_EXECUTORS = {
+    "--ray-address": ("ray_address", "ray"),
+    **{
+        f"--slurm-{flag}": (f"slurm.{key}", "slurm")
+        for flag, key in (
+            ("cluster", "cluster"), ("partition", "partition"), ("time", "time_minutes"),
+            ("gpus", "gpus_per_node"), ("account", "account"), ("flag", "extra"),
+        )
+    },
+}  # fmt: skip
+
+
 def executor_settings(base: ExecutorSettings, overrides: dict[str, Any]) -> ExecutorSettings:
-    """The suite file's executor settings with the command line's on top."""
+    """The suite file's executor settings with the command line's on top. An option of the
+    command line that another executor takes is refused (a suite file may keep settings for
+    several, to run where each is at hand)."""
     data = base.model_dump()
+    given = {**overrides, **{f"slurm.{k}": v for k, v in overrides.get("slurm", {}).items()}}
     slurm = {**data.pop("slurm"), **overrides.pop("slurm", {})}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return ExecutorSettings(**data, slurm=slurm)
+        settings = ExecutorSettings(**data, slurm=slurm)
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, "executor setting")) from exc
+    for flag, (key, kind) in _ONE_EXECUTORS.items():
+        if given.get(key) is not None and settings.kind != kind:
+            raise ConfigError(
+                f"{flag} is an option of --executor {kind}, and the runs go to the "
+                f"{settings.kind} executor; add --executor {kind}, or leave {flag} out"
+            )
+    return settings
 
 
 class SuiteFile(_Strict):
@@ -238,8 +269,6 @@ class SuiteFile(_Strict):
     log: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         [], description="trackers every run logs to"
     )
-
-
 
 
 def _problems(suite: SuiteFile) -> list[str]:
@@ -288,8 +317,6 @@ def parse_suite(text: str, source: str = "suite") -> SuiteFile:
     if problems:
         raise ConfigError(f"{source}: {'; '.join(problems)}")
     return suite
-
-
 
 
 def load_suite(path: str | Path) -> SuiteFile:

@@ -26,7 +26,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bench_cli.errors import ConfigError
+from bench_cli.addresses import unanswered
+from bench_cli.errors import ConfigError, clip
 from bench_cli.results.record import EvalPoint, RunRecord, TrainPoint
 from bench_cli.runner import RunCallback, RunSpec
 
@@ -237,14 +238,49 @@ class Trackers(RunCallback):
             t.on_end(record)
 
 
-def check_trackers(kinds: list[str]) -> None:
-    """Known names whose extra is installed; else one error line saying how to fix it."""
+def check_trackers(kinds: list[str], mlflow_uri: str | None = None) -> None:
+    """Known names whose extra is installed, and an MLflow address it can use; else one error
+    line saying how to fix it."""
     for kind in kinds:
         if kind not in TRACKERS:
             raise ConfigError(f"unknown tracker {kind!r}; choose from {', '.join(TRACKERS)}")
         if importlib.util.find_spec(_MODULES[kind]) is None:
             raise ConfigError(
                 f'--log {kind} needs the {kind} package: pip install "bench-cli[{kind}]"'
+            )
+    if mlflow_uri is not None:
+        if "mlflow" not in kinds:
+            raise ConfigError(
+                "--mlflow-uri is where --log mlflow sends the runs; add --log mlflow (or log: "
+                "[mlflow] in the suite file), or leave it out"
+            )
+        _check_mlflow_uri(mlflow_uri)
+
+
+def _check_mlflow_uri(uri: str) -> None:
+    """An address MLflow can use and, for a server, one where something answers: MLflow's client
+    would retry a silent server for minutes before the first run could log."""
+    from urllib.parse import urlsplit
+
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri)
+        parts = urlsplit(uri)
+        port = parts.port
+    except Exception as exc:  # noqa: BLE001 - MLflow's own, for a scheme it does not know
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"--mlflow-uri {uri}: MLflow cannot use it ({clip(first, 120)}); give a server "
+            "(http://HOST:PORT), a database (sqlite:///FILE) or a folder (file:///PATH)"
+        ) from None
+    if parts.scheme in ("http", "https") and parts.hostname:
+        port = port or (443 if parts.scheme == "https" else 80)
+        if why := unanswered(parts.hostname, port):
+            raise ConfigError(
+                f"--mlflow-uri {uri}: nothing answers at {parts.hostname}:{port} ({why}); start "
+                "the server there (mlflow server --port PORT), or leave the option out to log "
+                "under --out"
             )
 
 

@@ -986,16 +986,80 @@ def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch) -> None:
             assert not out.exists()  # refused before anything is written
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago, closed again
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _refused(tmp_path, *options: str, suite: bool = False):
+    """``bench run`` (or ``suite run``) with ``options``: one error line, nothing written."""
+    out = tmp_path / "out"
+    command = ["run", "--opt", "adamw", "--task", "rosenbrock", "--steps", "5"]
+    if suite:
+        command = ["suite", "run", str(write_suite(tmp_path / "x.yaml", "noisy-quadratic", "[0]"))]
+    res = CliRunner().invoke(app, [*command, *options, "--out", str(out)])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and res.output.startswith("error:")
+    assert not out.exists()  # refused before anything is written
+    return " ".join(res.output.split())
+
+
+def test_the_slurm_executor_without_slurm_is_refused_unless_the_local_cluster_is_asked(
+    tmp_path, monkeypatch
+) -> None:
+    """submitit would quietly run the cells on this machine, dropping partition and flags."""
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    for as_suite in (False, True):
+        said = _refused(tmp_path, "--executor", "slurm", "--slurm-partition", "gpu", suite=as_suite)
+        assert "--executor slurm: SLURM is not here (no sbatch on PATH)" in said
+        assert "--slurm-cluster local" in said
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--slurm-partition", "gpu"],
+        ["--slurm-flag", "qos=high"],
+        ["--ray-address", "127.0.0.1:1"],
+        ["--executor", "ray", "--slurm-time", "5"],
+    ],
+)
+def test_an_option_of_another_executor_is_refused(tmp_path, options) -> None:
+    flag = next(o for o in options if o.startswith(("--slurm", "--ray")))
+    kind = "slurm" if flag.startswith("--slurm") else "ray"
+    said = _refused(tmp_path, *options)
+    assert f"error: {flag} is an option of --executor {kind}, and the runs go to the" in said
+
+
+@pytest.mark.parametrize("uri", ["a free port", "foo://x", "without --log mlflow"])
+def test_an_mlflow_address_it_cannot_use_is_refused_at_once(tmp_path, uri) -> None:
+    """MLflow's client would retry a server where nothing answers for minutes."""
+    pytest.importorskip("mlflow")
+    log = ["--log", "mlflow"]
+    if uri == "a free port":
+        uri = f"http://127.0.0.1:{_free_port()}"
+        why = "nothing answers at 127.0.0.1:"
+    elif uri == "foo://x":
+        why = "MLflow cannot use it"
+    else:
+        uri, log, why = "http://127.0.0.1:1", [], "add --log mlflow"
+    started = time.monotonic()
+    said = _refused(tmp_path, *log, "--mlflow-uri", uri)
+    assert said.startswith(f"error: --mlflow-uri {uri}" if log else "error: --mlflow-uri is where")
+    assert why in said
+    assert time.monotonic() - started < 60
+
+
 @pytest.mark.parametrize("address", ["a free port", "host-without-port"])
 def test_a_ray_address_where_nothing_answers_is_refused_at_once(tmp_path, address) -> None:
     """ray.init would retry an address where no cluster listens for minutes."""
     pytest.importorskip("ray")
-    import socket
-
     if address == "a free port":
-        with socket.socket() as s:  # a port that was free a moment ago, closed again
-            s.bind(("127.0.0.1", 0))
-            address = f"127.0.0.1:{s.getsockname()[1]}"
+        address = f"127.0.0.1:{_free_port()}"
     path = write_suite(tmp_path / "x.yaml", "noisy-quadratic", "[0]")
     out = tmp_path / "out"
     started = time.monotonic()

@@ -35,10 +35,13 @@ def _other(settings: ExecutorSettings, log: dict | None):
     return SlurmExecutor(settings, log)
 
 
-def check_settings(settings: ExecutorSettings, trackers: list[str], device: str) -> None:
+def check_settings(
+    settings: ExecutorSettings, trackers: list[str], device: str, mlflow_uri: str | None = None
+) -> None:
     """Refuse, before the command writes anything, what it could not run with: the executor's
-    extra or a tracker's package is missing, nothing answers at the Ray cluster's address, or,
-    for runs on ``device`` other than the CPU, a GPU it names is not one that torch sees."""
+    extra or a tracker's package is missing, nothing answers at the Ray cluster's or the MLflow
+    server's address, SLURM is not here, or, for runs on ``device`` other than the CPU, a GPU it
+    names is not one that torch sees."""
     if settings.kind == "ray":
         from bench_cli.executors.ray import check_address, ray_module
 
@@ -46,13 +49,14 @@ def check_settings(settings: ExecutorSettings, trackers: list[str], device: str)
         if settings.ray_address:
             check_address(settings.ray_address)
     elif settings.kind == "slurm":
-        from bench_cli.executors.slurm import submitit_module
+        from bench_cli.executors.slurm import check_cluster, submitit_module
 
         submitit_module()
-    if trackers:
+        check_cluster(settings.slurm.cluster)
+    if trackers or mlflow_uri:
         from bench_cli.trackers import check_trackers
 
-        check_trackers(list(trackers))
+        check_trackers(list(trackers), mlflow_uri)
     if settings.kind == "local" and settings.runs_per_gpu and not settings.gpus and device == "cpu":
         raise ConfigError(
             "--runs-per-gpu (or executor.runs_per_gpu in a suite file): the runs are on the CPU "

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import threading
 import time
 from typing import Any
 
+from bench_cli.addresses import unanswered
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
@@ -44,14 +44,11 @@ def check_address(address: str) -> None:
             f"{where} {address}: give the head's HOST:PORT (as `ray start --head` prints it), "
             "ray://HOST:PORT, or auto"
         )
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as exc:
+    if why := unanswered(host, int(port)):
         raise BenchError(
-            f"{where} {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
-            "start the cluster's head there (ray start --head), or leave the address out for a "
-            "local Ray"
-        ) from None
+            f"{where} {address}: nothing answers at {host}:{port} ({why}); start the cluster's "
+            "head there (ray start --head), or leave the address out for a local Ray"
+        )
 
 
 def _run_cell(cell: Cell, out: str, log: dict | None, threads: int, queue: Any) -> str:

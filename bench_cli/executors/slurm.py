@@ -9,9 +9,10 @@ keeping the cells' claims fresh; stopped (Ctrl-C, SIGTERM), it cancels the jobs 
 
 from __future__ import annotations
 
+import shutil
 import time
 
-from bench_cli.errors import BenchError
+from bench_cli.errors import BenchError, ConfigError
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
 
@@ -62,6 +63,17 @@ def submitit_module():
             'the slurm executor needs submitit; install it with: pip install "bench-cli[slurm]"'
         ) from None
     return submitit
+
+
+def check_cluster(cluster: str | None) -> None:
+    """SLURM itself is here, unless submitit's local executor is asked for (submitit would
+    otherwise run the cells on this machine without a word)."""
+    if cluster in (None, "slurm") and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "--executor slurm: SLURM is not here (no sbatch on PATH); run the command on the "
+            "cluster's login node, or add --slurm-cluster local (executor.slurm.cluster: local) "
+            "to run the cells on this machine through submitit"
+        )
 
 
 class SlurmExecutor:
