@@ -42,7 +42,10 @@ def shards_command(
         DownloadColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=stderr, disable=quiet, transient=True) as bar:
+    # off when stderr is no terminal: there, the bar shows nothing and leaves a blank line
+    with Progress(
+        *columns, console=stderr, disable=quiet or not stderr.is_terminal, transient=True
+    ) as bar:
         task = bar.add_task("shards", total=None)
         manifest = shards.build_shards(
             [str(s) for s in src],

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_cli.errors import DataError
+from bench_cli.errors import DataError, clip
+from bench_cli.results.store import check_parent_folder, name_problem
 
 MANIFEST = "manifest.json"
 TOKENIZERS = ("gpt2", "char", "bytes")
@@ -123,7 +124,13 @@ def collect_files(sources: Iterable[str], glob: str) -> list[tuple[Path, str]]:
         if path.is_file():
             found.setdefault(path, path.name)
         elif path.is_dir():
-            files = sorted(p for p in path.rglob(glob) if p.is_file())
+            try:
+                files = sorted(p for p in path.rglob(glob) if p.is_file())
+            except (ValueError, NotImplementedError) as exc:  # "/x", "a**"
+                raise DataError(
+                    f"--glob {glob!r} is not a pattern under a folder ({exc}); pass one like "
+                    "'*.txt'"
+                ) from exc
             if not files:
                 raise DataError(f"{path} holds no files matching {glob!r}; set --glob")
             for f in files:
@@ -213,6 +220,10 @@ def build_shards(
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1:
         raise DataError(f"--shard-tokens must be positive, got {shard_tokens}")
+    problem = name_problem(name)
+    if problem:
+        raise DataError(f"--name {clip(repr(name))} {problem}; choose another --name")
+    check_parent_folder(out / MANIFEST)  # --out (or a folder above it) is a file
     found = collect_files(sources, glob)
     files = [f for f, _ in found]
     settings = {
@@ -223,6 +234,8 @@ def build_shards(
         "name": name,
         "files": [[str(f), f.stat().st_size] for f in files],
     }
+    split_of = ["val" if goes_to_val(key, val_fraction) else "train" for _, key in found]
+    _check_text(files, [size for _, size in settings["files"]], split_of, val_fraction)
     manifest_path = out / MANIFEST
     manifest = _resume(out, manifest_path, settings)
     if manifest.get("complete"):
@@ -242,7 +255,12 @@ def build_shards(
     manifest.setdefault("skipped", [])
     state = manifest.setdefault("state", {})
     splits = {s: _Split(s, state.get(s, {})) for s in ("train", "val")}
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only folder above it, say
+        raise DataError(
+            f"cannot create --out {str(out)!r} ({exc.strerror or exc}); choose another --out"
+        ) from exc
 
     def save() -> None:
         for s, sp in splits.items():
@@ -260,7 +278,7 @@ def build_shards(
 
     total = sum(size for _, size in settings["files"])
     done = 0
-    split_of = [splits["val" if goes_to_val(key, val_fraction) else "train"] for _, key in found]
+    split_of = [splits[s] for s in split_of]
     todo = [
         i
         for i, f in enumerate(files)
@@ -287,11 +305,32 @@ def build_shards(
             emit(sp, sp.take(sp.buffered, len(files) - 1))
     for s in ("train", "val"):
         manifest[f"{s}_tokens"] = sum(x["tokens"] for x in manifest["shards"] if x["split"] == s)
-    if not manifest["train_tokens"]:
-        raise DataError("no training tokens: every file went to validation; lower --val-fraction")
+    if not manifest["train_tokens"]:  # _check_text saw text: the files that hold it were skipped
+        raise DataError(
+            "no training tokens: every training file was skipped as not UTF-8 text; use "
+            "--tokenizer bytes or lower --val-fraction"
+        )
     manifest["complete"] = True
     save()
     return manifest
+
+
+def _check_text(
+    files: list[Path], sizes: list[int], split_of: list[str], val_fraction: float
+) -> None:
+    """A ``DataError``, before anything is written, when no file holds text or none of the
+    files that hold text goes to training."""
+    if not any(sizes):
+        names = ", ".join(str(f) for f in files)
+        raise DataError(
+            f"the input holds no text: {clip(names)} {'is' if len(files) == 1 else 'are'} "
+            "empty; pass files that hold text"
+        )
+    if not any(size for size, s in zip(sizes, split_of) if s == "train"):
+        raise DataError(
+            f"no training text: every file that holds text goes to validation at --val-fraction "
+            f"{val_fraction}; lower --val-fraction"
+        )
 
 
 def _encoded(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +283,65 @@ def test_skip_undecodable_and_changed_settings(corpus: Path, tmp_path: Path) -> 
             [str(corpus)], tmp_path / "c4", tokenizer="char", val_fraction=0.0, jobs=3
         )
     assert m["train_tokens"] == sum(len(TEXTS[n]) for n in TEXTS if n.endswith(".txt"))
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["a.txt", "--out", "f"], ["'f' is a file", "--out"]),
+        (["a.txt", "--out", "f/sub"], ["'f' is a file", "--out"]),
+        (["a.txt", "--name", "a/b"], ["--name 'a/b'", "letters, digits"]),
+        (["a.txt", "--name", "../evil"], ["--name '../evil'", "start with a letter or digit"]),
+        (["a.txt", "--name", ""], ["--name ''", "must not be empty"]),
+        (["empty.txt", "--val-fraction", "0"], ["holds no text", "empty.txt is empty"]),
+        (["empty.txt", "empty.txt", "--tokenizer", "gpt2"], ["holds no text", "empty.txt"]),
+        (["a.txt", "--val-fraction", "0.99999"], ["validation", "lower --val-fraction"]),
+        (["docs", "--glob", "/x"], ["--glob '/x'", "'*.txt'"]),
+        (["docs", "--glob", "a**"], ["--glob 'a**'", "'*.txt'"]),
+    ],
+    ids=[
+        "out-is-a-file", "out-under-a-file", "name-with-slash", "name-leaving-out", "empty-name",
+        "empty-file", "empty-files-gpt2", "all-to-validation", "absolute-glob", "invalid-glob",
+    ],
+)  # fmt: skip
+def test_bad_out_name_or_text_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch, args: list[str], words: list[str]
+) -> None:
+    work = tmp_path / "work"  # the command runs here, so "../evil" would land in tmp_path
+    (work / "docs").mkdir(parents=True)
+    (work / "a.txt").write_text(TEXTS["b.txt"] * 20)
+    (work / "docs" / "a.txt").write_text(TEXTS["b.txt"])
+    (work / "empty.txt").write_text("")
+    (work / "f").write_text("hi\n")
+    assert in_val("a.txt", 0.99999)  # the one file goes to validation
+    monkeypatch.chdir(work)
+    before = sorted(tmp_path.rglob("*"))
+    out = [] if "--out" in args else ["--out", "sh"]
+    # no --quiet: the progress bar must not add a line either
+    res = invoke("data", "shards", *args, *out, *(["--tokenizer", "char"] * ("gpt2" not in args)))
+    assert res.exit_code == 1, res.output
+    (line,) = res.output.splitlines()
+    assert line.startswith("error:") and all(w in line for w in words), line
+    assert sorted(tmp_path.rglob("*")) == before  # no folder, no shard, nothing outside --out
+
+
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "a.txt").write_text(TEXTS["a.txt"])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: refuse as the system refuses other users
+
+        def refuse(path, *args, **kwargs):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+        monkeypatch.setattr(os, "mkdir", refuse)
+    res = invoke(
+        "data", "shards", str(tmp_path / "a.txt"), "--out", str(locked / "sh"), "--tokenizer",
+        "char",
+    )  # fmt: skip
+    locked.chmod(0o755)
+    assert res.exit_code == 1, res.output
+    (line,) = res.output.splitlines()
+    assert line.startswith("error: cannot create --out") and "Permission denied" in line, line
+    assert "choose another --out" in line and not (locked / "sh").exists()
