@@ -12,6 +12,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from bench_cli import __version__
 from bench_cli.cli_data import data_app
+from bench_cli.cli_results import BaselineOpt, check_out, suite_baseline
 from bench_cli.cli_results import register as register_results_commands
 from bench_cli.cli_run import register as register_run_commands
 from bench_cli.cli_suite import suite_app
@@ -96,16 +97,18 @@ def report(
         Path, typer.Argument(metavar="DIR", help="A directory of run records (a suite's).")
     ],
     out: Annotated[
-        Path | None, typer.Option(help="The HTML file to write [default: DIR/report.html].")
+        Path | None,
+        typer.Option(help="The HTML file to write.", show_default="DIR/report.html"),
     ] = None,
-    baseline: Annotated[
-        str, typer.Option(help="Optimizer that speedups are measured against.")
-    ] = "adamw",
+    baseline: BaselineOpt = None,
 ) -> None:
     """Write one self-contained HTML page: tables, figures, update rules, suite, environment."""
     from bench_cli import describe
+    from bench_cli.results.defaults import DEFAULT_BASELINE
     from bench_cli.results.report import write_report
 
+    check_out(out, example="report.html")
+    baseline = baseline or suite_baseline(directory) or DEFAULT_BASELINE
     docs = describe.docstrings()
     path = write_report(directory, out or Path(directory) / "report.html", baseline, docs)
     stdout.print(str(path), highlight=False, markup=False, soft_wrap=True)

@@ -81,12 +81,13 @@ def _baseline(records: list[RunRecord], baseline: str | None, directory: Path) -
     return chosen
 
 
-def _check_out(out: Path | None) -> None:
-    """An ``--out`` file that can be written, before any work."""
+def check_out(out: Path | None, example: str = "table.md") -> None:
+    """An ``--out`` file that can be written, before any work (``example``: a file name to
+    suggest when ``out`` is a folder)."""
     if out is not None:
         check_parent_folder(out)
         if out.is_dir() or not out.name:
-            raise BenchError(f"--out {str(out)!r} is a folder; give a file name, such as table.md")
+            raise BenchError(f"--out {str(out)!r} is a folder; give a file name, such as {example}")
 
 
 def _nothing_scored(directory: Path, records: list[RunRecord]) -> BenchError:
@@ -150,7 +151,7 @@ def export_tables(
 
     if fmt not in export.FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(export.FORMATS)}")
-    _check_out(out)
+    check_out(out)
     records = _records(directory, skip_damaged)
     text = export.render(
         leaderboard.build(records, _baseline(records, baseline, directory)), fmt, table
@@ -165,7 +166,7 @@ def export_tables(
 def plot(
     directory: DirArg,
     out: Annotated[
-        Path | None, typer.Option(help="Folder for the figures [default: DIR/plots].")
+        Path | None, typer.Option(help="Folder for the figures.", show_default="DIR/plots")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="png, svg or pdf.")] = "png",
     logx: Annotated[bool, typer.Option("--logx", help="Logarithmic x axis.")] = False,
@@ -216,7 +217,7 @@ def probe_table(
         raise BenchError(f"--after {after!r}: give positive numbers of steps, such as 100,500")
     if fmt not in probe.FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(probe.FORMATS)}")
-    _check_out(out)
+    check_out(out)
     records = _records(directory, skip_damaged)
     base = _baseline(records, baseline, directory)
     text = probe.render(probe.table(records, base, steps), fmt, base)

@@ -37,9 +37,8 @@ Mps = Annotated[
     bool | None,
     typer.Option(
         "--mps/--no-mps",
-        help="CUDA: run the runs sharing a GPU under NVIDIA MPS [default: on when runs share a "
-        "GPU and nvidia-cuda-mps-control is installed].",
-        show_default=False,
+        help="CUDA: run the runs sharing a GPU under NVIDIA MPS.",
+        show_default="on when runs share a GPU and nvidia-cuda-mps-control is installed",
         rich_help_panel="Executor",
     ),
 ]

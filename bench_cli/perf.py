@@ -23,11 +23,16 @@ from typing import Any
 
 import torch
 
-from bench_cli.errors import ConfigError
+from bench_cli.errors import ConfigError, clip
 from bench_cli.registry import OPTIMIZERS, build_optimizer
 from bench_cli.registry._base import state_bytes
 
 TORCH_ADAMW = "torch.optim.AdamW"
+#: the largest ``--params``: 100 billion, beyond what one device holds with gradients and state
+MAX_PARAMS = 10**11
+#: fp32 values a timed step holds per parameter: the parameter, its gradient and up to three
+#: state buffers (AdEMAMix, MARS, AggMo)
+VALUES_PER_PARAM = 5
 
 
 @dataclass
@@ -62,13 +67,42 @@ def shapes_for(params: str) -> list[tuple[int, ...]]:
     try:
         n = int(float(params))
     except ValueError:
-        raise ConfigError(f"--params must be gpt2-small or a number, got {params!r}") from None
+        raise ConfigError(
+            f"--params must be gpt2-small or a number, got {clip(repr(params))}"
+        ) from None
+    except OverflowError:  # inf, 1e400
+        n = MAX_PARAMS + 1 if float(params) > 0 else 0
     if n < 1000:
-        raise ConfigError(f"--params must be at least 1000, got {n}")
+        raise ConfigError(f"--params must be at least 1000, got {clip(params)}")
+    if n > MAX_PARAMS:
+        raise ConfigError(f"--params must be at most {MAX_PARAMS:,}, got {clip(params)}")
     rows = n // 1000
     mats = [(rows // 4, 1000)] * 4 if rows >= 4 else [(rows, 1000)]
     rest = n - sum(a * b for a, b in mats)
     return mats + ([(rest,)] if rest else [])
+
+
+def check_memory(numel: int, device: torch.device, params: str) -> None:
+    """Refuse a parameter count whose tensors cannot fit, before allocating any: on CPU the
+    memory the host has available (as ``bench run`` counts it), on a GPU its free memory. The
+    count is not a guess, so unlike ``bench run`` it allows no slack."""
+    need = VALUES_PER_PARAM * 4 * numel / 2**30
+    if device.type == "cuda":
+        from bench_cli.environment import gpu_free_bytes
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        have, where = gpu_free_bytes([index])[0] / 2**30, f"GPU {index} has"
+    elif device.type == "cpu":
+        from bench_cli.api import host_memory_gib
+
+        have, where = host_memory_gib(), "this machine has"
+    else:
+        return
+    if have is not None and need > have:
+        raise ConfigError(
+            f"--params {clip(params)} needs about {need:,.1f} GiB (parameters, gradients and "
+            f"optimizer state in fp32) but {where} {have:,.1f} GiB available; lower --params"
+        )
 
 
 def sync(device: torch.device) -> None:
@@ -162,13 +196,15 @@ def perf_optimizers(
     iters: int = 10, progress=None,
 ) -> tuple[dict[str, Any], list[Row]]:  # fmt: skip
     """The table of ``bench perf optimizers`` and a header describing the run."""
+    from bench_cli.api import check_device
+
+    check_device(device)  # the same line as bench run's for a device this machine lacks
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but this torch sees no CUDA GPU; use cpu")
     shapes = shapes_for(params)
     numel = sum(torch.Size(s).numel() for s in shapes)
+    check_memory(numel, dev, params)
     chosen = names or OPTIMIZERS.names()
     for n in chosen:
         OPTIMIZERS.get(n)  # unknown names fail before anything runs

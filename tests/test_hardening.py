@@ -512,3 +512,66 @@ def test_an_empty_out_is_refused_and_nothing_is_written(tmp_path, monkeypatch, c
     assert res.exit_code == 2, res.output
     assert "'--out': it is empty; name a file or folder" in " ".join(res.output.split())
     assert [p.name for p in tmp_path.iterdir()] == ["s.yaml"]
+
+
+# -- 7. bench report's --out, as bench export's -----------------------------------------------
+
+
+def test_report_out_that_is_a_folder_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for out in (folder, f"{folder}/"):
+        res = bench("report", results, "--out", out)
+        one_line_error(res, f"--out {str(folder)!r} is a folder", "give a file name")
+        assert res.stdout == ""
+        assert list(folder.iterdir()) == [] and not (results / "report.html").exists()
+
+
+def test_report_into_a_read_only_folder_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    real_open = os.open
+
+    def deny(path, *args, **kwargs):  # root writes anywhere: refuse as a user's read-only folder
+        if Path(path).parent == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(store.os, "open", deny)
+    res = bench("report", results, "--out", locked / "r.html")
+    one_line_error(res, f"cannot write {str(locked / 'r.html')!r}", "Permission denied")
+    assert res.stdout == "" and list(locked.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_report_into_a_really_read_only_folder(tmp_path: Path) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        res = bench("report", results, "--out", locked / "r.html")
+        one_line_error(res, "cannot write", "Permission denied")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    "command, text, default",
+    [
+        ("report", "The HTML file to write", "DIR/report.html"),
+        ("plot", "Folder for the figures", "DIR/plots"),
+    ],
+)
+def test_out_help_shows_its_default_and_no_stray_dot(command, text, default) -> None:
+    """``[default: ...]`` written into a help text is rich markup: it vanished, leaving " ."."""
+    res = runner.invoke(app, [command, "--help"])
+    assert res.exit_code == 0
+    flat = " ".join(res.output.replace("│", " ").split())  # help text wraps in its box
+    assert f"{text}. [default: ({default})]" in flat, flat
+    assert f"{text} ." not in flat

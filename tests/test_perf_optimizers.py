@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from bench_cli import perf
@@ -50,3 +51,39 @@ def test_bad_parameter_count_is_one_line() -> None:
     res = CliRunner().invoke(app, ["perf", "optimizers", "--device", "cpu", "--params", "ten"])
     assert res.exit_code != 0
     assert "--params must be gpt2-small or a number" in res.output
+
+
+def _one_line_error(res, *fragments: str) -> str:
+    """Exit 1, no traceback, one line on stderr starting ``error:`` that holds ``fragments``."""
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("error:"), line
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+def test_bad_device_is_bench_runs_one_line(tmp_path) -> None:
+    res = CliRunner().invoke(app, ["perf", "optimizers", "--device", "tpu", "--params", "8000"])
+    line = _one_line_error(res, "unknown device 'tpu'", "use auto, cpu, cuda")
+    out = tmp_path / "out"
+    run = CliRunner().invoke(app, ["run", "--opt", "adamw", "--task", "rosenbrock",
+                                   "--device", "tpu", "--out", str(out), "--quiet"])  # fmt: skip
+    assert run.exit_code == 1 and not out.exists()
+    assert run.stderr.strip().endswith(line.removeprefix("error: "))  # the same words
+
+
+@pytest.mark.parametrize("params", ["1e20", str(10**30), "1e400", "inf"])
+def test_huge_parameter_counts_are_refused_before_allocating(params) -> None:
+    res = CliRunner().invoke(app, ["perf", "optimizers", "--device", "cpu", "--params", params])
+    _one_line_error(res, "--params must be at most 100,000,000,000", params[:6])
+
+
+def test_parameters_that_cannot_fit_in_memory_are_refused(monkeypatch) -> None:
+    """As ``bench run``'s "needs about N GiB": 1e7 parameters (0.2 GiB with their gradients
+    and state) on a host with 0.1 GiB available."""
+    monkeypatch.setattr("bench_cli.api.host_memory_gib", lambda: 0.1)
+    res = CliRunner().invoke(app, ["perf", "optimizers", "--device", "cpu", "--params", "1e7",
+                                   "--opt", "lion", "--iters", "1"])  # fmt: skip
+    _one_line_error(res, "--params 1e7 needs about 0.2 GiB", "0.1 GiB available", "lower")

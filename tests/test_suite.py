@@ -799,5 +799,8 @@ def test_the_suites_baseline_is_the_leaderboards_and_must_be_one_of_its_optimize
             lion = [ln for ln in shown.output.splitlines() if ",lion," in ln]
             adamw = [ln for ln in given.output.splitlines() if ",adamw," in ln]
             assert lion and adamw and all(",baseline," in ln for ln in lion + adamw)
+    report = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "r.html")])
+    assert report.exit_code == 0, report.output
+    assert "baseline lion" in (tmp_path / "r.html").read_text()
     path.write_text(path.read_text().replace("baseline: lion", "baseline: mars"))
     assert "baseline: 'mars' is not among the optimizers (adamw, lion)" in invalid(path.read_text())

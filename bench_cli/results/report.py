@@ -25,9 +25,9 @@ import pandas as pd
 from bench_cli.errors import BenchError
 from bench_cli.mathtext import to_html
 from bench_cli.references import reference_lines
-from bench_cli.results import leaderboard, plots, probe
+from bench_cli.results import export, leaderboard, plots, probe
 from bench_cli.results.record import RunRecord
-from bench_cli.results.store import atomic_write_text, load_records
+from bench_cli.results.store import load_records
 
 NOTE = (
     "Each optimizer at its best configuration: medians over seeds, [95% interval] beside them "
@@ -184,5 +184,4 @@ def write_report(directory: Path, out: Path, baseline: str, docstrings: Mapping[
     if not out.parent.is_dir():
         raise BenchError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
     html = build_report(records, baseline, docstrings, directory)
-    atomic_write_text(out, html)
-    return out
+    return export.write(html, out)  # a folder or a read-only place: one line, as for export
