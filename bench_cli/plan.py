@@ -107,7 +107,8 @@ class Plan:
             role=role,
             config=config,
         )
-        where = f"optimizers[{j}] ({self.names[j]} {config or ''}) on tasks[{tp.index}] "
+        label = " ".join([self.names[j], *([str(config)] if config else [])])
+        where = f"optimizers[{j}] ({label}) on tasks[{tp.index}] "
         _, [spec] = at_path(f"{where}({tp.task_id}), seed {seed}", api.plan_runs, req)
         return Cell(spec, j, tuple(self.suite.plugins))
 

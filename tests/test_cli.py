@@ -144,6 +144,18 @@ def _nothing_written(path: Path) -> bool:
         (["--opt", "adamw,adamw", "--task", "rosenbrock"], "names an optimizer twice"),
         (["--opt", "adamw", "--task", "rosenbrock", "--set", "target=nan"], "finite number"),
         (
+            ["--opt", "adamw", "--task", "rosenbrock", "--set", "a=nan"],
+            "option a: Input should be a finite number (got 'nan')",
+        ),
+        (
+            ["--opt", "adamw", "--task", "noisy-quadratic", "--set", "noise=inf"],
+            "option noise: Input should be a finite number (got 'inf')",
+        ),
+        (
+            ["--opt", "adamw", "--task", "rosenbrock", "--set", "lr=-1"],
+            "optimizers[0] (adamw) on tasks[0]",
+        ),
+        (
             ["--opt", "adamw", "--task", "rosenbrock", "--set", "eval_interval=100000"],
             "eval_interval (100000) is larger than steps",
         ),

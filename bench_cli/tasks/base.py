@@ -28,7 +28,7 @@ from bench_cli.results.record import Direction, Target
 class TaskOptions(BaseModel):
     """Options shared by every task; tasks subclass this and add their own."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     #: name -> {field: value}; fields the user did not set are filled from the chosen preset
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
