@@ -34,10 +34,22 @@ def ray_module():
 
 def check_address(address: str) -> None:
     """Refuse at once a cluster address where nothing answers: ``ray.init`` would retry it for
-    minutes. ``auto`` (the cluster this machine has joined) is left to Ray, which fails fast."""
-    if address in ("auto", "local"):
-        return
+    minutes. ``auto`` (the cluster this machine has joined) is looked up as ``ray.init`` does."""
     where = "--ray-address (or executor.ray_address in a suite file)"
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        try:
+            canonicalize_bootstrap_address_or_die(address)
+        except ConnectionError:
+            raise BenchError(
+                f"{where} auto: no Ray cluster runs on this machine (none started with `ray "
+                "start`, no RAY_ADDRESS); start one, give its HOST:PORT, or leave the address "
+                "out for a local Ray"
+            ) from None
+        return
+    if address == "local":
+        return
     host, colon, port = address.removeprefix("ray://").rpartition(":")
     if not colon or not host or not port.isdigit():
         raise ConfigError(
