@@ -50,16 +50,24 @@ RayAddress = Annotated[
 ]
 SlurmCluster = Annotated[
     str | None,
-    typer.Option(help="SLURM: slurm (default) or local.", rich_help_panel="Executor"),
+    typer.Option(
+        help="SLURM: slurm (default: sbatch must be here), local (submitit runs the jobs on "
+        "this machine) or debug (in this process).",
+        rich_help_panel="Executor",
+    ),
 ]
-SlurmPartition = Annotated[str | None, typer.Option(rich_help_panel="Executor")]
+SlurmPartition = Annotated[
+    str | None, typer.Option(help="SLURM: the partition (-p).", rich_help_panel="Executor")
+]
 SlurmTime = Annotated[
     int | None, typer.Option(help="SLURM: minutes per job.", rich_help_panel="Executor")
 ]
 SlurmGpus = Annotated[
     int | None, typer.Option(help="SLURM: GPUs per job.", rich_help_panel="Executor")
 ]
-SlurmAccount = Annotated[str | None, typer.Option(rich_help_panel="Executor")]
+SlurmAccount = Annotated[
+    str | None, typer.Option(help="SLURM: the account charged (-A).", rich_help_panel="Executor")
+]
 SlurmFlag = Annotated[
     list[str] | None,
     typer.Option(

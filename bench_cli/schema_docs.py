@@ -22,7 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: what the schema's own descriptions leave out; a test checks that every key has one
 DESCRIPTIONS: dict[tuple[str, str], str] = {
-    ("SuiteFile", "name"): "the suite's name: names its folder, groups tracker runs",
+    (
+        "SuiteFile",
+        "name",
+    ): "the suite's name: groups its tracker runs (the default folder, suite-runs/FILE-TIER, comes from the file's name)",
     ("SuiteFile", "description"): "free text, shown by `bench suite validate`",
     ("SuiteFile", "tasks"): "the tasks to run, each with options, budget and target",
     ("SuiteFile", "optimizers"): "the optimizers to run, each with fixed values and a sweep grid",
