@@ -114,6 +114,13 @@ def _ref(node: dict) -> str | None:
     return ref.rsplit("/", 1)[-1] if ref else None
 
 
+def _bound(value: float) -> str:
+    """A bound as text: ``2**63`` for a power of two above a million, else ``g``-formatted."""
+    if isinstance(value, int) and value > 2**20 and value & (value - 1) == 0:
+        return f"2**{value.bit_length() - 1}"
+    return f"{value:g}"
+
+
 def _type(node: dict) -> str:
     """A property's type as short text: ``int ≥ 1 | null``, ``list[int]``, ``local | ray``."""
     if "anyOf" in node:
@@ -134,7 +141,7 @@ def _type(node: dict) -> str:
     else:
         text = names.get(kind, kind)
     bounds = [
-        f"{sign} {node[key]:g}"
+        f"{sign} {_bound(node[key])}"
         for key, sign in (
             ("minimum", "≥"),
             ("exclusiveMinimum", ">"),

@@ -140,9 +140,13 @@ class OptimizerEntry(_Strict):
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
 
 
+#: a run's seed: a whole number (not true/false), as torch.manual_seed takes it
+Seed = Annotated[StrictInt, Field(ge=0, lt=2**63)]
+
+
 class Tier(_Strict):
     description: str = ""
-    seeds: list[int] | None = Field(None, min_length=1)
+    seeds: list[Seed] | None = Field(None, min_length=1)
     budget: Budget = Budget()
     tasks: dict[str, Budget] = {}
 
@@ -150,12 +154,12 @@ class Tier(_Strict):
 class Tuning(_Strict):
     """How configurations are chosen before scoring (``bench_cli.protocol``)."""
 
-    seeds: list[int] | None = Field(
+    seeds: list[Seed] | None = Field(
         None,
         min_length=1,
         description="seeds of the tuning runs (default: one seed, above `seeds`)",
     )
-    calibration_seeds: list[int] | None = Field(
+    calibration_seeds: list[Seed] | None = Field(
         None,
         min_length=1,
         description="seeds of the baseline's calibration runs (default: as many as `seeds`, "
@@ -258,7 +262,7 @@ class SuiteFile(_Strict):
     description: str = ""
     tasks: list[TaskEntry] = Field(min_length=1)
     optimizers: list[OptimizerEntry] = Field(min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
     baseline: str = "adamw"
     device: str | None = None
     plugins: list[str] = []

@@ -40,7 +40,7 @@ def test_every_key_has_a_type_description_and_example() -> None:
 
 def test_reference_rows_show_type_and_default_from_the_schema() -> None:
     text = schema_docs.reference_markdown()
-    assert "| `seeds` | list[int] (≥ 1 item(s)) | `[0]` |" in text
+    assert "| `seeds` | list[int (≥ 0, < 2**63)] (≥ 1 item(s)) | `[0]` |" in text
     assert '| `kind` | "local" \\| "ray" \\| "slurm" | `local` |' in text
     assert "| `steps` | int (≥ 1) \\| null | `null` |" in text
 

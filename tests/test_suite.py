@@ -804,3 +804,19 @@ def test_the_suites_baseline_is_the_leaderboards_and_must_be_one_of_its_optimize
     assert "baseline lion" in (tmp_path / "r.html").read_text()
     path.write_text(path.read_text().replace("baseline: lion", "baseline: mars"))
     assert "baseline: 'mars' is not among the optimizers (adamw, lion)" in invalid(path.read_text())
+
+
+@pytest.mark.parametrize(
+    ("seeds", "why"),
+    [
+        ("seeds: [-1]", "seeds[0]: Input should be greater than or equal to 0 (got -1)"),
+        ("seeds: [true]", "seeds[0]: Input should be a valid integer (got True)"),
+        ("tuning: {seeds: [-3]}", "tuning.seeds[0]: Input should be greater than or equal to 0"),
+    ],
+)
+def test_a_seed_in_a_suite_is_a_whole_number_from_zero_named_by_its_key(seeds, why) -> None:
+    text = "tasks: [{name: rosenbrock}]\noptimizers: [{name: adamw}]\n" + seeds + "\n"
+    with pytest.raises(ConfigError) as info:
+        parse_suite(text, "f.yaml")
+    assert str(info.value).startswith("f.yaml: ") and why in str(info.value)
+    assert "--seed" not in str(info.value)
