@@ -17,7 +17,7 @@ from bench_cli.cli_results import register as register_results_commands
 from bench_cli.cli_run import register as register_run_commands
 from bench_cli.cli_suite import suite_app
 from bench_cli.display import friendly, other_rank, stdout
-from bench_cli.errors import Terminated
+from bench_cli.errors import BenchError, Terminated
 
 app = typer.Typer(
     name="bench",
@@ -108,6 +108,8 @@ def report(
     from bench_cli.results.report import write_report
 
     check_out(out, example="report.html")
+    if out is not None and out.suffix.lower() not in (".html", ".htm"):
+        raise BenchError(f"--out {str(out)!r}: the report is one HTML page; give a .html name")
     baseline = baseline or suite_baseline(directory) or DEFAULT_BASELINE
     docs = describe.docstrings()
     path = write_report(directory, out or Path(directory) / "report.html", baseline, docs)

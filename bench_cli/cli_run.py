@@ -255,7 +255,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show a suite's phases and cells, resolved, with a count and an estimated duration."""
         from bench_cli.config import load_suite
+        from bench_cli.results.store import check_results_folder
 
+        if history is not None:
+            check_results_folder(history)  # a folder that is not there, or a file: one line
         _print_plan(load_suite(file), tier, history)
 
 

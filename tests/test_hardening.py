@@ -575,3 +575,13 @@ def test_out_help_shows_its_default_and_no_stray_dot(command, text, default) -> 
     flat = " ".join(res.output.replace("│", " ").split())  # help text wraps in its box
     assert f"{text}. [default: ({default})]" in flat, flat
     assert f"{text} ." not in flat
+
+
+def test_a_report_named_as_another_format_and_a_missing_history_are_one_line(tmp_path) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    res = bench("report", results, "--out", tmp_path / "r.pdf")
+    one_line_error(res, "the report is one HTML page; give a .html name")
+    assert not (tmp_path / "r.pdf").exists()
+    plan = Path(__file__).resolve().parents[1] / "suites" / "ci-smoke.yaml"
+    one_line_error(bench("plan", plan, "--history", tmp_path / "none"), "does not exist")
+    one_line_error(bench("plan", plan, "--history", plan), "is a file, not a folder")
