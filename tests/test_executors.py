@@ -1054,7 +1054,7 @@ def test_an_mlflow_address_it_cannot_use_is_refused_at_once(tmp_path, uri) -> No
     assert time.monotonic() - started < 60
 
 
-@pytest.mark.parametrize("address", ["a free port", "host-without-port", "auto"])
+@pytest.mark.parametrize("address", ["a free port", "host-without-port", "auto", "127.0.0.1:99999"])
 def test_a_ray_address_where_nothing_answers_is_refused_at_once(
     tmp_path, address, monkeypatch
 ) -> None:
@@ -1074,6 +1074,7 @@ def test_a_ray_address_where_nothing_answers_is_refused_at_once(
     assert res.exit_code == 1 and time.monotonic() - started < 60
     why = "nothing answers at 127.0.0.1:" if ":" in address else "give the head's HOST:PORT"
     why = "no Ray cluster runs on this machine" if address == "auto" else why
+    why = "give the head's HOST:PORT" if address.endswith(":99999") else why  # no such port
     assert f"--ray-address (or executor.ray_address in a suite file) {address}" in res.output
     assert why in res.output and "Traceback" not in res.output
     assert not out.exists()  # refused before anything is written

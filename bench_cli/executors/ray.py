@@ -51,7 +51,7 @@ def check_address(address: str) -> None:
     if address == "local":
         return
     host, colon, port = address.removeprefix("ray://").rpartition(":")
-    if not colon or not host or not port.isdigit():
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(
             f"{where} {address}: give the head's HOST:PORT (as `ray start --head` prints it), "
             "ray://HOST:PORT, or auto"
