@@ -68,12 +68,13 @@ def run_id_for(payload: dict[str, Any]) -> str:
     calibrated target is the same run as before calibration (its record is rescored, not rerun).
     So is how often a run checkpoints, which never changes what it computes.
     """
+    from bench_cli.config import NEUTRAL_SETTINGS
     from bench_cli.datafiles import with_identities
 
     payload = {k: v for k, v in payload.items() if k != "target"}
     payload["task_options"] = with_identities(payload["task_options"])
     payload["settings"] = {
-        k: v for k, v in payload["settings"].items() if k not in ("target", "checkpoint_minutes")
+        k: v for k, v in payload["settings"].items() if k != "target" and k not in NEUTRAL_SETTINGS
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     digest = hashlib.sha256(blob).hexdigest()[:10]

@@ -50,8 +50,15 @@ class RunSettings(BaseModel):
         None, gt=0.0, le=MAX_SECONDS, description="wall-clock cap on training"
     )
     checkpoint_minutes: float | None = Field(
-        None, ge=0.0, description="minutes between checkpoints (default: 10 on GPU, off on CPU; 0: off)"
+        None,
+        ge=0.0,
+        description="minutes between checkpoints (default: 10 on GPU, off on CPU; 0: off)",
     )
+
+
+#: run settings that never change what a run computes: they leave its run id as it is, and a
+#: suite folder may resume with other values
+NEUTRAL_SETTINGS = frozenset({"checkpoint_minutes"})
 
 
 def parse_value(text: str, source: str = "--set") -> Any:

@@ -338,14 +338,19 @@ class Folder:
 
 
 def _by_content(doc: Any) -> Any:
-    """A resolved suite with its tasks' data paths replaced by what they hold."""
+    """A resolved suite with its tasks' data paths replaced by what they hold, and without the
+    settings that do not change what a run computes (how often it checkpoints)."""
+    from bench_cli.config import NEUTRAL_SETTINGS
     from bench_cli.datafiles import with_identities
 
+    def same_runs(task: dict) -> dict:
+        settings = task.get("settings")
+        if isinstance(settings, dict):
+            settings = {k: v for k, v in settings.items() if k not in NEUTRAL_SETTINGS}
+        return {**task, "options": with_identities(task.get("options") or {}), "settings": settings}
+
     if isinstance(doc, dict) and isinstance(doc.get("tasks"), list):
-        doc = {**doc, "tasks": [
-            {**t, "options": with_identities(t.get("options") or {})} if isinstance(t, dict) else t
-            for t in doc["tasks"]
-        ]}  # fmt: skip
+        doc = {**doc, "tasks": [same_runs(t) if isinstance(t, dict) else t for t in doc["tasks"]]}
     return doc
 
 

@@ -820,3 +820,19 @@ def test_a_seed_in_a_suite_is_a_whole_number_from_zero_named_by_its_key(seeds, w
         parse_suite(text, "f.yaml")
     assert str(info.value).startswith("f.yaml: ") and why in str(info.value)
     assert "--seed" not in str(info.value)
+
+
+def test_a_suite_resumes_with_another_checkpoint_interval_but_not_another_budget(
+    tmp_path: Path,
+) -> None:
+    """How often runs checkpoint changes no run (nor its id): the folder takes the suite with a
+    new interval and reuses every record; a new budget is another suite."""
+    path = write_suite(tmp_path, target="settings: {checkpoint_minutes: 5}")
+    out = tmp_path / "out"
+    first = suite.run_suite(path, out=out)
+    path.write_text(path.read_text().replace("checkpoint_minutes: 5", "checkpoint_minutes: 1"))
+    again = suite.run_suite(path, out=out)
+    assert again.ran == 0 and len(again.records) == len(first.records)
+    path.write_text(path.read_text().replace("steps: 20", "steps: 30"))
+    with pytest.raises(BenchError, match="holds another suite .tasks.0..budget.steps differs"):
+        suite.run_suite(path, out=out)
