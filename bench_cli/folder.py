@@ -262,16 +262,15 @@ class Folder:
         return True
 
     def alive(self, marker: Path) -> bool:
-        """Whether the claim ``marker`` is held by a live process."""
+        """Whether the claim ``marker`` is held by a live process. A claim is created whole
+        (``create_whole``), so one that does not read back is damaged, and held by no one."""
         try:
             info = json.loads(marker.read_text(encoding="utf-8"))
             age = time.time() - marker.stat().st_mtime
-        except FileNotFoundError:
+        except (OSError, ValueError):  # gone, or damaged: a folder, garbage, not UTF-8
             return False
-        except (OSError, ValueError):
-            info, age = None, time.time() - marker.stat().st_mtime
-        if not isinstance(info, dict):  # being written, or damaged: trust it for a heartbeat
-            return age < HEARTBEAT
+        if not isinstance(info, dict):
+            return False
         if info.get("host") != self.me["host"]:
             return age < LEASE
         try:

@@ -277,8 +277,7 @@ def test_claims_that_are_damaged_or_name_an_unrelated_live_pid_are_not_running(
         (markers / run_ids[0] / "x").write_text("x")
     unrelated = {"host": os.uname().nodename, "pid": 1, "pid_start": "0", "claimed_at": "x"}
     (markers / run_ids[1]).write_text(json.dumps(unrelated))  # pid 1 lives, but it is not ours
-    old = time.time() - 3600
-    os.utime(markers / run_ids[0], (old, old))
+    old = time.time() - 3600  # the damaged claim is fresh: damage alone makes it no one's
     res = runner.invoke(app, ["suite", "status", str(out)])
     assert res.exit_code == 0 and "2 interrupted" in res.output, res.output
     (out / ".h.tmp").write_text("partial")  # what a kill mid-write leaves
