@@ -144,7 +144,31 @@ DAMAGE = {
     "wrong-schema": (lambda p: p.write_text('{"run_id": "x", "curve": 3}'), "not a run record"),
     "folder": (lambda p: p.mkdir(), "is a folder, not a regular file"),
     "fifo": (lambda p: os.mkfifo(p), "FIFO"),
+    # values no run can have (a hand edit): they would rank first, "33x better"
+    "negative-tokens": (
+        lambda p: _edited(p, tokens_to_target=-50.0),
+        "tokens_to_target: Input should be greater than or equal to 0",
+    ),
+    "infinite-tokens": (
+        lambda p: _edited(p, tokens_to_target=float("inf")),
+        "tokens_to_target: Input should be a finite number",
+    ),
+    "nan-seconds": (
+        lambda p: _edited(p, seconds_to_target=float("nan")),
+        "seconds_to_target: Input should be a finite number",
+    ),
+    "negative-steps": (lambda p: _edited(p, steps_done=-1), "steps_done: Input should be greater"),
+    "newer-schema": (
+        lambda p: _edited(p, schema_version=99),
+        "was written by a newer bench (record schema 99; this one reads 1); upgrade bench",
+    ),
 }
+
+
+def _edited(path: Path, **values) -> None:
+    """A whole record, with ``values`` written over its fields (JSON allows NaN and Infinity)."""
+    data = json.loads(make_record("lm", "lion", 7, 4000.0).model_dump_json())
+    path.write_text(json.dumps({**data, **values}))
 
 
 def _damaged_results(tmp_path: Path, kind: str) -> tuple[Path, Path]:

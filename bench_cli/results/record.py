@@ -38,9 +38,9 @@ class EvalPoint(_Frozen):
     """One evaluation: after ``step`` optimizer steps, ``tokens`` units consumed, ``seconds`` of
     training (evaluation excluded)."""
 
-    step: int
-    tokens: int
-    seconds: float
+    step: int = Field(ge=0)
+    tokens: int = Field(ge=0)
+    seconds: float = Field(ge=0, allow_inf_nan=False)
     metrics: dict[str, float]
 
 
@@ -103,17 +103,17 @@ class RunRecord(_Frozen):
     status: Status
     error: str | None = None
     target: Target | None = None
-    tokens_to_target: float | None = None
-    seconds_to_target: float | None = None
-    steps_to_target: float | None = None
+    tokens_to_target: float | None = Field(None, ge=0, allow_inf_nan=False)
+    seconds_to_target: float | None = Field(None, ge=0, allow_inf_nan=False)
+    steps_to_target: float | None = Field(None, ge=0, allow_inf_nan=False)
     metric_directions: dict[str, Direction] = {}
     final_metrics: dict[str, float] = {}
     best_metrics: dict[str, float] = {}
     curve: list[EvalPoint] = []
     probe_curve: list[EvalPoint] | None = None
-    steps_done: int = 0
-    tokens_done: int = 0
-    grad_evals: int = Field(0, description="gradient evaluations (forward+backward passes)")
+    steps_done: int = Field(0, ge=0)
+    tokens_done: int = Field(0, ge=0)
+    grad_evals: int = Field(0, ge=0, description="gradient evaluations (forward+backward passes)")
     optimizer_branches: dict[str, int] | None = Field(
         None,
         description="for an optimizer with branches (MARS): how many tensors took each update",
@@ -125,14 +125,17 @@ class RunRecord(_Frozen):
     )
     grad_evals_per_step: int = 1
     setup_seconds: float = Field(
-        0.0, description="one-time costs left out of the clock: data, model, compile, warm-up"
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="one-time costs left out of the clock: data, model, compile, warm-up",
     )
     train_curve: list[TrainPoint] | None = Field(
         None, description="training loss and lr every log_interval steps"
     )
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    tokens_per_second: float | None = None
+    train_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+    eval_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+    tokens_per_second: float | None = Field(None, ge=0, allow_inf_nan=False)
     optimizer_state_bytes: int = 0
     param_groups: list[ParamGroupInfo] = []
     env: Env

@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from bench_cli.errors import BenchError, DamagedRecordsError, clip
-from bench_cli.results.record import RunRecord
+from bench_cli.results.record import SCHEMA_VERSION, RunRecord
 
 RECORD_SUFFIX = ".json"
 #: JSON files of a suite folder that are not run records (``bench_cli.folder`` writes them)
@@ -219,6 +219,13 @@ def _parse(path: Path, text: str) -> RunRecord:
         ) from None
     if not isinstance(data, dict):
         raise UnreadableRecord(path, f"holds a JSON {type(data).__name__}, not a run record")
+    version = data.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise UnreadableRecord(
+            path,
+            f"was written by a newer bench (record schema {version}; this one reads "
+            f"{SCHEMA_VERSION}); upgrade bench to read it",
+        )
     try:
         return RunRecord.model_validate(data)
     except ValidationError as exc:
