@@ -35,11 +35,14 @@ class Reference:
         )
 
     def matches(self, record: RunRecord) -> bool:
-        """A record of the same set-up: task, optimizer, options and run length."""
+        """A scored record of the same set-up: task, optimizer, options and run length, with no
+        probe batch put into its data (tuning and calibration runs try other values)."""
         return (
             record.task == self.task
             and record.optimizer == self.optimizer
             and record.status != "error"
+            and record.role == "score"
+            and record.task_options.get("probe_batch_step") is None
             and record.settings.get("steps") == self.steps
             and all(record.task_options.get(k) == v for k, v in self.options.items())
         )

@@ -97,6 +97,11 @@ def test_published_reference_beside_our_adamw_result(tmp_path: Path) -> None:
     assert "+0.0000 vs published" in ours.line(ref)
     shorter = Reference("lm", "adamw", "val_loss", 1.5, steps=5000, source="paper")
     assert our_result(shorter, records) is None  # a run of another length is not comparable
+    tuning = make_record("lm", "adamw", 3, 4000.0, best=9.0).model_copy(update={"role": "tune"})
+    probed = make_record("lm", "adamw", 4, 4000.0, best=9.0)
+    probed = probed.model_copy(update={"task_options": {"probe_batch_step": 50}})
+    again = our_result(ref, [*records, tuning, probed])  # neither is the published set-up
+    assert again is not None and again.runs == 3 and again.median == pytest.approx(1.5)
 
 
 def test_show_lm_medium_prints_nanogpt_reference(tmp_path: Path) -> None:
