@@ -3,6 +3,8 @@
 A problem is one of:
 
 - a task, or an optimizer on a task, that the baseline has and the new results lack;
+- a seed that the baseline scored a task-optimizer pair on and the new results did not (extra
+  seeds are fine; a seed-independent task's seeds count as one run, as on the leaderboard);
 - tokens-to-target that got worse beyond the baseline's interval: the new median exceeds the upper
   end of the baseline's interval for the median (order statistics, as the leaderboard's) by more
   than ``tolerance`` (relative), or the new median
@@ -61,6 +63,45 @@ def _missing(base: set, new: set) -> list[str]:
     for task, opt in sorted(base - new):
         if task in new_tasks:
             problems.append(f"{task} / {opt}: no runs in the new results")
+    return problems
+
+
+def _seed_list(seeds: set[int]) -> str:
+    """Sorted seeds with runs of three or more joined: {0, 1, 2, 3, 7} -> '0-3, 7'."""
+    spans: list[list[int]] = []
+    for s in sorted(seeds):
+        if spans and s == spans[-1][1] + 1:
+            spans[-1][1] = s
+        else:
+            spans.append([s, s])
+    parts = []
+    for lo, hi in spans:
+        parts += [f"{lo}-{hi}"] if hi - lo >= 2 else [str(x) for x in range(lo, hi + 1)]
+    return ", ".join(parts)
+
+
+def _missing_seeds(base: Sequence[RunRecord], new: Sequence[RunRecord]) -> list[str]:
+    """Per task-optimizer pair that both sides scored, the baseline's scored seeds that the new
+    results lack (a pair without scored runs is ``_missing``'s)."""
+    seeds: dict[str, dict[tuple[str, str], set[int]]] = {"base": {}, "new": {}}
+    independent = set()
+    for side, records in (("base", base), ("new", new)):
+        for r in stats.scored(records):
+            seeds[side].setdefault((r.task_key, r.optimizer), set()).add(r.seed)
+            if r.seed_independent:
+                independent.add((r.task_key, r.optimizer))
+    problems = []
+    for pair, base_seeds in sorted(seeds["base"].items()):
+        if pair in independent or pair not in seeds["new"]:
+            continue
+        if lacking := base_seeds - seeds["new"][pair]:
+            n = len(lacking)
+            problems.append(
+                f"{pair[0]} / {pair[1]}: no runs for seed{'s' * (n > 1)} {_seed_list(lacking)} "
+                f"in the new results (the baseline has seed{'s' * (len(base_seeds) > 1)} "
+                f"{_seed_list(base_seeds)}); "
+                "run them, or check against a baseline with the same seeds"
+            )
     return problems
 
 
@@ -132,6 +173,14 @@ def _new_failures(base: Sequence[RunRecord], new: Sequence[RunRecord]) -> list[s
     return problems
 
 
+def _check_tolerance(tolerance: float) -> None:
+    """A finite fraction in [0, 1]: 5 is more likely a 5% meant than a 500% slack."""
+    if not 0 <= tolerance <= 1:
+        raise BenchError(
+            f"tolerance must lie between 0 and 1 (a fraction, 0.05 = 5%), got {tolerance}"
+        )
+
+
 def compare(
     new: Sequence[RunRecord],
     base: Sequence[RunRecord],
@@ -139,8 +188,7 @@ def compare(
     baseline: str = leaderboard.DEFAULT_BASELINE,
 ) -> list[str]:
     """Human-readable problems of ``new`` against ``base``; an empty list means it passes."""
-    if not tolerance >= 0:
-        raise BenchError(f"tolerance must be >= 0 (a fraction, 0.05 = 5%), got {tolerance}")
+    _check_tolerance(tolerance)
     base_lb = leaderboard.build(base, baseline)
     new_lb = leaderboard.build(new, baseline, targets=base_lb.targets)
     keys = {
@@ -149,6 +197,7 @@ def compare(
     }
     return [
         *_missing(keys["base"], keys["new"]),
+        *_missing_seeds(base, new),
         *_regressions(base_lb, new_lb, tolerance),
         *_new_failures(base, new),
     ]
@@ -185,6 +234,7 @@ def check_dirs(
 ) -> Report:
     """``compare`` on the records stored in two directories; ``warn`` hears of each second copy
     of a record that was left out."""
+    _check_tolerance(tolerance)  # before reading the folders
     new, base = _load(new_dir, warn), _load(base_dir, warn)
     problems = compare(new, base, tolerance)
     tasks = {r.task_key for r in base}

@@ -84,6 +84,53 @@ def test_negative_tolerance_is_refused() -> None:
         compare(suite(), suite(), tolerance=-0.1)
 
 
+def test_missing_seeds_fail_and_are_named() -> None:
+    new = [r for r in suite() if not (r.task == "lm" and r.optimizer == "fast" and r.seed > 0)]
+    assert compare(new, suite()) == [
+        "lm / fast: no runs for seeds 1, 2 in the new results (the baseline has seeds 0-2); "
+        "run them, or check against a baseline with the same seeds"
+    ]
+
+
+def test_missing_seeds_are_listed_compactly() -> None:
+    (problem, *_) = compare(suite(seeds=(0,)), suite(seeds=(0, 1, 2, 3, 4, 7)))
+    assert problem.startswith(
+        "lm / adamw: no runs for seeds 1-4, 7 in the new results (the baseline has seeds 0-4, 7)"
+    )
+
+
+def test_no_seed_in_common_fails_for_every_pair() -> None:
+    shifted = [r.model_copy(update={"seed": r.seed + 50}) for r in suite()]  # same numbers
+    problems = compare(shifted, suite())
+    pairs = [f"{t} / {o}" for t in ("lm", "valley") for o in ("adamw", "fast", "slow")]
+    assert [p.split(":")[0] for p in problems] == pairs
+    assert all("no runs for seeds 0-2 in the new results" in p for p in problems)
+
+
+def test_extra_seeds_and_unscored_runs_pass() -> None:
+    tuning = [r.model_copy(update={"role": "tune", "seed": 9}) for r in suite(seeds=(0,))]
+    assert compare(suite(seeds=(0, 1, 2, 3)), [*suite(), *tuning]) == []
+
+
+def test_a_seed_independent_task_needs_one_seed() -> None:
+    def independent(records):
+        return [r.model_copy(update={"seed_independent": r.task == "valley"}) for r in records]
+
+    new = independent([r for r in suite() if r.task == "lm" or r.seed == 0])
+    assert compare(new, independent(suite())) == []
+
+
+@pytest.mark.parametrize("tolerance", ["inf", "1e308", "nan", "5", "-0.1"])
+def test_a_tolerance_outside_0_to_1_is_refused_in_one_line(tmp_path: Path, tolerance) -> None:
+    app = typer.Typer()
+    register(app)
+    res = runner.invoke(app, ["check", str(tmp_path), "--against", "x", "--tolerance", tolerance])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.stderr.strip().splitlines() == [
+        f"error: tolerance must lie between 0 and 1 (a fraction, 0.05 = 5%), got {float(tolerance)}"
+    ]
+
+
 def test_check_command_exit_codes(tmp_path: Path) -> None:
     app = typer.Typer()
     register(app)
@@ -96,5 +143,9 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     assert ok.exit_code == 0 and "no regressions" in ok.stdout
     bad = runner.invoke(app, ["check", str(worse), "--against", str(base), "--tolerance", "0.1"])
     assert bad.exit_code == 1 and "lm / fast seed 0: diverged (was done)" in bad.output
+    one_seed = write_all(tmp_path / "one", suite(seeds=(0,)))
+    fewer = runner.invoke(app, ["check", str(one_seed), "--against", str(base)])
+    assert fewer.exit_code == 1 and "no regressions" not in fewer.output
+    assert "regression: lm / adamw: no runs for seeds 1, 2 in the new results" in fewer.stderr
     missing = runner.invoke(app, ["check", str(same), "--against", str(tmp_path / "none")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
