@@ -16,7 +16,7 @@ from bench_cli.display import frame_table, friendly, stderr, stdout, write_plain
 from bench_cli.errors import BenchError
 from bench_cli.results import defaults, inference
 from bench_cli.results.record import RunRecord
-from bench_cli.results.store import check_parent_folder, load_records
+from bench_cli.results.store import check_parent_folder, load_records, nothing_scored
 
 DirArg = Annotated[
     Path,
@@ -90,13 +90,6 @@ def check_out(out: Path | None, example: str = "table.md") -> None:
             raise BenchError(f"--out {str(out)!r} is a folder; give a file name, such as {example}")
 
 
-def _nothing_scored(directory: Path, records: list[RunRecord]) -> BenchError:
-    return BenchError(
-        f"no scored runs in {str(directory)!r} ({len(records)} tuning or calibration runs); "
-        "run the suite to the end to score the selected configurations"
-    )
-
-
 def _escaped(df):
     return df.apply(lambda col: col.map(lambda x: escape(x) if isinstance(x, str) else x))
 
@@ -130,7 +123,7 @@ def show_leaderboard(
     records = _records(directory, skip_damaged)
     lb = leaderboard.build(records, _baseline(records, baseline, directory), alpha=alpha)
     if lb.tasks.empty:
-        raise _nothing_scored(directory, records)
+        raise nothing_scored(directory, records)
     for name, task in export.tasks_of(lb):
         table = export.display_task(task, columns=shown)
         stdout.print(frame_table(_escaped(table), title=escape(export.title(lb, name))))
@@ -153,9 +146,10 @@ def export_tables(
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(export.FORMATS)}")
     check_out(out)
     records = _records(directory, skip_damaged)
-    text = export.render(
-        leaderboard.build(records, _baseline(records, baseline, directory)), fmt, table
-    )
+    lb = leaderboard.build(records, _baseline(records, baseline, directory))
+    if lb.tasks.empty:  # as the leaderboard: no table of nothing, nothing written
+        raise nothing_scored(directory, records)
+    text = export.render(lb, fmt, table)
     if out is None:
         write_plain(text)
     else:
@@ -183,7 +177,7 @@ def plot(
     records = _records(directory, skip_damaged)
     scored = {r.task_key for r in stats.scored(records)}
     if not scored:
-        raise _nothing_scored(directory, records)
+        raise nothing_scored(directory, records)
     if left := sorted({r.task_key for r in records} - scored):
         _warn(f"no scored runs yet for {', '.join(left)}: left out of the figures")
     options = plots.PlotOptions(
@@ -232,11 +226,12 @@ def check(
     directory: DirArg,
     against: Annotated[Path, typer.Option("--against", help="Baseline results directory.")],
     tolerance: Annotated[
-        float, typer.Option(help="Allowed slack beyond the baseline's interval (0.05 = 5%).")
+        float,
+        typer.Option(help="Allowed slack beyond the baseline's interval, 0 to 1 (0.05 = 5%)."),
     ] = defaults.DEFAULT_TOLERANCE,
 ) -> None:
-    """Exit 1 when tokens-to-target regressed beyond its interval or a run newly failed, or when
-    a record of either folder cannot be read."""
+    """Exit 1 when tokens-to-target regressed beyond its interval, a run newly failed, a task,
+    optimizer or seed of the baseline has no runs, or a record of either folder cannot be read."""
     from bench_cli.results import check as checks
 
     report = checks.check_dirs(directory, against, tolerance, warn=_warn)

@@ -135,18 +135,18 @@ class Folder:
         outside it)."""
         record_path(self.path, run_id).unlink(missing_ok=True)
 
-    def read_json(self, name: str) -> dict[str, Any]:
+    def read_json(self, name: str, fix: str = "delete it to recompute it") -> dict[str, Any]:
+        """A side file's object ({} when it is not there); a damaged one is one line ending in
+        ``fix``."""
         path = self.path / name
         if not path.exists():
             return {}
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise BenchError(
-                f"{path} is damaged ({type(exc).__name__}); delete it to recompute it"
-            ) from exc
+            raise BenchError(f"{path} is damaged ({type(exc).__name__}); {fix}") from exc
         if not isinstance(data, dict):
-            raise BenchError(f"{path} is damaged (not a JSON object); delete it to recompute it")
+            raise BenchError(f"{path} is damaged (not a JSON object); {fix}")
         return data
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:

@@ -4,8 +4,13 @@ CSV and JSON carry the numbers (full precision; ``inf`` is a censored bound, emp
 undefined); Markdown, LaTeX and the terminal show text cells: ``median [lo, hi] level%`` with the
 interval's true coverage, ``>x`` / ``<x`` where censoring leaves only a bound, ``-`` where nothing
 is defined, and the speedup with its verdict. ``legend`` explains them under each table. LaTeX
-bolds a cell only when every row has an interval and the winner's lies entirely on the better
-side of every other's.
+bolds a cell only when every row has an interval at a true coverage of at least ``1 - alpha``
+(95% at the leaderboard's 5%) and the winner's lies entirely on the better side of every other's.
+The coverage floor is the leaderboard's own: ``[min, max]`` of ``n`` seeds covers the median with
+probability ``1 - 2 * 2**-n``, which reaches ``1 - alpha`` exactly when ``n`` is at least
+``inference.min_pairs(alpha)``, the fewest seeds that can carry a verdict. So a row whose verdict
+says "too few seeds" never has a bold cell beside it (two seeds give a 50% interval: those of
+two identical optimizers are disjoint one time in three).
 """
 
 from __future__ import annotations
@@ -306,8 +311,11 @@ def _latex_task(lb: Leaderboard, name: str, task: pd.DataFrame) -> str:
         "seconds": ("seconds_to_target", True),
         "best": ("best", task["direction"].iloc[0] != "max"),
     }
+    floor = 1 - lb.alpha - 1e-12  # the coverage a bold cell needs (see the module docstring)
     for col, (key, lower) in bold.items():
-        none = task[f"{key}_level"].isna() | task["seed_independent"]  # no interval: no winner
+        level = task[f"{key}_level"]
+        # no interval, or one too weak to decide with (fewer seeds than a verdict needs): no winner
+        none = level.isna() | (level < floor) | task["seed_independent"]
         lo, hi = task[f"{key}_lo"].mask(none), task[f"{key}_hi"].mask(none)
         i = winner(list(task[key]), list(lo), list(hi), lower)
         if i >= 0:

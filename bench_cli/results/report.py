@@ -25,9 +25,9 @@ import pandas as pd
 from bench_cli.errors import BenchError
 from bench_cli.mathtext import to_html
 from bench_cli.references import reference_lines
-from bench_cli.results import export, leaderboard, plots, probe
+from bench_cli.results import export, leaderboard, plots, probe, stats
 from bench_cli.results.record import RunRecord
-from bench_cli.results.store import load_records
+from bench_cli.results.store import load_records, nothing_scored
 
 NOTE = (
     "Each optimizer at its best configuration: medians over seeds, [95% interval] beside them "
@@ -118,9 +118,13 @@ def probe_tables(records: Sequence[RunRecord], baseline: str) -> tuple[list[tupl
 
 
 def _environment(directory: Path, records: Sequence[RunRecord]) -> str:
-    path = directory / "environment.json"
-    if path.is_file():
-        return json.dumps(json.loads(path.read_text()), indent=2)
+    """The suite's environment.json, else the environments the records carry; a file that cannot
+    be read is one line naming it and the fix."""
+    from bench_cli.folder import ENVIRONMENT, Folder
+
+    if (Path(directory) / ENVIRONMENT).is_file():
+        fix = "restore it, or remove it to show the environment each record carries"
+        return json.dumps(Folder(directory).read_json(ENVIRONMENT, fix), indent=2)
     envs = {r.env.model_dump_json(indent=2) for r in records}
     return "\n".join(sorted(envs))
 
@@ -132,6 +136,7 @@ def build_report(
     directory: Path,
 ) -> str:
     """The page's HTML for ``records`` (read from ``directory``, whose suite files it shows)."""
+    environment = _environment(directory, records)  # a damaged file fails before any work
     lb = leaderboard.build(records, baseline)
     tasks = lb.tasks
     task_tables = (
@@ -163,7 +168,7 @@ def build_report(
         references=references,
         suite=suite_file.read_text() if suite_file.is_file() else None,
         directory=str(directory),
-        environment=_environment(directory, records),
+        environment=environment,
     )
 
 
@@ -181,6 +186,8 @@ def write_report(directory: Path, out: Path, baseline: str, docstrings: Mapping[
             f"baseline {baseline!r} has no runs here (optimizers: {names}); choose one with "
             "--baseline"
         )
+    if not stats.scored(records):  # as leaderboard and plot: no page of empty tables
+        raise nothing_scored(directory, records)
     if not out.parent.is_dir():
         raise BenchError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
     html = build_report(records, baseline, docstrings, directory)

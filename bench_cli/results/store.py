@@ -375,3 +375,12 @@ def ensure_writable_dir(directory: Path) -> Path:
             "choose another directory with --out"
         ) from exc
     return directory
+
+
+def nothing_scored(directory: Path, records: list[RunRecord]) -> BenchError:
+    """The error of a results command on a folder whose records are all tuning or calibration
+    runs: no table, figure or page of nothing."""
+    return BenchError(
+        f"no scored runs in {str(directory)!r} ({len(records)} tuning or calibration runs); "
+        "run the suite to the end to score the selected configurations"
+    )

@@ -85,14 +85,15 @@ def test_latex_uses_booktabs_and_escapes(lb) -> None:
     assert r"4k [4k, $>$10k] 75\%" in export.render(leaderboard.build(partly, "a"), "latex")
 
 
-def test_latex_bolds_a_winner_only_when_its_interval_excludes_the_others(lb) -> None:
-    lm = re.search(r"% lm:.*?\\end\{tabular\}", export.render(lb, "latex"), flags=re.S).group(0)
+def test_latex_bolds_a_winner_only_when_its_interval_excludes_the_others() -> None:
+    six = leaderboard.build(suite(seeds=tuple(range(6))))  # 96% intervals, verdicts decided
+    lm = re.search(r"% lm:.*?\\end\{tabular\}", export.render(six, "latex"), flags=re.S).group(0)
     rows = {row.split(" & ")[0]: row for row in latex_rows(lm)}
-    assert r"\textbf{2.05k [2k, 2.1k] 75\%}" in rows["fast"]
+    assert r"\textbf{2.12k [2k, 2.25k] 96\%}" in rows["fast"] and "2.00x better" in rows["fast"]
     assert r"\textbf" not in rows["adamw"] + rows["slow"]
     # two optimizers whose intervals overlap: nobody is bold
-    close = [make_record("t", "a", s, 4000.0 + 500 * s) for s in range(3)]
-    close += [make_record("t", "b", s, 4200.0 + 500 * s) for s in range(3)]
+    close = [make_record("t", "a", s, 4000.0 + 500 * s) for s in range(6)]
+    close += [make_record("t", "b", s, 4200.0 + 500 * s) for s in range(6)]
     assert r"\textbf" not in export.render(leaderboard.build(close, "a"), "latex")
     # one seed each: no interval, so nobody is bold however far apart
     apart = [make_record("t", "a", 0, 1000.0), make_record("t", "b", 0, 9000.0)]
@@ -277,3 +278,32 @@ def test_a_folder_with_only_tuning_runs_says_so(app, tmp_path: Path) -> None:
     result = runner.invoke(app, ["leaderboard", str(results)])
     assert result.exit_code == 1 and "no scored runs" in result.output
     assert "6 tuning or calibration runs" in result.output
+
+
+@pytest.mark.parametrize("seeds", [(0, 1), (0, 1, 2), (0, 1, 2, 3, 4)])
+def test_latex_bolds_nothing_where_the_seeds_are_too_few_for_a_verdict(seeds) -> None:
+    # fast's intervals lie wholly below the others', but 2, 3 and 5 seeds give [min, max] at
+    # 50%, 75% and 93%, under the 95% a verdict needs; the row says "too few seeds", so no bold
+    lb = leaderboard.build(suite(seeds=seeds))
+    text = export.render(lb, "latex")
+    assert "too few seeds" in text
+    assert r"\textbf" not in text
+    # the same data at 6 seeds (96%, "better") keeps its bold cells
+    six = export.render(leaderboard.build(suite(seeds=tuple(range(6)))), "latex")
+    assert six.count(r"\textbf") == 4  # tokens and seconds to target, on lm and on valley
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_export_refuses_a_folder_with_only_tuning_runs(app, tmp_path: Path, fmt) -> None:
+    tuning = [r.model_copy(update={"role": "tune"}) for r in suite(seeds=(0,))]
+    results = write_all(tmp_path / "results", tuning)
+    result = runner.invoke(app, ["export", str(results), "--format", fmt])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"error: no scored runs in {str(results)!r} (6 tuning or calibration runs); run the "
+        "suite to the end to score the selected configurations"
+    ]
+    out = tmp_path / "paper" / f"table.{fmt}"
+    result = runner.invoke(app, ["export", str(results), "--format", fmt, "--out", str(out)])
+    assert result.exit_code == 1 and "no scored runs" in result.output
+    assert not out.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,44 @@ def test_report_sets_a_published_reference_beside_our_adamw(tmp_path: Path) -> N
     html = build_report(runs, "adamw", docstrings(), tmp_path)
     assert "val_loss 1.4697 after 5,000 steps" in html
     assert "best val_loss 1.4800 (median of 3 run(s), seeds 0, 1, 2; +0.0103 vs published)" in html
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b'{"a":\n', "JSONDecodeError"),
+        (b"\xff\xfe", "UnicodeDecodeError"),
+        (b"[1, 2]\n", "not a JSON object"),
+    ],
+)
+def test_a_damaged_environment_file_is_one_line_naming_it(results, tmp_path, content, why) -> None:
+    env = results / "environment.json"
+    env.write_bytes(content)
+    before = sorted(p.name for p in results.iterdir())
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(app, ["report", str(results), "--out", str(out)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip().splitlines() == [
+        f"error: {env} is damaged ({why}); restore it, or remove it to show the environment "
+        "each record carries"
+    ]
+    assert not out.exists() and sorted(p.name for p in results.iterdir()) == before
+    env.unlink()  # the fix the line names: the page then shows the records' environment
+    res = CliRunner().invoke(app, ["report", str(results), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "&#34;platform&#34;: &#34;test&#34;" in out.read_text()
+
+
+def test_report_refuses_a_folder_with_only_tuning_runs(tmp_path: Path) -> None:
+    tuning = [r.model_copy(update={"role": "tune"}) for r in rich_records()]
+    folder = write_all(tmp_path / "tuning", tuning)
+    before = sorted(p.name for p in folder.iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no matplotlib warning about empty figures either
+        res = CliRunner().invoke(app, ["report", str(folder)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip().splitlines() == [
+        f"error: no scored runs in {str(folder)!r} ({len(tuning)} tuning or calibration runs); "
+        "run the suite to the end to score the selected configurations"
+    ]
+    assert sorted(p.name for p in folder.iterdir()) == before  # no report.html

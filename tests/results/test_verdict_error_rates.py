@@ -171,3 +171,32 @@ def test_calibrating_on_the_scored_seeds_is_caught_by_the_same_check() -> None:
     base, copy, n = reach_rates(np.random.default_rng(11), SUITES, separate=False)
     assert base == SUITES * 3  # with 5 seeds and margin 0, exactly 3 reach their own median
     assert abs(two_proportion_z(base, copy, n)) >= 3.0
+
+
+def _bold_rate(n: int, suites: int, seed: int, **kw) -> float:
+    """How often the LaTeX export bolds a winner among two optimizers (through the leaderboard
+    and the export, as `bench export --format latex` does)."""
+    from bench_cli.results import export
+
+    rng = np.random.default_rng(seed)
+    bold = 0
+    for _ in range(suites):
+        base, opt = simulate(rng, n, **kw)
+        lb = leaderboard.build([o.record for o in base + opt], alpha=ALPHA)
+        bold += "\\textbf" in export.render(lb, "latex", "tasks")
+    return bold / suites
+
+
+@pytest.mark.parametrize("n", [3, 10])
+def test_a_a_the_latex_export_bolds_a_winner_at_most_at_the_level(n: int) -> None:
+    """A bold cell claims a winner: between identical optimizers it appears in at most about
+    alpha of suites, and never with fewer seeds than a verdict needs."""
+    if n < inference.min_pairs(ALPHA):
+        assert _bold_rate(n, 100, seed=n) == 0  # [min, max] of 3 seeds: disjoint 1 time in 10
+    else:
+        assert _bold_rate(n, 300, seed=n) <= ALPHA + binomial_slack(ALPHA, 300)
+
+
+def test_a_b_the_latex_export_bolds_a_clearly_faster_optimizer() -> None:
+    """Not vacuous: an optimizer needing half the baseline's tokens is bold in most suites."""
+    assert _bold_rate(10, 60, seed=3, median_ratio=0.5, sigma=0.2, budget=(9000, 9500)) >= 0.8
