@@ -609,3 +609,15 @@ def test_a_report_named_as_another_format_and_a_missing_history_are_one_line(tmp
     plan = Path(__file__).resolve().parents[1] / "suites" / "ci-smoke.yaml"
     one_line_error(bench("plan", plan, "--history", tmp_path / "none"), "does not exist")
     one_line_error(bench("plan", plan, "--history", plan), "is a file, not a folder")
+
+
+def test_a_linked_folder_of_records_is_named_not_skipped_in_silence(tmp_path: Path) -> None:
+    records = suite((0, 1))
+    results = write_all(tmp_path / "res", [r for r in records if r.optimizer == "adamw"])
+    store_ = write_all(tmp_path / "store", [r for r in records if r.optimizer != "adamw"])
+    (results / "more").symlink_to(store_, target_is_directory=True)
+    res = bench("leaderboard", results)
+    warning = " ".join(res.stderr.split())
+    assert f"warning: left out {results / 'more'}: a link to a folder, which is not followed" in (
+        warning
+    ), res.stderr

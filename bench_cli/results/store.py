@@ -265,6 +265,8 @@ class Scan:
     records: list[RunRecord] = field(default_factory=list)
     damaged: list[UnreadableRecord] = field(default_factory=list)
     copies: list[tuple[Path, Path]] = field(default_factory=list)
+    #: links to folders, not followed (a link may loop, or reach far outside)
+    linked: list[Path] = field(default_factory=list)
 
 
 def check_results_folder(directory: Path) -> Path:
@@ -279,8 +281,9 @@ def check_results_folder(directory: Path) -> Path:
     return directory
 
 
-def _candidates(directory: Path, damaged: list[UnreadableRecord]) -> list[Path]:
-    """Every record file under ``directory``; folders that cannot be listed go to ``damaged``."""
+def _candidates(directory: Path, damaged: list[UnreadableRecord], linked: list[Path]) -> list[Path]:
+    """Every record file under ``directory``; folders that cannot be listed go to ``damaged``,
+    links to folders (not followed) to ``linked``."""
     found = []
 
     def unlisted(exc: OSError) -> None:
@@ -290,6 +293,7 @@ def _candidates(directory: Path, damaged: list[UnreadableRecord]) -> list[Path]:
 
     for root, dirs, files in os.walk(directory, onerror=unlisted):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        linked += [Path(root) / d for d in dirs if (Path(root) / d).is_symlink()]
         for name in [*dirs, *files]:
             if name.endswith(RECORD_SUFFIX) and not name.startswith("."):
                 if name not in SIDE_FILES:
@@ -302,7 +306,9 @@ def scan_records(directory: Path) -> Scan:
     directory = check_results_folder(directory)
     scan = Scan()
     kept: dict[str, tuple[Path, str]] = {}
-    for path in sorted(_candidates(directory, scan.damaged), key=lambda p: (len(p.parts), p)):
+    for path in sorted(
+        _candidates(directory, scan.damaged, scan.linked), key=lambda p: (len(p.parts), p)
+    ):
         try:
             text = read_regular_text(path)
             if _is_export(text):
@@ -352,6 +358,8 @@ def load_records(
         say(f"left out {d}")
     for copy, first in scan.copies:
         say(f"left out {copy}: a copy of {first} (same run id and content)")
+    for link in scan.linked:
+        say(f"left out {link}: a link to a folder, which is not followed; copy the records in")
     return scan.records
 
 
