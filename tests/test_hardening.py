@@ -621,3 +621,13 @@ def test_a_linked_folder_of_records_is_named_not_skipped_in_silence(tmp_path: Pa
     assert f"warning: left out {results / 'more'}: a link to a folder, which is not followed" in (
         warning
     ), res.stderr
+
+
+def test_runs_of_one_task_in_two_units_are_one_line(tmp_path: Path) -> None:
+    """A speedup across tokens and steps would mean nothing (a hand edit, a changed plug-in)."""
+    records = suite((0, 1))
+    odd = records[0].model_copy(update={"unit": "steps"})
+    results = write_all(tmp_path / "res", [odd, *records[1:]])
+    for command in ("leaderboard", "export"):
+        res = bench(command, results)
+        one_line_error(res, f"has runs counted in different units: steps ({odd.run_id})")

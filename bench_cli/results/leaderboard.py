@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bench_cli.errors import BenchError
 from bench_cli.results import inference, selection, stats
 from bench_cli.results.defaults import DEFAULT_BASELINE
 from bench_cli.results.record import RunRecord, Target
@@ -200,6 +201,21 @@ def _ranking_frame(tasks: pd.DataFrame, ratios: Mapping[str, Mapping[str, float]
     return df
 
 
+def _check_units(records: Sequence[RunRecord]) -> None:
+    """One unit per task variant: speedups and tokens-to-target across tokens and steps (a
+    record edited by hand, or a plug-in task that changed its unit) would mean nothing."""
+    units: dict[str, dict[str, str]] = {}
+    for r in records:
+        units.setdefault(r.task_key, {}).setdefault(r.unit, r.run_id)
+    for task, seen in units.items():
+        if len(seen) > 1:
+            which = ", ".join(f"{unit} ({run_id})" for unit, run_id in sorted(seen.items()))
+            raise BenchError(
+                f"task {task!r} has runs counted in different units: {which}; keep the runs of "
+                "one unit in the folder (another --out for the others)"
+            )
+
+
 def build(
     records: Sequence[RunRecord],
     baseline: str = DEFAULT_BASELINE,
@@ -210,6 +226,7 @@ def build(
 
     Only scored runs make rows; tuning runs add the selection's cost and flags."""
     inference.min_pairs(alpha)  # refuses a level outside (0, 1)
+    _check_units(records)
     choices, targets = stats.kept_choices(records, targets)
     errors: dict[tuple[str, str], int] = {}
     for r in stats.scored(records):
