@@ -197,7 +197,13 @@ def _ranking_frame(tasks: pd.DataFrame, ratios: Mapping[str, Mapping[str, float]
         na_position="last",
         kind="stable",
     ).reset_index(drop=True)
-    df.insert(0, "rank", range(1, len(df) + 1))
+    # equal scores share a rank (the name only orders the rows): with no target reached by
+    # anyone, every optimizer is first, not first to last by name
+    keys = list(zip(df["profile_score"].fillna(-math.inf), df["speedup"].fillna(-math.inf)))
+    ranks: list[int] = []
+    for i, key in enumerate(keys):
+        ranks.append(ranks[-1] if i and key == keys[i - 1] else i + 1)
+    df.insert(0, "rank", ranks)
     return df
 
 

@@ -330,6 +330,19 @@ def test_ranking_by_hand() -> None:
     assert ranking.loc["slow", "speedup_tasks"] == 1
 
 
+def test_optimizers_that_reach_nothing_share_a_rank() -> None:
+    """No target reached by anyone: equal scores, one shared place (not places by name)."""
+    never = [make_record("lm", o, s, None) for o in ("lion", "adamw", "mars") for s in (0, 1)]
+    reached = [make_record("lm", "ademamix", s, 4000.0) for s in (0, 1)]
+    ranking = leaderboard.build(never).ranking
+    assert list(ranking["rank"]) == [1, 1, 1] and list(ranking["optimizer"]) == sorted(
+        ["lion", "adamw", "mars"]
+    )
+    ranking = leaderboard.build(never + reached).ranking.set_index("optimizer")
+    assert ranking.loc["ademamix", "rank"] == 1
+    assert {ranking.loc[o, "rank"] for o in ("lion", "adamw", "mars")} == {2}
+
+
 def test_missing_baseline_leaves_speedups_undefined() -> None:
     lb = leaderboard.build(suite(), baseline="nope")
     assert lb.tasks["speedup"].isna().all() and set(lb.tasks["verdict"]) == {"n/a"}
