@@ -53,17 +53,12 @@ def _records(directory: Path, skip_damaged: bool = False) -> list[RunRecord]:
 
 def suite_baseline(directory: Path) -> str | None:
     """The baseline that the suite run in ``directory`` names (None outside a suite's folder)."""
-    from bench_cli.folder import RESOLVED
-    from bench_cli.yamlio import read_yaml
+    from bench_cli.folder import RESOLVED, read_suite_file
 
     path = Path(directory) / RESOLVED
     if not path.is_file():
         return None
-    try:
-        data = read_yaml(path.read_text(encoding="utf-8"), str(path))
-    except (OSError, UnicodeDecodeError, BenchError) as exc:
-        why = str(exc).removeprefix(f"{path}: ") if isinstance(exc, BenchError) else exc
-        raise BenchError(f"{path} is damaged ({why}); restore it, or pass --baseline") from None
+    data = read_suite_file(path, "restore it, or pass --baseline")
     value = data.get("baseline") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None
 

@@ -185,17 +185,7 @@ class Folder:
                 create_whole(path, resolved_text)  # False: another coordinator got there first
             except OSError as exc:
                 raise cannot_write(exc, str(path)) from None
-        try:
-            old_text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BenchError(
-                f"{path} is damaged ({type(exc).__name__}); choose another --out"
-            ) from exc
-        try:
-            old = _by_content(read_yaml(old_text, str(path)))
-        except BenchError as exc:
-            why = str(exc).removeprefix(f"{path}: ")
-            raise BenchError(f"{path} is damaged ({why}); choose another --out") from None
+        old = _by_content(read_suite_file(path, "choose another --out"))
         new = _by_content(read_yaml(resolved_text, name))
         if old != new:
             raise BenchError(
@@ -334,6 +324,22 @@ class Folder:
                     continue  # its writer has just finished with it
                 if stale:
                     tmp.unlink(missing_ok=True)
+
+
+def read_suite_file(path: Path, fix: str) -> Any:
+    """The YAML data of a suite file that a results folder keeps (``RESOLVED``, ``RUNS/*``), or
+    one line saying that it is damaged and ending in ``fix``."""
+    from bench_cli.config import read_yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path} is damaged ({type(exc).__name__}); {fix}") from None
+    try:
+        return read_yaml(text, str(path))
+    except BenchError as exc:
+        why = str(exc).removeprefix(f"{path}: ")
+        raise BenchError(f"{path} is damaged ({why}); {fix}") from None
 
 
 def _by_content(doc: Any) -> Any:

@@ -19,10 +19,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from bench_cli.config import ExecutorSettings, SuiteFile, read_yaml
+from bench_cli.config import ExecutorSettings, SuiteFile
 from bench_cli.errors import BenchError
 from bench_cli.executors import Executors, execute
-from bench_cli.folder import CALIBRATION, RESOLVED, RUNS, SELECTION, Folder
+from bench_cli.folder import CALIBRATION, RESOLVED, RUNS, SELECTION, Folder, read_suite_file
 from bench_cli.plan import Cell, Plan, build_plan
 from bench_cli.results.metrics import to_target
 from bench_cli.results.record import RunRecord, Target
@@ -236,19 +236,9 @@ def _suites_in(out: Path) -> list[tuple[Path, SuiteFile, str | None]]:
     if not paths:
         raise BenchError(f"{out} holds no suite run (no {RESOLVED}); run a suite there first")
     suites = []
+    fix = "restore it, or run the suite into another --out"
     for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BenchError(
-                f"{path} is damaged ({type(exc).__name__}); it cannot be read"
-            ) from exc
-        fix = "restore it, or run the suite into another --out"
-        try:
-            data = read_yaml(text, str(path))
-        except BenchError as exc:
-            why = str(exc).removeprefix(f"{path}: ")
-            raise BenchError(f"{path} is damaged ({why}); {fix}") from None
+        data = read_suite_file(path, fix)
         if not isinstance(data, dict):
             raise BenchError(f"{path} is damaged (not a suite); {fix}")
         tier = data.pop("tier", None)
