@@ -12,7 +12,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from bench_cli import __version__
 from bench_cli.cli_data import data_app
-from bench_cli.cli_results import BaselineOpt, check_out, suite_baseline
+from bench_cli.cli_results import BaselineOpt, check_out, suite_baseline, warn
 from bench_cli.cli_results import register as register_results_commands
 from bench_cli.cli_run import register as register_run_commands
 from bench_cli.cli_suite import suite_app
@@ -77,16 +77,19 @@ def show(
         typer.Option(help="With an optimizer: show the values a run of this task uses."),
     ] = None,
     results: Annotated[
-        Path,
-        typer.Option(help="Records to set beside a published result, when there are any."),
-    ] = Path("results"),
+        Path | None,
+        typer.Option(
+            help="Records to set beside a published result [default: ./results when it exists]."
+        ),
+    ] = None,
     plugin: PluginOpt = None,
 ) -> None:
     """Show an optimizer's update rule and defaults, or a task's options, presets and target."""
     from bench_cli import api, describe
 
     api.load_plugins(plugin or [])
-    text = describe.describe(name, task, describe.stored_records(results))
+    records = describe.stored_records(results or Path("results"), results is not None, warn)
+    text = describe.describe(name, task, records)
     stdout.print(text, highlight=False, markup=False, soft_wrap=True)
 
 

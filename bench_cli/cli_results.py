@@ -38,14 +38,14 @@ BaselineOpt = Annotated[
 ]
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
     stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _records(directory: Path, skip_damaged: bool = False) -> list[RunRecord]:
     """The records of ``directory``; unreadable files fail the command unless skipped."""
     hint = ", or pass --skip-damaged to leave them out"
-    records = load_records(directory, skip_damaged, _warn, skip_hint=hint)
+    records = load_records(directory, skip_damaged, warn, skip_hint=hint)
     if not records:
         raise BenchError(f"no run records in {str(directory)!r}")
     return records
@@ -174,7 +174,7 @@ def plot(
     if not scored:
         raise nothing_scored(directory, records)
     if left := sorted({r.task_key for r in records} - scored):
-        _warn(f"no scored runs yet for {', '.join(left)}: left out of the figures")
+        warn(f"no scored runs yet for {', '.join(left)}: left out of the figures")
     options = plots.PlotOptions(
         fmt=fmt, baseline=_baseline(records, baseline, directory), logx=logx
     )
@@ -229,7 +229,7 @@ def check(
     optimizer or seed of the baseline has no runs, or a record of either folder cannot be read."""
     from bench_cli.results import check as checks
 
-    report = checks.check_dirs(directory, against, tolerance, warn=_warn)
+    report = checks.check_dirs(directory, against, tolerance, warn=warn)
     for problem in report.problems:
         stderr.print(f"[red]regression:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     if report.problems:

@@ -8,11 +8,11 @@ will actually use: the recipe applied to the task's AdamW baseline and the run's
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench_cli.config import RunSettings
-from bench_cli.errors import UnknownNameError
+from bench_cli.errors import BenchError, UnknownNameError
 from bench_cli.mathtext import inline_text, to_text
 from bench_cli.plugins import suggestion
 from bench_cli.references import reference_lines
@@ -42,16 +42,23 @@ def _unknown(name: str, kinds: str = "optimizer or task") -> UnknownNameError:
     )
 
 
-def stored_records(directory: Path | None) -> list[RunRecord]:
-    """The records under ``directory`` (none when it does not exist or holds none)."""
-    if directory is None or not Path(directory).is_dir():
+def stored_records(
+    directory: Path, named: bool = False, warn: Callable[[str], None] | None = None
+) -> list[RunRecord]:
+    """The records under ``directory``: none when it does not exist, unless the user ``named`` it.
+
+    Files that cannot be read as records are left out, and ``warn`` hears of each.
+    """
+    if not Path(directory).is_dir():
+        if named:
+            raise BenchError(
+                f"--results {str(directory)!r} is not a folder of run records; "
+                "pass a results folder, or leave --results out"
+            )
         return []
     from bench_cli.results.store import load_records
 
-    try:
-        return load_records(directory)
-    except ValueError:  # a record that does not validate: show the docs without our numbers
-        return []
+    return load_records(directory, skip_damaged=True, warn=warn)
 
 
 def describe(name: str, task: str | None = None, records: Sequence[RunRecord] = ()) -> str:

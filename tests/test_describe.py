@@ -117,7 +117,22 @@ def test_show_lm_medium_prints_nanogpt_reference(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "val_loss 1.4697" in res.output and "best val_loss 1.4801" in res.output
     assert "+0.0104 vs published" in res.output
+    (tmp_path / "broken.json").write_text("{not json")
+    res = invoke("show", "adamw", "--task", "lm-medium", "--results", str(tmp_path))
+    assert res.exit_code == 0, res.output  # the readable record is still set beside the paper
+    assert "+0.0104 vs published" in res.output and "broken.json" in res.stderr
     res = invoke("show", "lm-medium", "--results", str(tmp_path / "none"))
+    assert res.exit_code == 1 and "--results" in res.output and "not a folder" in res.output
+
+
+def test_show_without_results_folder_shows_the_published_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if "lm-medium" not in TASKS:
+        pytest.skip("lm-medium is not registered")
+    monkeypatch.chdir(tmp_path)  # no ./results here: the default folder is optional
+    res = invoke("show", "lm-medium")
+    assert res.exit_code == 0, res.output
     assert "val_loss 1.4697" in res.output and "no adamw run of this set-up" in res.output
 
 
