@@ -21,6 +21,7 @@ from bench_cli.config import (
     sort_overrides,
     validation_message,
 )
+from bench_cli.datafiles import DATA_OPTIONS
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.plugins import load_plugin, normalize
 from bench_cli.registry import OPTIMIZERS, check_optimizer, optimizer_defaults
@@ -84,7 +85,8 @@ def run_id_for(payload: dict[str, Any]) -> str:
 def task_label(task: Task) -> str:
     """The task's name with its preset and the options that differ from the preset's defaults:
     ``lm-small(preset=tiny)``, ``rosenbrock(x0=-3.0)``. Tables group runs by it, so a tiny and a
-    full-size run of one task never mix. Data paths are left out (the record keeps them).
+    full-size run of one task never mix. A data path is named by its file or folder name only
+    (``data=train.bin``): the full path differs from machine to machine, and the record keeps it.
     """
     options = task.options.model_dump()
     defaults = type(task).Options(preset=options.get("preset", "default")).model_dump()
@@ -94,8 +96,9 @@ def task_label(task: Task) -> str:
     changed += [
         f"{k}={v}"
         for k, v in options.items()
-        if k not in ("preset", "data", "val_data") and v != defaults.get(k)
+        if k not in ("preset", *DATA_OPTIONS) and v != defaults.get(k)
     ]
+    changed += [f"{k}={Path(options[k]).name}" for k in DATA_OPTIONS if options.get(k)]
     return f"{task.registry_name}({','.join(changed)})" if changed else task.registry_name
 
 

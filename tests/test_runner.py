@@ -117,6 +117,16 @@ def test_task_variants_are_told_apart(tmp_path) -> None:
     assert plain.task_key == "rosenbrock"
 
 
+def test_a_task_label_names_its_data_files_but_not_their_folders(tmp_path) -> None:
+    from bench_cli.api import make_task, task_label
+
+    data = tmp_path / "corpus.txt"
+    data.write_text("hello world " * 100)
+    task = make_task("lm-small", {"preset": "tiny", "data": str(data)})
+    assert task_label(task) == "lm-small(preset=tiny,data=corpus.txt)"
+    assert task_label(make_task("lm-small", {"preset": "tiny"})) == "lm-small(preset=tiny)"
+
+
 def test_lookahead_batches_are_consumed_in_order(tmp_path, monkeypatch) -> None:
     """MARS exact trains on the same batch sequence as any other optimizer, drawn one ahead."""
     from bench_cli.tasks.valleys import Rosenbrock

@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from bench_cli.errors import BenchError
 from bench_cli.results import inference
 from bench_cli.results.inference import ALPHA
 from bench_cli.results.metrics import to_target
@@ -178,9 +179,18 @@ def swept_values(configs: Sequence[str], chosen: str) -> str:
 
 
 def _one_per_seed(runs: Iterable[Outcome]) -> list[Outcome]:
+    """The runs of one configuration, one per seed. Two different runs of one seed differ in what
+    the task label does not show (data files of one name, say): taking either would be a guess."""
     by_seed: dict[int, Outcome] = {}
     for o in sorted(runs, key=lambda o: (o.record.seed, o.record.run_id)):
-        by_seed.setdefault(o.record.seed, o)
+        first = by_seed.setdefault(o.record.seed, o)
+        if first is not o:
+            r = o.record
+            raise BenchError(
+                f"{r.task_key} {r.optimizer} seed {r.seed}: runs {first.record.run_id} and "
+                f"{r.run_id} have one configuration but differ in their task options "
+                "(data, say); keep them in separate folders, or give each task its own id"
+            )
     return list(by_seed.values())
 
 

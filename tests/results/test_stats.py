@@ -399,6 +399,19 @@ def test_variants_of_one_task_are_separate_rows() -> None:
     assert sorted(table["runs"]) == [2, 2]
 
 
+def test_two_runs_of_one_seed_that_differ_in_data_are_refused_not_one_dropped() -> None:
+    from bench_cli.errors import BenchError
+
+    one = make_record("lm", "adamw", 0, 2000.0)
+    other = make_record("lm", "adamw", 0, 5000.0).model_copy(
+        update={"run_id": "lm__other", "task_options": {"data": "/elsewhere/train.bin"}}
+    )
+    assert len(leaderboard.build([one]).tasks) == 1
+    with pytest.raises(BenchError, match="lm__other") as err:
+        leaderboard.build([one, other])
+    assert "separate folders" in str(err.value)
+
+
 def test_random_flips_above_16_pairs_give_a_valid_p_value() -> None:
     # 17 pairs all positive: exactly 2**-17, estimated from 20,000 flips as (1 + hits) / 20,001
     p = inference.sign_flip_p([1.0] * 17)
