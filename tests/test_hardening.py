@@ -240,6 +240,17 @@ def test_check_on_a_wrong_schema_record_is_one_line(tmp_path: Path) -> None:
     assert "odd.json: is not a run record" in res.stderr
 
 
+def test_a_record_with_fields_cut_out_is_damaged_not_read_with_defaults(tmp_path: Path) -> None:
+    results = write_all(tmp_path / "res", suite())
+    cut = next(results.glob("lm__fast__seed0*.json"))
+    data = json.loads(cut.read_text())
+    del data["curve"], data["best_metrics"]  # the model's defaults ([] and {}) would hide this
+    cut.write_text(json.dumps(data))
+    res = bench("leaderboard", results)
+    one_line_error(res, "cannot be read as run records")
+    assert f"damaged: {cut}: is not a run record: best_metrics: Field required" in res.stderr
+
+
 def test_a_nested_copy_of_the_results_does_not_double_trials(tmp_path: Path) -> None:
     results = write_all(tmp_path / "res", suite((0, 1)))
     before = bench("export", results, "--format", "json").stdout

@@ -226,6 +226,10 @@ def _parse(path: Path, text: str) -> RunRecord:
             f"was written by a newer bench (record schema {version}; this one reads "
             f"{SCHEMA_VERSION}); upgrade bench to read it",
         )
+    lost = [name for name in RunRecord.model_fields if name not in data]
+    if lost:  # a record is written whole, defaults too: a field gone is damage, not a default
+        more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+        raise UnreadableRecord(path, f"is not a run record: {lost[0]}: Field required{more}")
     try:
         return RunRecord.model_validate(data)
     except ValidationError as exc:
