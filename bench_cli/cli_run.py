@@ -263,7 +263,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_plan(suite, tier, history: Path | None) -> None:
+    from bench_cli.cli_results import warn
     from bench_cli.dryrun import describe_plan
 
-    for line in describe_plan(suite, tier, history):
+    for line in describe_plan(suite, tier, history, warn):
         stdout.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -10,21 +10,30 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_cli.config import SuiteFile
+from bench_cli.errors import BenchError
 from bench_cli.plan import Cell, build_plan
 
 
-def _history(folder: Path | None) -> dict[tuple[str, str], float]:
+def _history(folder: Path | None, warn: Callable[[str], None] | None = None) -> dict:
+    """Per (task variant, optimizer): the median seconds a step and of set-up in ``folder``.
+
+    An estimate is optional: files that cannot be read as records are left out (``warn`` hears
+    of each), and a folder that cannot be read at all gives no estimate (``warn`` hears why).
+    """
     if folder is None or not Path(folder).is_dir():
         return {}
     from bench_cli.results.store import load_records
 
+    say = warn or (lambda _msg: None)
     seconds = defaultdict(list)
     try:
-        records = load_records(folder)
-    except Exception:  # noqa: BLE001 - an estimate is optional; a damaged folder gives none
+        records = load_records(folder, skip_damaged=True, warn=say)
+    except BenchError as exc:
+        say(f"no estimate from {str(folder)!r}: {exc}")
         return {}
     for r in records:
         if r.status != "error":
@@ -74,9 +83,14 @@ def _seconds(cells: list[Cell], past: dict) -> float | None:
     return total
 
 
-def describe_plan(suite: SuiteFile, tier: str | None, history: Path | None) -> list[str]:
+def describe_plan(
+    suite: SuiteFile,
+    tier: str | None,
+    history: Path | None,
+    warn: Callable[[str], None] | None = None,
+) -> list[str]:
     plan = build_plan(suite, tier)
-    past = _history(history)
+    past = _history(history, warn)
     lines = []
     total, known = 0.0, True
 

@@ -591,6 +591,12 @@ def test_a_tuned_suite_folder_reads_back_as_its_records_and_plan_estimates_from_
     assert res.exit_code == 0 and "no earlier records" not in res.output
     assert re.search(r"^phase tune: 4 cells; about \d+ s of run time$", res.output, re.M)
     assert re.search(r"10 cells in all \(.*\); about \d+ s of run time, before", res.output)
+    damaged = sorted(out.glob("*adamw*.json"))[0]
+    damaged.write_text(damaged.read_text()[:500])
+    res = bench("plan", str(path), "--history", str(out))  # the other records still estimate
+    assert res.exit_code == 0 and "no earlier records" not in res.stdout
+    assert re.search(r"^phase tune: 4 cells; about \d+ s of run time$", res.stdout, re.M)
+    assert f"warning: left out {damaged}: is not valid JSON" in " ".join(res.stderr.split())
 
 
 def test_cli_run_and_status(tmp_path: Path) -> None:
