@@ -187,6 +187,9 @@ def _as_bench_module() -> None:
         launcher.__spec__ = importlib.util.find_spec("bench_cli.__main__")
 
 
+_RESUMES = "finished runs are kept, the same command resumes"
+
+
 def main() -> None:
     from bench_cli.bytecode import keep_bytecode
 
@@ -202,10 +205,11 @@ def main() -> None:
     try:
         app()
     except Terminated:
-        print(
-            "bench: stopped by SIGTERM; finished runs are kept, the same command resumes",
-            file=sys.stderr,
-        )
+        print(f"bench: stopped by SIGTERM; {_RESUMES}", file=sys.stderr)
+        raise
+    except SystemExit as exc:
+        if exc.code == 128 + signal.SIGINT:  # typer's exit on KeyboardInterrupt, said nothing
+            print(f"bench: stopped by Ctrl-C; {_RESUMES}", file=sys.stderr)
         raise
     finally:  # the interpreter's own shutdown is not interrupted by a late SIGTERM
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -538,8 +538,9 @@ def test_a_stopped_coordinator_stops_its_busy_workers_at_once(tmp_path, sig) -> 
         assert "2 interrupted" in status.output
     else:
         assert code != 0 and not claims  # a rerun runs them: nobody holds them
-    if sig == signal.SIGTERM:
-        assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr
+    if sig != signal.SIGKILL:  # said in one line, as Ctrl-C or as SIGTERM
+        said = {signal.SIGINT: "stopped by Ctrl-C", signal.SIGTERM: "stopped by SIGTERM"}[sig]
+        assert code == 128 + sig and said in stderr and "the same command resumes" in stderr
         assert "Traceback" not in stderr
 
 
