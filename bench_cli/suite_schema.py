@@ -224,10 +224,14 @@ class ExecutorSettings(_Strict):
 
 
 #: the command line's options that only one executor takes: option -> (key, executor)
-_ONE_EXECUTORS = {
-    "--ray-address": ("ray_address", "ray"),
+_ONE_EXECUTORS = {  # an option -> its setting, and the executors that take it
+    "--jobs": ("jobs", ("local",)),
+    "--gpus": ("gpus", ("local",)),
+    "--mps": ("mps", ("local",)),
+    "--runs-per-gpu": ("runs_per_gpu", ("local", "ray")),
+    "--ray-address": ("ray_address", ("ray",)),
     **{
-        f"--slurm-{flag}": (f"slurm.{key}", "slurm")
+        f"--slurm-{flag}": (f"slurm.{key}", ("slurm",))
         for flag, key in (
             ("cluster", "cluster"), ("partition", "partition"), ("time", "time_minutes"),
             ("gpus", "gpus_per_node"), ("account", "account"), ("flag", "extra"),
@@ -248,11 +252,12 @@ def executor_settings(base: ExecutorSettings, overrides: dict[str, Any]) -> Exec
         settings = ExecutorSettings(**data, slurm=slurm)
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, "executor setting")) from exc
-    for flag, (key, kind) in _ONE_EXECUTORS.items():
-        if given.get(key) is not None and settings.kind != kind:
+    for flag, (key, kinds) in _ONE_EXECUTORS.items():
+        if given.get(key) is not None and settings.kind not in kinds:
+            takes = " or ".join(f"--executor {k}" for k in kinds)
             raise ConfigError(
-                f"{flag} is an option of --executor {kind}, and the runs go to the "
-                f"{settings.kind} executor; add --executor {kind}, or leave {flag} out"
+                f"{flag} is an option of {takes}, and the runs go to the "
+                f"{settings.kind} executor; add {takes.split(' or ')[0]}, or leave {flag} out"
             )
     return settings
 

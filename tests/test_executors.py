@@ -1021,19 +1021,25 @@ def test_the_slurm_executor_without_slurm_is_refused_unless_the_local_cluster_is
 
 
 @pytest.mark.parametrize(
-    "options",
+    ("options", "flag", "takes"),
     [
-        ["--slurm-partition", "gpu"],
-        ["--slurm-flag", "qos=high"],
-        ["--ray-address", "127.0.0.1:1"],
-        ["--executor", "ray", "--slurm-time", "5"],
+        (["--slurm-partition", "gpu"], "--slurm-partition", "--executor slurm"),
+        (["--slurm-flag", "qos=high"], "--slurm-flag", "--executor slurm"),
+        (["--ray-address", "127.0.0.1:1"], "--ray-address", "--executor ray"),
+        (["--executor", "ray", "--slurm-time", "5"], "--slurm-time", "--executor slurm"),
+        (["--executor", "ray", "--jobs", "2"], "--jobs", "--executor local"),
+        (["--executor", "ray", "--mps"], "--mps", "--executor local"),
+        (["--executor", "slurm", "--slurm-cluster", "debug", "--gpus", "0"], "--gpus", "--executor local"),
+        (
+            ["--executor", "slurm", "--slurm-cluster", "debug", "--runs-per-gpu", "2"],
+            "--runs-per-gpu",
+            "--executor local or --executor ray",
+        ),
     ],
-)
-def test_an_option_of_another_executor_is_refused(tmp_path, options) -> None:
-    flag = next(o for o in options if o.startswith(("--slurm", "--ray")))
-    kind = "slurm" if flag.startswith("--slurm") else "ray"
+)  # fmt: skip
+def test_an_option_of_another_executor_is_refused(tmp_path, options, flag, takes) -> None:
     said = _refused(tmp_path, *options)
-    assert f"error: {flag} is an option of --executor {kind}, and the runs go to the" in said
+    assert f"error: {flag} is an option of {takes}, and the runs go to the" in said
 
 
 @pytest.mark.parametrize("uri", ["a free port", "foo://x", "without --log mlflow"])
@@ -1100,20 +1106,29 @@ def test_gpus_that_torch_does_not_see_are_refused_before_anything_is_written(tmp
 
 
 @pytest.mark.parametrize(
-    "executor", [["--runs-per-gpu", "2"], ["--jobs", "2", "--runs-per-gpu", "2"]]
+    ("executor", "flag"),
+    [
+        (["--runs-per-gpu", "2"], "--runs-per-gpu"),
+        (["--jobs", "2", "--runs-per-gpu", "2"], "--runs-per-gpu"),
+        (["--mps"], "--mps"),
+    ],
 )
-def test_runs_per_gpu_for_runs_on_the_cpu_is_refused_before_anything_is_written(
-    tmp_path, executor
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_gpu_sharing_for_runs_on_the_cpu_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, executor, flag, device
 ) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # auto: a machine with no GPU
     out = tmp_path / "out"
     res = CliRunner().invoke(
-        app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--device", "cpu", *executor,
+        app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--device", device, *executor,
               "--out", str(out)],
     )  # fmt: skip
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
-    assert "error: --runs-per-gpu (or executor.runs_per_gpu in a suite file): the runs" in (
-        " ".join(res.output.split())
-    )
+    key = flag.lstrip("-").replace("-", "_")
+    said = " ".join(res.output.split())
+    assert f"error: {flag} (or executor.{key} in a suite file): the runs are on the CPU" in said
     assert not out.exists()
 
 

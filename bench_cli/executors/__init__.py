@@ -57,12 +57,18 @@ def check_settings(
         from bench_cli.trackers import check_trackers
 
         check_trackers(list(trackers), mlflow_uri)
-    if settings.kind == "local" and settings.runs_per_gpu and not settings.gpus and device == "cpu":
-        raise ConfigError(
-            "--runs-per-gpu (or executor.runs_per_gpu in a suite file): the runs are on the CPU "
-            "(--device cpu), where it does nothing; leave it out (--jobs N runs N at once on "
-            "the CPU), or run on cuda"
-        )
+    if settings.kind == "local" and not settings.gpus and (settings.runs_per_gpu or settings.mps):
+        import torch
+
+        where = "--device cpu" if device == "cpu" else "this machine has no CUDA GPU"
+        if device == "cpu" or (device == "auto" and torch.cuda.device_count() == 0):
+            flag = "--runs-per-gpu" if settings.runs_per_gpu else "--mps"
+            key = "runs_per_gpu" if settings.runs_per_gpu else "mps"
+            raise ConfigError(
+                f"{flag} (or executor.{key} in a suite file): the runs are on the CPU ({where}), "
+                f"where it does nothing; leave it out (--jobs N runs N at once on the CPU), or "
+                "run on cuda"
+            )
     if settings.kind == "local" and settings.gpus and device != "cpu":
         import torch
 
