@@ -143,9 +143,13 @@ def calibrate(plan: Plan, records: list[RunRecord]) -> dict[str, dict[str, Any]]
         try:
             value = calibrated_value(best, t.direction, tp.entry.margin)
         except ValueError as exc:
-            raise BenchError(
-                f"cannot calibrate a target for {tp.task_id}: {exc}; widen the baseline's sweep"
-            ) from exc
+            swept = len(plan.grid(plan.names.index(plan.baseline))) > 1
+            fix = (
+                "widen the baseline's sweep"
+                if swept
+                else f"change {plan.baseline}'s hparams (a smaller lr, say), or give it a sweep"
+            )
+            raise BenchError(f"cannot calibrate a target for {tp.task_id}: {exc}; {fix}") from exc
         out[tp.task_id] = {
             "metric": t.metric,
             "direction": t.direction,
@@ -156,6 +160,19 @@ def calibrate(plan: Plan, records: list[RunRecord]) -> dict[str, dict[str, Any]]
             "seeds": [r.seed for r in mine],
         }
     return out
+
+
+def _calibrate_each(plan: Plan, records: list[RunRecord]) -> tuple[dict, dict[str, str]]:
+    """``calibrate`` task by task: the targets it could set, and why it could not for the rest
+    (those tasks' scoring waits; the other tasks go on)."""
+    found, failed = {}, {}
+    for tp in plan.tasks:
+        if tp.calibrate:
+            try:
+                found.update(calibrate(dataclasses.replace(plan, tasks=[tp]), records))
+            except BenchError as exc:
+                failed[tp.task_id] = str(exc)
+    return found, failed
 
 
 def run_plan(
@@ -192,15 +209,18 @@ def _run_phases(
 
     tuned = phase("tune", plan.tune_cells()) if plan.tunes else []
     calibration: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}  # task -> why its target could not be calibrated
     if any(tp.calibrate for tp in plan.tasks):
         chosen = baseline_choice(plan, tuned)
-        calibration = calibrate(plan, phase("calibrate", plan.calibrate_cells(chosen)))
+        got = phase("calibrate", plan.calibrate_cells(chosen))
+        calibration, failed = _calibrate_each(plan, got)
         folder.merge_json(CALIBRATION, calibration)  # other tasks' entries stay (--only)
     targets = {k: v["value"] for k, v in calibration.items()}
     final = _final_targets(plan, targets)
     tuned = [_rescore(r, final[r.task_key], folder) if r.task_key in final else r for r in tuned]
     records[: len(tuned)] = tuned
-    picks = select_from(tuned, final) if tuned else {}
+    usable = [r for r in tuned if r.task_key not in failed]
+    picks = select_from(usable, final) if usable else {}
     selection = {
         f"{task}/{opt}": {
             "config": s.config,
@@ -214,6 +234,9 @@ def _run_phases(
     if tuned:
         folder.merge_json(SELECTION, selection)
     phase("score", plan.score_cells({k: s.config for k, s in picks.items()}, targets))
+    if failed:  # the runs are recorded; the command says what is left, and fails
+        others = " (the other tasks' cells ran)" if len(failed) < len(plan.tasks) else ""
+        raise BenchError("; ".join(failed.values()) + others)
     return SuiteSummary(folder.path, plan.tier, cells, records, ran, calibration, selection)
 
 

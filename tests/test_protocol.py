@@ -377,6 +377,33 @@ def test_calibration_median_counts_diverged_runs_as_worst_and_refuses_a_majority
         calibrate(plan, [rec(4, 2.0), rec(5, None, "error"), rec(6, 1.0, "diverged")])
 
 
+def test_a_task_whose_calibration_diverges_stops_alone_and_the_others_are_scored(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        "seeds: [0]\ntuning: {budget: unequal}\ntasks:\n"
+        "  - {name: rosenbrock, options: {preset: tiny}, budget: {steps: 5}, target: calibrate}\n"
+        "  - {name: noisy-quadratic, options: {preset: tiny}, budget: {steps: 5}}\n"
+        "optimizers:\n  - {name: adamw, hparams: {lr: 1.0e+6}}\n"
+        "  - {name: lion, sweep: {lr: [1.0e+6, 1.0e-3]}}\n",
+    )
+    out = tmp_path / "out"
+    with pytest.raises(BenchError) as err:
+        suite.run_suite(path, out=out)
+    said = str(err.value)
+    assert said.startswith(f"cannot calibrate a target for {ROSEN}: ") and "diverged" in said
+    assert "change adamw's hparams" in said and said.endswith("(the other tasks' cells ran)")
+    from bench_cli.results.store import load_records
+
+    records = load_records(out)
+    scored = {(r.task_key, r.optimizer) for r in records if r.role == "score"}
+    assert scored == {(NQ, "adamw"), (NQ, "lion")}  # rosenbrock's scoring waits for a target
+    assert {r.status for r in records if r.role == "calibrate"} == {"diverged"}
+    selection = json.loads((out / "selection.json").read_text())
+    assert sorted(selection) == [f"{NQ}/lion"]  # nothing chosen against a target never set
+
+
 # -- equal budgets ------------------------------------------------------------------------------
 
 
