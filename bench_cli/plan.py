@@ -173,12 +173,19 @@ def at_path(where: str, fn, *args):
 def _unique(cells: list[Cell]) -> list[Cell]:
     seen: dict[str, Cell] = {}
     for c in cells:
-        if c.run_id in seen:
+        first = seen.setdefault(c.run_id, c)
+        if first is c:
+            continue
+        if first.entry == c.entry:
             raise ConfigError(
-                f"optimizers[{c.entry}] ({c.spec.optimizer} {c.label}) on {c.spec.task_id}, seed "
-                f"{c.spec.seed} is the same run as optimizers[{seen[c.run_id].entry}]; remove one"
+                f"optimizers[{c.entry}].sweep: {first.label} and {c.label} are the same run of "
+                f"{c.spec.optimizer} (a value given twice, say); remove one"
             )
-        seen[c.run_id] = c
+        what = " ".join([c.spec.optimizer, *([c.label] if c.spec.config else [])])
+        raise ConfigError(
+            f"optimizers[{first.entry}] and optimizers[{c.entry}] ({what}) on {c.spec.task_id}, "
+            f"seed {c.spec.seed} are the same run; remove one"
+        )
     return cells
 
 

@@ -146,7 +146,13 @@ def test_hyperparameters_are_checked_against_the_optimizer_with_their_path() -> 
         msg.startswith("optimizers[1] (lion {'lr': -1}) on tasks[0] (rosenbrock)") and "lr" in msg
     )
     assert "optimizers[1].name: unknown optimizer 'adamx'" in invalid(head + "  - {name: adamx}")
-    assert "is the same run as optimizers[0]; remove one" in invalid(head + "  - {name: adamw}")
+    assert invalid(head + "  - {name: adamw}") == (
+        "optimizers[0] and optimizers[1] (adamw) on rosenbrock, seed 0 are the same run; remove one"
+    )
+    assert invalid(sweeps + "  - {name: lion, sweep: {lr: [0.1, 0.1]}}") == (
+        "optimizers[1].sweep: lr=0.1 and lr=0.1 are the same run of lion (a value given twice, "
+        "say); remove one"
+    )
     msg = invalid("tasks: [{name: rosenbrock, target: calibrate}]\noptimizers: [{name: lion}]")
     assert msg == "baseline: 'adamw' is not among the optimizers; calibrate needs it"
 
