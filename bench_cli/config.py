@@ -16,7 +16,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench_cli.errors import ConfigError, clip
-from bench_cli.yamlio import key_path, read_text_file, read_yaml, schema_message  # noqa: F401
+from bench_cli.yamlio import (  # noqa: F401
+    key_path,
+    problem_text,
+    read_text_file,
+    read_yaml,
+    schema_message,
+)
 
 #: a calibrated target is the baseline's median best value relaxed by this fraction by default
 DEFAULT_MARGIN = 0.01
@@ -141,8 +147,8 @@ def validation_message(exc: ValidationError, what: str) -> str:
     """One line per invalid field of a pydantic error, each naming the field."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"{what} {loc}: {err['msg']} (got {clip(repr(err.get('input')))})")
+        loc = " " + ".".join(str(p) for p in err["loc"]) if err["loc"] else ""
+        lines.append(f"{what}{loc}: {problem_text(err)}")
     return "; ".join(lines)
 
 

@@ -133,16 +133,25 @@ def key_path(loc: tuple) -> str:
     return out or "(top level)"
 
 
+def problem_text(err: dict) -> str:
+    """One pydantic error as a reader wants it: the problem, then the value given, without
+    pydantic's own words ("Value error, ", "or instance of TaskEntry"). A check of the whole
+    model (an empty location) names its fields itself, so the whole input is not repeated."""
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    msg = re.sub(r"a valid dictionary or instance of \w+", "a mapping of keys to values", msg)
+    if not err["loc"]:
+        return msg
+    got = repr(err.get("input"))
+    return f"{msg} (got {got if len(got) < 60 else got[:57] + '...'})"
+
+
 def schema_message(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         if err["type"] == "extra_forbidden":
             lines.append(f"{key_path(err['loc'])}: unknown key")
         else:
-            got = repr(err.get("input"))
-            got = got if len(got) < 60 else got[:57] + "..."
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{key_path(err['loc'])}: {msg} (got {got})")
+            lines.append(f"{key_path(err['loc'])}: {problem_text(err)}")
     return "; ".join(lines)
 
 

@@ -161,7 +161,15 @@ def _nothing_written(path: Path) -> bool:
         ),
         (
             ["--opt", "adamw", "--task", "lm-small", "--set", "n_head=3", "--set", "n_embd=32"],
-            "must be divisible by n_head",
+            "task 'lm-small' option: n_embd (32) must be divisible by n_head (3)",
+        ),
+        (
+            ["--opt", "adamw", "--task", "lm-small", "--set", "preset=huge"],
+            "option: unknown preset 'huge'; choose one of ['default', 'tiny']",
+        ),
+        (
+            ["--opt", "adamw", "--task", "rosenbrock", "--set", "target=abc"],
+            "run setting target: expected a finite number or 'calibrate' (got 'abc')",
         ),
         (
             [

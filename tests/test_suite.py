@@ -153,6 +153,9 @@ def test_hyperparameters_are_checked_against_the_optimizer_with_their_path() -> 
         "optimizers[1].sweep: lr=0.1 and lr=0.1 are the same run of lion (a value given twice, "
         "say); remove one"
     )
+    assert invalid("tasks: [rosenbrock]\noptimizers: [{name: adamw}]") == (
+        "f.yaml: tasks[0]: Input should be a mapping of keys to values (got 'rosenbrock')"
+    )
     msg = invalid("tasks: [{name: rosenbrock, target: calibrate}]\noptimizers: [{name: lion}]")
     assert msg == "baseline: 'adamw' is not among the optimizers; calibrate needs it"
 
