@@ -233,7 +233,8 @@ def register(app: typer.Typer) -> None:
         for r in records:  # the values each optimizer ran with: defaults, recipe and --set
             values = ", ".join(f"{k}={v}" for k, v in r.hparams.items())
             stderr.print(f"{r.optimizer}: {values}", highlight=False, markup=False)
-        stderr.print(f"records written to {out}/", highlight=False)
+        if summary.ran:
+            stderr.print(f"records written to {out}/", highlight=False)
         for r in records:
             if note := precision_note(r):
                 stderr.print(f"note: {note}", highlight=False, markup=False)

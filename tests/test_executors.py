@@ -458,10 +458,11 @@ def test_bench_run_reuses_its_records_and_rerun_replaces_them(tmp_path) -> None:
         str(tmp_path),
     ]
     first = runner.invoke(app, args)
-    assert first.exit_code == 0, first.output
+    assert first.exit_code == 0 and "records written to" in first.output, first.output
     before = {k: r.finished_at for k, r in records_in(tmp_path).items()}
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "reused 2 records" in again.output
+    assert "records written" not in again.output  # nothing was
     assert {k: r.finished_at for k, r in records_in(tmp_path).items()} == before
     time.sleep(1.1)
     rerun = runner.invoke(app, [*args, "--rerun"])
