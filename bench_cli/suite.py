@@ -74,6 +74,10 @@ def run_suite(
     there already; with ``resume=False``, refuse a folder that holds records. With ``only``, run
     just those tasks (by id): the folder still belongs to the whole suite, and a later run (of
     other tasks, or of all) reuses these records."""
+    if max_cells < 1:
+        raise ConfigError(
+            f"--max-cells is the most cells to run without asking: at least 1, got {max_cells}"
+        )
     suite = load_suite(path)
     tier_name, _ = at_path(str(path), apply_tier, suite, tier)
     sizes = at_path(str(path), count_cells, suite, tier)

@@ -525,6 +525,9 @@ def test_a_suite_of_more_cells_than_max_cells_is_refused_before_writing(tmp_path
         "raise --max-cells to confirm"
     )
     assert not out.exists()
+    with pytest.raises(ConfigError, match=r"^--max-cells .*: at least 1, got -1$"):
+        suite.run_suite(path, out=out, max_cells=-1)
+    assert not out.exists()
 
 
 # -- the commands -------------------------------------------------------------------------------
