@@ -35,11 +35,12 @@ def catalog() -> dict[str, list[tuple[str, str]]]:
 
 
 def _unknown(name: str, kinds: str = "optimizer or task") -> UnknownNameError:
-    names = OPTIMIZERS.names() + TASKS.names()
-    return UnknownNameError(
-        f"no {kinds} named {name!r}.{suggestion(name, names)} Optimizers: "
-        f"{', '.join(OPTIMIZERS.names())}. Tasks: {', '.join(TASKS.names())}."
-    )
+    lists = {"optimizer": OPTIMIZERS.names(), "task": TASKS.names()}
+    if kinds in lists:  # only the kind asked for
+        lists = {kinds: lists[kinds]}
+    names = [n for group in lists.values() for n in group]
+    known = " ".join(f"{k.capitalize()}s: {', '.join(v)}." for k, v in lists.items())
+    return UnknownNameError(f"no {kinds} named {name!r}.{suggestion(name, names)} {known}")
 
 
 def stored_records(

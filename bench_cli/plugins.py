@@ -130,7 +130,7 @@ def load_plugin(spec: str) -> None:
     try:
         if spec.endswith(".py") or path.is_file():
             if not path.is_file():
-                raise BenchError(f"plug-in file {spec!r} does not exist; check the --plugin path")
+                raise BenchError(f"plug-in file {spec!r} does not exist; check the path")
             mod_name = f"bench_plugin_{abs(hash(str(path.resolve())))}"
             if mod_name in sys.modules:
                 return

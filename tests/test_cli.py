@@ -222,6 +222,11 @@ def test_cuda_on_a_cpu_only_machine_is_refused_up_front(tmp_path: Path) -> None:
 def test_unknown_name_lists_what_exists() -> None:
     res = invoke("show", "nope-nope")
     assert res.exit_code == 1 and "adamw" in res.output and "rosenbrock" in res.output
+    res = invoke("show", "lion", "--task", "rosenbrok")  # a task is asked for: tasks alone
+    assert res.exit_code == 1 and "no task named 'rosenbrok'. Did you mean 'rosenbrock'?" in (
+        " ".join(res.output.split())
+    )
+    assert "Tasks: " in res.output and "adamw" not in res.output
 
 
 def test_offline_without_local_copy_says_how_to_supply_the_file(
