@@ -109,7 +109,9 @@ def report(
     from bench_cli import describe
     from bench_cli.results.defaults import DEFAULT_BASELINE
     from bench_cli.results.report import write_report
+    from bench_cli.results.store import check_results_folder
 
+    check_results_folder(directory)  # a file or a missing folder: one line, before anything
     check_out(out, example="report.html")
     if out is not None and out.suffix.lower() not in (".html", ".htm"):
         raise BenchError(f"--out {str(out)!r}: the report is one HTML page; give a .html name")

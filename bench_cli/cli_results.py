@@ -16,7 +16,12 @@ from bench_cli.display import frame_table, friendly, stderr, stdout, write_plain
 from bench_cli.errors import BenchError
 from bench_cli.results import defaults, inference
 from bench_cli.results.record import RunRecord
-from bench_cli.results.store import check_parent_folder, load_records, nothing_scored
+from bench_cli.results.store import (
+    check_parent_folder,
+    check_results_folder,
+    load_records,
+    nothing_scored,
+)
 
 DirArg = Annotated[
     Path,
@@ -34,6 +39,14 @@ BaselineOpt = Annotated[
     typer.Option(
         help="Optimizer that speedups are measured against (the suite's baseline in a suite's "
         f"folder, else {defaults.DEFAULT_BASELINE})."
+    ),
+]
+ProbeBaselineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--baseline",
+        help="Optimizer the others' probe excess is compared with, paired by seed (the suite's "
+        f"baseline in a suite's folder, else {defaults.DEFAULT_BASELINE}).",
     ),
 ]
 
@@ -63,16 +76,18 @@ def suite_baseline(directory: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _baseline(records: list[RunRecord], baseline: str | None, directory: Path) -> str:
+def _baseline(
+    records: list[RunRecord], baseline: str | None, directory: Path, lost: str = "no speedups"
+) -> str:
     """The baseline: as given, else the suite's, else the default. One given must have runs;
-    the others only get a warning."""
+    the others only get a warning (``lost``: what the tables then lack)."""
     names = sorted({r.optimizer for r in records})
     chosen = baseline or suite_baseline(directory) or defaults.DEFAULT_BASELINE
     if chosen not in names:
         message = f"baseline {chosen!r} has no runs here (optimizers: {', '.join(names)})"
         if baseline is not None:
             raise BenchError(message + "; choose one with --baseline")
-        stderr.print(f"[yellow]warning:[/yellow] {message}; no speedups", highlight=False)
+        stderr.print(f"[yellow]warning:[/yellow] {message}; {lost}", highlight=False)
     return chosen
 
 
@@ -139,6 +154,7 @@ def export_tables(
 
     if fmt not in export.FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(export.FORMATS)}")
+    check_results_folder(directory)
     check_out(out)
     records = _records(directory, skip_damaged)
     lb = leaderboard.build(records, _baseline(records, baseline, directory))
@@ -167,6 +183,7 @@ def plot(
 
     if fmt not in plots.PLOT_FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(plots.PLOT_FORMATS)}")
+    check_results_folder(directory)  # before the figures' folder, which is under it by default
     out = out or Path(directory) / "plots"
     check_parent_folder(out / "figure", "--out folder")  # a file where the folder would be
     records = _records(directory, skip_damaged)
@@ -189,7 +206,7 @@ def probe_table(
         str, typer.Option(help="Steps after the probe batch to report, comma-separated.")
     ] = ",".join(map(str, defaults.DEFAULT_AFTER)),
     out: Annotated[Path | None, typer.Option(help="Write to this file (default: stdout).")] = None,
-    baseline: BaselineOpt = None,
+    baseline: ProbeBaselineOpt = None,
     skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """The forgetting probe: how much of the probe batch each optimizer keeps, by seed against
@@ -206,9 +223,10 @@ def probe_table(
         raise BenchError(f"--after {after!r}: give positive numbers of steps, such as 100,500")
     if fmt not in probe.FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(probe.FORMATS)}")
+    check_results_folder(directory)
     check_out(out)
     records = _records(directory, skip_damaged)
-    base = _baseline(records, baseline, directory)
+    base = _baseline(records, baseline, directory, lost="no comparison by seed")
     text = probe.render(probe.table(records, base, steps), fmt, base)
     if out is None:
         write_plain(text)

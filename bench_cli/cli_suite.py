@@ -138,7 +138,10 @@ def run_(
 def status(directory: Annotated[Path, typer.Argument(help="A suite directory.")]) -> None:
     """Show which runs are done, diverged, failed, running, interrupted or missing."""
     from bench_cli import suite
+    from bench_cli.results.store import check_results_folder
 
+    fix = "pass the folder that bench suite run wrote"
+    check_results_folder(directory, "suite folder", fix)  # not there, or a file: say so
     table = suite.suite_status(directory)
     if table.attrs.get("damage"):  # no claim can be read: no cell shows as running
         stderr.print(f"[yellow]warning:[/yellow] {escape(table.attrs['damage'])}", highlight=False)

@@ -117,7 +117,8 @@ def test_safe_filename_keeps_safe_names_and_never_leaves_the_folder(tmp_path: Pa
 
 
 def test_plot_keeps_figures_of_a_hostile_task_id_inside_the_out_folder(tmp_path: Path) -> None:
-    records = [r.model_copy(update={"task_id": "../../../escaped"}) for r in suite((0,))]
+    # one hostile id per task: runs of two tasks under one id are refused as ambiguous
+    records = [r.model_copy(update={"task_id": f"../../../escaped-{r.task}"}) for r in suite((0,))]
     results = write_all(tmp_path / "a" / "b" / "res", records)
     out = tmp_path / "a" / "b" / "res" / "figs"
     res = bench("plot", results, "--out", out, "--format", "svg")
@@ -410,7 +411,7 @@ HOSTILE = "lm\x1b[31m\x1b]0;pwned\x07\x1b[2J\rX\x08\x9b"
 
 
 def test_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
-    records = [r.model_copy(update={"task_id": HOSTILE}) for r in suite((0,))]
+    records = [r.model_copy(update={"task_id": HOSTILE + r.task}) for r in suite((0,))]
     results = write_all(tmp_path / "res", records)
     for args in (
         ["leaderboard", results],
@@ -642,3 +643,94 @@ def test_runs_of_one_task_in_two_units_are_one_line(tmp_path: Path) -> None:
     for command in ("leaderboard", "export"):
         res = bench(command, results)
         one_line_error(res, f"has runs counted in different units: steps ({odd.run_id})")
+
+
+# -- 8. the input folder first, and every --out alike ----------------------------------------
+
+
+def test_report_of_a_file_says_it_is_a_file_not_a_folder(tmp_path: Path) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    record = next(results.glob("*.json"))
+    before = files_under(tmp_path)
+    line = one_line_error(bench("report", record), f"{str(record)!r} is a file, not a folder")
+    assert "no folder" not in line
+    one_line_error(bench("report", tmp_path / "nope"), "does not exist", "pass the folder")
+    assert files_under(tmp_path) == before and not (tmp_path / "nope").exists()
+
+
+def test_plot_of_a_file_names_the_input_before_writing_anything(tmp_path: Path) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    record = next(results.glob("*.json"))
+    before = files_under(tmp_path)
+    for out in ([], ["--out", tmp_path / "figs"]):
+        res = bench("plot", record, *out)
+        line = one_line_error(res, f"{str(record)!r} is a file, not a folder", "pass the folder")
+        assert "cannot write" not in line and "--out" not in line
+    one_line_error(bench("plot", tmp_path / "nope"), "does not exist")
+    assert files_under(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
+
+
+@pytest.mark.parametrize("command", ["export", "probe", "report"])
+def test_the_input_folder_is_checked_before_out(tmp_path: Path, command: str) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    record = next(results.glob("*.json"))
+    res = bench(command, record, "--out", tmp_path)  # both wrong: the input is named first
+    one_line_error(res, f"{str(record)!r} is a file, not a folder")
+
+
+def test_suite_status_of_a_missing_folder_or_a_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    for path, says in ((tmp_path / "nope", "does not exist"), (tmp_path / "f", "is a file")):
+        line = one_line_error(bench("suite", "status", path), says, "bench suite run")
+        assert "holds no suite run" not in line
+    one_line_error(bench("suite", "status", tmp_path), "holds no suite run")  # a folder: as was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_results_commands_create_a_missing_out_folder_alike(tmp_path: Path) -> None:
+    from tests.results.test_probe import probed
+
+    results = write_all(tmp_path / "res", suite((0,)))
+    probed_runs = [probed(o, s, 0.3) for o in ("adamw", "x") for s in (0, 1)]
+    probes = write_all(tmp_path / "probes", probed_runs)
+    runs = {
+        "export": ("export", results, "--out", tmp_path / "a" / "b" / "t.md"),
+        "report": ("report", results, "--out", tmp_path / "c" / "d" / "r.html"),
+        "probe": ("probe", probes, "--out", tmp_path / "e" / "f" / "p.md"),
+        "plot": ("plot", results, "--out", tmp_path / "g" / "h"),
+    }
+    for name, args in runs.items():
+        res = bench(*args)
+        assert res.exit_code == 0, (name, res.output)
+        out = Path(args[-1])
+        assert out.is_dir() if name == "plot" else out.is_file(), name
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], name  # no temp
+
+
+def test_a_failed_write_leaves_no_folder_it_created(tmp_path: Path, monkeypatch) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    real_open = os.open
+
+    def deny(path, *args, **kwargs):  # the folders are made, the file cannot be
+        if Path(path).parent == tmp_path / "new" / "sub":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(store.os, "open", deny)
+    for command, name in (("export", "t.md"), ("report", "r.html")):
+        res = bench(command, results, "--out", tmp_path / "new" / "sub" / name)
+        one_line_error(res, "cannot write", "Permission denied")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["res"], command
+
+
+def test_probe_help_says_what_its_baseline_is_for() -> None:
+    def flat_help(*command: str) -> str:
+        res = runner.invoke(app, [*command, "--help"], terminal_width=200)
+        return " ".join(res.output.replace("│", " ").split())
+
+    probe_help = flat_help("probe")
+    assert "speedup" not in probe_help  # probe computes none
+    assert "--baseline <str> Optimizer the others' probe excess is compared with" in probe_help
+    assert "paired by seed" in probe_help
+    assert "speedups are measured against" in flat_help("leaderboard")  # theirs as it was

@@ -15,6 +15,7 @@ two identical optimizers are disjoint one time in three).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -387,10 +388,16 @@ def render(lb: Leaderboard, fmt: str, table: str = "all") -> str:
 
 
 def write(text: str, out: Path) -> Path:
+    """Write ``text`` to ``out`` atomically, creating its missing folders (as ``bench plot`` and
+    ``bench run`` create theirs); when the write fails, the folders it created are removed."""
     out = Path(out)
+    made = [folder for folder in out.parents if not folder.exists()]  # innermost first
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, text)
     except OSError as exc:
+        for folder in made:
+            with contextlib.suppress(OSError):  # only an empty folder goes
+                folder.rmdir()
         raise BenchError(f"cannot write {str(out)!r} ({exc.strerror or exc})") from exc
     return out

@@ -27,7 +27,7 @@ from bench_cli.mathtext import to_html
 from bench_cli.references import reference_lines
 from bench_cli.results import export, leaderboard, plots, probe, stats
 from bench_cli.results.record import RunRecord
-from bench_cli.results.store import load_records, nothing_scored
+from bench_cli.results.store import check_results_folder, load_records, nothing_scored
 
 NOTE = (
     "Each optimizer at its best configuration: medians over seeds, [95% interval] beside them "
@@ -174,9 +174,7 @@ def build_report(
 
 def write_report(directory: Path, out: Path, baseline: str, docstrings: Mapping[str, str]) -> Path:
     """Read the records under ``directory`` and write the report to ``out`` (atomically)."""
-    directory, out = Path(directory), Path(out)
-    if not directory.is_dir():
-        raise BenchError(f"no folder {str(directory)!r}; give a folder of run records")
+    directory, out = check_results_folder(directory), Path(out)
     records = load_records(directory)
     if not records:
         raise BenchError(f"no run records in {str(directory)!r}")
@@ -188,7 +186,6 @@ def write_report(directory: Path, out: Path, baseline: str, docstrings: Mapping[
         )
     if not stats.scored(records):  # as leaderboard and plot: no page of empty tables
         raise nothing_scored(directory, records)
-    if not out.parent.is_dir():
-        raise BenchError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
     html = build_report(records, baseline, docstrings, directory)
-    return export.write(html, out)  # a folder or a read-only place: one line, as for export
+    # missing folders are created, a folder or a read-only place is one line: as for export
+    return export.write(html, out)

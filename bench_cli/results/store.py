@@ -273,15 +273,18 @@ class Scan:
     linked: list[Path] = field(default_factory=list)
 
 
-def check_results_folder(directory: Path) -> Path:
+def check_results_folder(
+    directory: Path,
+    what: str = "results folder",
+    fix: str = "pass the folder that holds the .json run records",
+) -> Path:
+    """``directory`` when it is a folder; else a ``BenchError`` saying that it does not exist or
+    is a file, and ``fix``. Every command that reads a folder checks it so, before any work."""
     directory = Path(directory)
     if not directory.exists():
-        raise BenchError(f"results folder {str(directory)!r} does not exist")
+        raise BenchError(f"{what} {str(directory)!r} does not exist; {fix}")
     if not directory.is_dir():
-        raise BenchError(
-            f"{str(directory)!r} is a file, not a folder; pass the folder that holds the .json "
-            "run records"
-        )
+        raise BenchError(f"{str(directory)!r} is a file, not a folder; {fix}")
     return directory
 
 

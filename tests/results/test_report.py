@@ -132,10 +132,10 @@ def test_report_command_writes_the_file(results: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["{tmp}/missing"], "no folder"),
+        (["{tmp}/missing"], "does not exist"),
         (["{tmp}/empty"], "no run records"),
         (["{results}", "--baseline", "sgd"], "baseline 'sgd' has no runs here"),
-        (["{results}", "--out", "{tmp}/no/such/r.html"], "does not exist"),
+        (["{results}", "--out", "{tmp}/r.txt"], "give a .html name"),
     ],
 )
 def test_report_refuses_bad_input_in_one_line(results, tmp_path, args, message) -> None:
