@@ -98,6 +98,11 @@ def check_out(out: Path | None, example: str = "table.md") -> None:
         check_parent_folder(out)
         if out.is_dir() or not out.name:
             raise BenchError(f"--out {str(out)!r} is a folder; give a file name, such as {example}")
+        if out.exists() and not out.is_file():  # a device or a pipe: the write would replace it
+            raise BenchError(
+                f"--out {str(out)!r} is not a regular file (a device or a pipe); give a file "
+                f"name, such as {example}"
+            )
 
 
 def _escaped(df):

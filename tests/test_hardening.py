@@ -734,3 +734,19 @@ def test_probe_help_says_what_its_baseline_is_for() -> None:
     assert "--baseline <str> Optimizer the others' probe excess is compared with" in probe_help
     assert "paired by seed" in probe_help
     assert "speedups are measured against" in flat_help("leaderboard")  # theirs as it was
+
+
+def test_out_through_a_link_replaces_its_target_and_a_device_is_refused(tmp_path: Path) -> None:
+    results = write_all(tmp_path / "res", suite((0,)))
+    target = tmp_path / "real.md"
+    target.write_text("original")
+    link = tmp_path / "link.md"
+    link.symlink_to(target)
+    res = bench("export", results, "--out", link)
+    assert res.exit_code == 0, res.output
+    assert link.is_symlink() and target.read_text() == bench("export", results).stdout
+    pipe = tmp_path / "pipe"  # as a device would, it holds no file to replace
+    os.mkfifo(pipe)
+    for command in (["export", results], ["report", results], ["probe", results]):
+        one_line_error(bench(*command, "--out", pipe), "is not a regular file")
+    assert pipe.is_fifo()

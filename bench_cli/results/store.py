@@ -118,8 +118,11 @@ def _written_beside(path: Path, text: str) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one; a link
+    is written through (its target is replaced, not the link)."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     tmp = _written_beside(path, text)
     try:
         os.replace(tmp, path)
