@@ -26,7 +26,9 @@ def shards_command(
     ] = 0.01,
     glob: Annotated[str, typer.Option(help="Which files of a folder to read.")] = "*.txt",
     shard_tokens: Annotated[int, typer.Option(help="Tokens per shard.")] = 100_000_000,
-    name: Annotated[str, typer.Option(help="Shard file prefix.")] = "data",
+    name: Annotated[
+        str, typer.Option(help="Shard file prefix (without train or val: they name the splits).")
+    ] = "data",
     skip_undecodable: Annotated[
         bool, typer.Option(help="Skip files that are not UTF-8 (listed in the manifest).")
     ] = False,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_cli.errors import DataError, clip
+from bench_cli.errors import DataError, clip, describe
 from bench_cli.results.store import check_parent_folder, name_problem
 
 MANIFEST = "manifest.json"
@@ -221,6 +221,8 @@ def build_shards(
     if shard_tokens < 1:
         raise DataError(f"--shard-tokens must be positive, got {shard_tokens}")
     problem = name_problem(name)
+    if split := next((w for w in ("train", "val") if w in name.lower()), None):
+        problem = f"holds {split!r}, which the loader reads as a split (*train*.bin, *val*.bin)"
     if problem:
         raise DataError(f"--name {clip(repr(name))} {problem}; choose another --name")
     check_parent_folder(out / MANIFEST)  # --out (or a folder above it) is a file
@@ -371,9 +373,15 @@ def _resume(out: Path, manifest_path: Path, settings: dict) -> dict:
             raise DataError(f"{out} holds .bin files but no {MANIFEST}; choose an empty --out")
         return {}
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{manifest_path} is not valid JSON ({exc}); remove {out}") from exc
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{manifest_path} is damaged ({describe(exc)}); remove {out}") from exc
+    entries = manifest.get("shards", []) if isinstance(manifest, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("sha256"), str)
+        for e in entries
+    ):
+        raise DataError(f"{manifest_path} is damaged (not a shards manifest); remove {out}")
     if manifest.get("settings") != settings:
         raise DataError(
             f"{out} holds shards made with other settings or sources; choose another --out or "

@@ -293,6 +293,8 @@ def test_skip_undecodable_and_changed_settings(corpus: Path, tmp_path: Path) -> 
         (["a.txt", "--name", "a/b"], ["--name 'a/b'", "letters, digits"]),
         (["a.txt", "--name", "../evil"], ["--name '../evil'", "start with a letter or digit"]),
         (["a.txt", "--name", ""], ["--name ''", "must not be empty"]),
+        (["a.txt", "--name", "interval"], ["--name 'interval' holds 'val'", "split"]),
+        (["a.txt", "--name", "Trainset"], ["--name 'Trainset' holds 'train'", "split"]),
         (["empty.txt", "--val-fraction", "0"], ["holds no text", "empty.txt is empty"]),
         (["empty.txt", "empty.txt", "--tokenizer", "gpt2"], ["holds no text", "empty.txt"]),
         (["a.txt", "--val-fraction", "0.99999"], ["validation", "lower --val-fraction"]),
@@ -301,6 +303,7 @@ def test_skip_undecodable_and_changed_settings(corpus: Path, tmp_path: Path) -> 
     ],
     ids=[
         "out-is-a-file", "out-under-a-file", "name-with-slash", "name-leaving-out", "empty-name",
+        "name-holding-val", "name-holding-train",
         "empty-file", "empty-files-gpt2", "all-to-validation", "absolute-glob", "invalid-glob",
     ],
 )  # fmt: skip
@@ -345,3 +348,21 @@ def test_an_out_that_cannot_be_created_is_one_line(tmp_path: Path, monkeypatch) 
     (line,) = res.output.splitlines()
     assert line.startswith("error: cannot create --out") and "Permission denied" in line, line
     assert "choose another --out" in line and not (locked / "sh").exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"[1]", b"\xff\xfe", b'{"shards": [{"file": "x.bin"}]}', b"{not json"],
+    ids=["a-list", "not-utf8", "a-shard-without-sha256", "not-json"],
+)
+def test_a_damaged_manifest_is_one_line_on_resume(
+    corpus: Path, tmp_path: Path, damage: bytes
+) -> None:
+    out = tmp_path / "out"
+    args = ["data", "shards", str(corpus), "--out", str(out), "--tokenizer", "char", "--quiet"]
+    assert invoke(*args).exit_code == 0
+    (out / "manifest.json").write_bytes(damage)
+    res = invoke(*args)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    (line,) = res.output.splitlines()
+    assert line.startswith("error:") and "manifest.json is damaged" in line and "remove" in line
