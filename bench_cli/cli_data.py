@@ -9,6 +9,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from bench_cli import shards
 from bench_cli.display import friendly, stderr, stdout
+from bench_cli.errors import DataError
 
 data_app = typer.Typer(help="Prepare data for the tasks: token shards from any text.")
 
@@ -49,18 +50,23 @@ def shards_command(
         *columns, console=stderr, disable=quiet or not stderr.is_terminal, transient=True
     ) as bar:
         task = bar.add_task("shards", total=None)
-        manifest = shards.build_shards(
-            [str(s) for s in src],
-            out,
-            tokenizer=tokenizer,
-            val_fraction=val_fraction,
-            shard_tokens=shard_tokens,
-            glob=glob,
-            name=name,
-            skip_undecodable=skip_undecodable,
-            jobs=jobs,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+        try:
+            manifest = shards.build_shards(
+                [str(s) for s in src],
+                out,
+                tokenizer=tokenizer,
+                val_fraction=val_fraction,
+                shard_tokens=shard_tokens,
+                glob=glob,
+                name=name,
+                skip_undecodable=skip_undecodable,
+                jobs=jobs,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except PermissionError as exc:  # a folder that exists but cannot be written
+            raise DataError(
+                f"cannot write {exc.filename!r} ({exc.strerror}); choose another --out"
+            ) from exc
     count = {s: sum(1 for x in manifest["shards"] if x["split"] == s) for s in ("train", "val")}
     stdout.print(
         f"{escape(str(out))}: {count['train']} training shards ({manifest['train_tokens']:,} "

@@ -366,3 +366,22 @@ def test_a_damaged_manifest_is_one_line_on_resume(
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     (line,) = res.output.splitlines()
     assert line.startswith("error:") and "manifest.json is damaged" in line and "remove" in line
+
+
+def test_a_folder_that_cannot_be_written_is_one_line(
+    corpus: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import errno
+
+    from bench_cli.tasks.lm import tokens
+
+    def denied(path, _tokens):  # as a read-only folder answers a user who is not root
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(tokens, "write_shard", denied)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = invoke("data", "shards", str(corpus), "--out", str(out), "--tokenizer", "char")
+    (line,) = res.output.splitlines()
+    assert res.exit_code == 1 and line.startswith("error: cannot write "), res.output
+    assert "(Permission denied); choose another --out" in line
