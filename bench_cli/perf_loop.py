@@ -88,6 +88,11 @@ def plan(task: str, steps: int, device: str, data: str | None, sets: list[str]):
         raise ConfigError("drop --set probe_batch_step / val_data: the bare loop has neither")
     if spec.settings.steps < 2:
         raise ConfigError("--steps must be at least 2: the first step is not timed")
+    if spec.settings.max_seconds is not None:
+        raise ConfigError(
+            "drop --set max_seconds: both loops are timed over the same --steps, and a run "
+            "stopped by the clock would train fewer"
+        )
     return task_obj, spec
 
 

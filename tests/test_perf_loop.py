@@ -108,6 +108,7 @@ def test_perf_loop_table(shared_data):
         (["--task", "rosenbrock"], "not one"),
         (["--task", "lm-small", "--steps", "1"], "greater than or equal to 2"),
         (["--task", "lm-small", "--set", "probe_batch_step=1"], "probe_batch_step"),
+        (["--task", "lm-small", "--set", "max_seconds=0.2"], "drop --set max_seconds"),
     ],
 )
 def test_perf_loop_refuses(args, message, shared_data):

@@ -166,7 +166,7 @@ def build_report(
         probe=probe_tables(records, baseline),
         rules=rules,
         references=references,
-        suite=suite_file.read_text() if suite_file.is_file() else None,
+        suite=suite_file.read_text(errors="replace") if suite_file.is_file() else None,
         directory=str(directory),
         environment=environment,
     )

@@ -287,3 +287,16 @@ def test_report_refuses_a_folder_with_only_tuning_runs(tmp_path: Path) -> None:
         "run the suite to the end to score the selected configurations"
     ]
     assert sorted(p.name for p in folder.iterdir()) == before  # no report.html
+
+
+def test_a_damaged_suite_file_names_the_fix_and_the_fix_works(results, tmp_path) -> None:
+    (results / "suite.resolved.yaml").write_bytes(b"\xff")
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(app, ["report", str(results), "--out", str(out)])
+    assert res.exit_code == 1 and "restore it, or pass --baseline" in " ".join(res.output.split())
+    assert not out.exists()
+    res = CliRunner().invoke(
+        app, ["report", str(results), "--baseline", "adamw", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "baseline adamw" in out.read_text()
