@@ -11,7 +11,6 @@ network (a Content-Security-Policy forbids them), so it opens offline and in a m
 from __future__ import annotations
 
 import json
-import math
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -26,50 +25,14 @@ from bench_cli.errors import BenchError
 from bench_cli.mathtext import to_html
 from bench_cli.references import reference_lines
 from bench_cli.results import export, leaderboard, plots, probe, stats
+from bench_cli.results.defaults import WIDE
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import check_results_folder, load_records, nothing_scored
 
-NOTE = (
-    "Each optimizer at its best configuration: medians over seeds, [95% interval] beside them "
-    "when the seeds differ. A blank cell or — is undefined (a target never reached, no "
-    "baseline); ∞ is a censored bound. 'tokens' counts the task's unit."
-)
 
-
-def _cell(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
-    if isinstance(x, float):
-        if math.isinf(x):
-            return "∞" if x > 0 else "-∞"
-        return f"{x:.4g}"
-    text = str(x)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _with_intervals(df: pd.DataFrame) -> pd.DataFrame:
-    """Columns ``X``, ``X_lo``, ``X_hi`` as one column ``X`` of "median [lo, hi]" cells (the
-    median alone where the interval is a point, as with one seed); empty columns dropped."""
-    out = {}
-    for name in df.columns:
-        if any(name == f"{base}_{end}" for base in df.columns for end in ("lo", "hi")):
-            continue
-        col = df[name].map(_cell)
-        if f"{name}_lo" in df.columns and f"{name}_hi" in df.columns:
-            lo, hi = df[f"{name}_lo"].map(_cell), df[f"{name}_hi"].map(_cell)
-            col = [
-                m if (lo_ == hi_ == m or not (lo_ or hi_)) else f"{m or '—'} [{lo_}, {hi_}]"
-                for m, lo_, hi_ in zip(col, lo, hi)
-            ]
-        out[name] = list(col)
-    shown = pd.DataFrame(out, index=df.index)
-    return shown.loc[:, [c for c in shown.columns if (shown[c] != "").any()]]
-
-
-def table_html(df: pd.DataFrame) -> str:
-    """Any DataFrame as an HTML table: numbers to 4 significant digits, intervals merged into
-    their median's cell, long text cut."""
-    return _with_intervals(df).to_html(index=False, classes="data", border=0, escape=True)
+def _html(cells: pd.DataFrame) -> str:
+    """A table of text cells, as the leaderboard prints them, in HTML."""
+    return cells.to_html(index=False, classes="data", border=0, escape=True)
 
 
 def _svg_inline(svg: str, prefix: str) -> str:
@@ -138,12 +101,10 @@ def build_report(
     """The page's HTML for ``records`` (read from ``directory``, whose suite files it shows)."""
     environment = _environment(directory, records)  # a damaged file fails before any work
     lb = leaderboard.build(records, baseline)
-    tasks = lb.tasks
-    task_tables = (
-        [(str(name), table_html(group)) for name, group in tasks.groupby("task", sort=True)]
-        if "task" in tasks.columns
-        else [("all tasks", table_html(tasks))]
-    )
+    # the leaderboard's own cells (censored medians as >x, coverage beside each interval)
+    task_tables = [
+        (name, _html(export.display_task(task, columns=WIDE))) for name, task in export.tasks_of(lb)
+    ]
     optimizers = sorted({r.optimizer for r in records})
     rules = [(o, to_html(docstrings[o])) for o in optimizers if docstrings.get(o)]
     references = [
@@ -159,9 +120,9 @@ def build_report(
             f"{len({r.task_key for r in records})} task variants; baseline {baseline}; "
             f"written {datetime.now(timezone.utc).isoformat(timespec='seconds')}."
         ),
-        note=NOTE,
+        note=f"Each optimizer at its best configuration. {export.legend(lb)}",
         task_tables=task_tables,
-        ranking=table_html(lb.ranking),
+        ranking=_html(export.display_ranking(lb.ranking)),
         figure_sections=figures(records, baseline),
         probe=probe_tables(records, baseline),
         rules=rules,

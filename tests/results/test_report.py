@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from typer.testing import CliRunner
 
 from bench_cli.cli import app
 from bench_cli.describe import docstrings
+from bench_cli.results import export
+from bench_cli.results.defaults import WIDE
 from bench_cli.results.record import EvalPoint, TrainPoint
 from bench_cli.results.report import build_report
 from tests.results import make_record, suite, write_all
@@ -117,7 +120,26 @@ def test_one_seed_shows_no_interval(tmp_path: Path) -> None:
     html = build_report(records, "adamw", docstrings(), tmp_path)
     tables = "".join(re.findall(r'<table class="dataframe data">.*?</table>', html, flags=re.S))
     assert tables and "[" not in tables
-    assert "<td>4000</td>" in tables and "<td>2000</td>" in tables  # tokens to target
+    assert "<td>4k</td>" in tables and "<td>2k</td>" in tables  # tokens to target
+    assert "<td>2.00x too few seeds</td>" in tables  # lion over adamw: 4000 / 2000
+
+
+def test_the_page_shows_the_leaderboards_cells_censored_medians_and_coverage(tmp_path) -> None:
+    """A median that only some seeds reach is a bound (>x), as the leaderboard prints it, and
+    each interval says its true coverage: the page and the terminal never disagree."""
+    from bench_cli.results import leaderboard
+
+    records = [make_record("lm", "adamw", s, t) for s, t in enumerate((3000.0, None, None))]
+    records += [make_record("lm", "lion", s, t) for s, t in enumerate((1000.0, 1500.0, 2000.0))]
+    html = build_report(records, "adamw", docstrings(), tmp_path)
+    lb = leaderboard.build(records, "adamw")
+    ((_, task),) = export.tasks_of(lb)
+    cells = export.display_task(task, columns=WIDE)
+    for value in cells.to_numpy().ravel():
+        assert f"<td>{escape(value)}</td>" in html
+    assert any(v.startswith(">") for v in cells["tokens to target"])  # adamw: at least 10k
+    assert "75%" in " ".join(cells["tokens to target"])  # three seeds: 75% coverage
+    assert "true coverage" in html and "tokens_to_target_lo" not in html
 
 
 def test_report_command_writes_the_file(results: Path, tmp_path: Path) -> None:
