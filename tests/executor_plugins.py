@@ -3,7 +3,8 @@
 ``killer-quadratic``: the run of seed 1 kills its own process at its 5th step, as a crash or an
 out-of-memory kill would. ``counted-quadratic``: every run appends a line to the file named by
 ``$BENCH_TEST_COUNT`` (its process id, and the value of the variable that
-``$BENCH_TEST_ENV`` names, if any) and takes a little time per step, so that concurrent coordinators overlap;
+``$BENCH_TEST_ENV`` names, if any) and takes a little time per step, so that concurrent coordinators overlap
+(with ``$BENCH_TEST_TOGETHER=N``, a run waits until N processes have begun one);
 ``stalled-quadratic`` counts its run and then spends ten minutes building its model;
 ``big-quadratic`` counts its run and declares a memory need of 8 GiB. Under a stand-in MPS
 daemon: ``mps-lost-quadratic`` counts its run; at the 5th step of seed 0 it fails as CUDA does
@@ -166,8 +167,17 @@ class CountedQuadratic(NoisyQuadratic):
 
     def build_model(self):
         extra = os.environ.get(os.environ.get("BENCH_TEST_ENV", ""), "")
-        with open(os.environ["BENCH_TEST_COUNT"], "a") as fh:
+        count = os.environ["BENCH_TEST_COUNT"]
+        with open(count, "a") as fh:
             fh.write(f"{os.getpid()} {extra}".rstrip() + "\n")
+        # $BENCH_TEST_TOGETHER=N: wait (up to a minute) until N processes have begun a run, so
+        # that coordinators started at once are all under way before any record is written
+        together, deadline = int(os.environ.get("BENCH_TEST_TOGETHER", "0")), time.time() + 60
+        while time.time() < deadline:
+            with open(count) as fh:
+                if len({line.split()[0] for line in fh if line.strip()}) >= together:
+                    break
+            time.sleep(0.01)
         return super().build_model()
 
     def loss(self, model, batch):
