@@ -16,12 +16,7 @@ from bench_cli.display import frame_table, friendly, stderr, stdout, write_plain
 from bench_cli.errors import BenchError
 from bench_cli.results import defaults, inference
 from bench_cli.results.record import RunRecord
-from bench_cli.results.store import (
-    check_parent_folder,
-    check_results_folder,
-    load_records,
-    nothing_scored,
-)
+from bench_cli.results.store import check_parent_folder, load_records, nothing_scored
 
 DirArg = Annotated[
     Path,
@@ -159,9 +154,8 @@ def export_tables(
 
     if fmt not in export.FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(export.FORMATS)}")
-    check_results_folder(directory)
+    records = _records(directory, skip_damaged)  # the input first: a missing folder, one line
     check_out(out)
-    records = _records(directory, skip_damaged)
     lb = leaderboard.build(records, _baseline(records, baseline, directory))
     if lb.tasks.empty:  # as the leaderboard: no table of nothing, nothing written
         raise nothing_scored(directory, records)
@@ -188,10 +182,9 @@ def plot(
 
     if fmt not in plots.PLOT_FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(plots.PLOT_FORMATS)}")
-    check_results_folder(directory)  # before the figures' folder, which is under it by default
+    records = _records(directory, skip_damaged)  # before the figures' folder, under it
     out = out or Path(directory) / "plots"
     check_parent_folder(out / "figure", "--out folder")  # a file where the folder would be
-    records = _records(directory, skip_damaged)
     scored = {r.task_key for r in stats.scored(records)}
     if not scored:
         raise nothing_scored(directory, records)
@@ -228,9 +221,8 @@ def probe_table(
         raise BenchError(f"--after {after!r}: give positive numbers of steps, such as 100,500")
     if fmt not in probe.FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(probe.FORMATS)}")
-    check_results_folder(directory)
+    records = _records(directory, skip_damaged)  # the input first: a missing folder, one line
     check_out(out)
-    records = _records(directory, skip_damaged)
     base = _baseline(records, baseline, directory, lost="no comparison by seed")
     text = probe.render(probe.table(records, base, steps), fmt, base)
     if out is None:

@@ -141,8 +141,7 @@ def problem_text(err: dict) -> str:
     msg = re.sub(r"a valid dictionary or instance of \w+", "a mapping of keys to values", msg)
     if not err["loc"]:
         return msg
-    got = repr(err.get("input"))
-    return f"{msg} (got {got if len(got) < 60 else got[:57] + '...'})"
+    return f"{msg} (got {clip(repr(err.get('input')), 60)})"
 
 
 def schema_message(exc: ValidationError) -> str:

@@ -60,10 +60,10 @@ def check_settings(
     if settings.kind == "local" and not settings.gpus and (settings.runs_per_gpu or settings.mps):
         import torch
 
-        where = "--device cpu" if device == "cpu" else "this machine has no CUDA GPU"
         if device == "cpu" or (device == "auto" and torch.cuda.device_count() == 0):
-            flag = "--runs-per-gpu" if settings.runs_per_gpu else "--mps"
             key = "runs_per_gpu" if settings.runs_per_gpu else "mps"
+            flag = "--" + key.replace("_", "-")
+            where = "--device cpu" if device == "cpu" else "this machine has no CUDA GPU"
             raise ConfigError(
                 f"{flag} (or executor.{key} in a suite file): the runs are on the CPU ({where}), "
                 f"where it does nothing; leave it out (--jobs N runs N at once on the CPU), or "
