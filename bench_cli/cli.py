@@ -5,9 +5,10 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from bench_cli import __version__
@@ -16,7 +17,7 @@ from bench_cli.cli_results import BaselineOpt, check_out, suite_baseline, warn
 from bench_cli.cli_results import register as register_results_commands
 from bench_cli.cli_run import register as register_run_commands
 from bench_cli.cli_suite import suite_app
-from bench_cli.display import friendly, other_rank, stdout
+from bench_cli.display import friendly, other_rank, stderr, stdout
 from bench_cli.errors import BenchError, Terminated
 
 app = typer.Typer(
@@ -156,9 +157,41 @@ class _Command(TyperCommand):
         return super().parse_args(ctx, args)
 
 
+# click's exceptions, from whichever click this typer parses with (its own copy since 0.26)
+_clicks = sys.modules[typer.BadParameter.__module__]
+
+
+def _usage_line(exc: Exception) -> NoReturn:
+    """A mistyped command line is one line on stderr naming the problem and where the options
+    are listed, exit 2, instead of a usage banner and a boxed message."""
+    where = getattr(exc, "ctx", None)
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if where is not None:
+        see = f"see '{where.command_path} --help'"
+        message += f" {see[0].upper()}{see[1:]}" if message.endswith("?") else f"; {see}"
+    stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
 class _Group(TyperGroup):
     def get_params(self, ctx):
         return _untyped_flags(super().get_params(ctx))
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _clicks.NoArgsIsHelpError:
+            raise  # a bare group prints its help
+        except _clicks.ClickException as exc:
+            _usage_line(exc)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _clicks.NoArgsIsHelpError:
+            raise
+        except _clicks.ClickException as exc:
+            _usage_line(exc)
 
 
 def _use_untyped_flags(typer_app: typer.Typer) -> None:

@@ -550,6 +550,36 @@ def test_an_empty_out_is_refused_and_nothing_is_written(tmp_path, monkeypatch, c
     assert [p.name for p in tmp_path.iterdir()] == ["s.yaml"]
 
 
+@pytest.mark.parametrize(
+    ("command", "fragments"),
+    [
+        (["run", "--foo"], ["No such option: --foo", "see 'bench run --help'"]),
+        (["run", "--opt"], ["Option '--opt' requires an argument"]),
+        (["runn"], ["No such command 'runn'. Did you mean 'run'?", "See 'bench --help'"]),
+        (["run", "--opt", "adamw"], ["Missing option '--task'", "see 'bench run --help'"]),
+        (["suite", "run"], ["Missing argument 'file'", "see 'bench suite run --help'"]),
+        (["run", "--opt", "adamw", "--task", "noisy-quadratic", "--steps", "abc"], ["'--steps'"]),
+        (["--bogus"], ["No such option: --bogus", "see 'bench --help'"]),
+    ],
+)
+def test_a_mistyped_command_line_is_one_line_and_exit_2(tmp_path, monkeypatch, command, fragments):
+    monkeypatch.chdir(tmp_path)
+    res = bench(*command)
+    assert res.exit_code == 2, res.output
+    assert res.stdout == ""
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bare_group_still_prints_its_help() -> None:
+    res = bench("suite")
+    assert res.exit_code == 2
+    assert "Usage: bench suite" in res.output and "error:" not in res.output
+
+
 # -- 7. bench report's --out, as bench export's -----------------------------------------------
 
 
