@@ -36,6 +36,12 @@ def shards_command(
     jobs: Annotated[
         int, typer.Option(help="Files tokenized at once (threads); the shards are the same.")
     ] = 1,
+    bpe_ranks: Annotated[
+        Path | None,
+        typer.Option(
+            help="GPT-2's BPE ranks (r50k_base.tiktoken) from this file, not downloaded: offline."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Tokenize text into llm.c-format .bin shards with a manifest; rerun to resume."""
@@ -61,6 +67,7 @@ def shards_command(
                 name=name,
                 skip_undecodable=skip_undecodable,
                 jobs=jobs,
+                bpe_ranks=bpe_ranks,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
         except PermissionError as exc:  # a folder that exists but cannot be written

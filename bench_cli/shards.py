@@ -26,7 +26,6 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -34,84 +33,9 @@ import numpy as np
 
 from bench_cli.errors import DataError, clip, describe
 from bench_cli.results.store import check_parent_folder, name_problem
+from bench_cli.tokenizers import Tokenizer, make_tokenizer
 
 MANIFEST = "manifest.json"
-TOKENIZERS = ("gpt2", "char", "bytes")
-#: tiktoken's name for GPT-2's BPE: the same ranks, pattern and <|endoftext|> as its "gpt2"
-GPT2_ENCODING = "r50k_base"
-
-
-@dataclass
-class Tokenizer:
-    name: str
-    vocab_size: int
-    encode: Callable[[bytes, str], np.ndarray]
-    info: dict = field(default_factory=dict)
-
-
-def _text(raw: bytes, source: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}); use --tokenizer "
-            "bytes, leave the file out, or pass --skip-undecodable"
-        ) from exc
-
-
-def make_tokenizer(
-    name: str, files: list[Path], chars: list[str] | None = None, skip_undecodable: bool = False
-) -> Tokenizer:
-    """The tokenizer ``name``; ``char`` reads every file once for its vocabulary (unless given),
-    leaving out files that are not UTF-8 when ``skip_undecodable``."""
-    if name == "bytes":
-        return Tokenizer("bytes", 256, lambda raw, src: np.frombuffer(raw, dtype=np.uint8))
-    if name == "gpt2":
-        try:
-            import tiktoken
-        except ImportError as exc:
-            raise DataError(
-                "--tokenizer gpt2 needs tiktoken: pip install 'bench-cli[gpt2]'"
-            ) from exc
-        try:
-            enc = tiktoken.get_encoding(GPT2_ENCODING)
-        except Exception as exc:  # tiktoken fetches the ranks once, then reads its cache
-            raise DataError(
-                f"tiktoken could not load GPT-2's BPE ({GPT2_ENCODING}: {exc}); offline, put "
-                f"{GPT2_ENCODING}.tiktoken in the folder TIKTOKEN_CACHE_DIR names"
-            ) from exc
-        eot = enc.eot_token
-
-        def encode(raw: bytes, src: str) -> np.ndarray:
-            # encode_ordinary's tokens (special tokens' text is plain text, as tiktoken 0.11 and
-            # later treat it here), straight into an array: no Python int per token, so threads
-            # scale (benchmarks/shards_jobs.py)
-            tokens = enc.encode_to_numpy(_text(raw, src), disallowed_special=())
-            return np.concatenate((np.array([eot], dtype=np.int64), tokens.astype(np.int64)))
-
-        return Tokenizer("gpt2", enc.n_vocab, encode, {"eot": eot, "encoding": GPT2_ENCODING})
-    if name != "char":
-        raise DataError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
-    if chars is None:
-        seen: set[str] = set()
-        for f in files:
-            try:
-                seen.update(_text(f.read_bytes(), str(f)))
-            except DataError:
-                if not skip_undecodable:
-                    raise
-        chars = sorted(seen)
-    if len(chars) > 65536:
-        raise DataError(
-            f"the files hold {len(chars)} distinct characters, more than a uint16 shard can "
-            "store (65,536); use --tokenizer bytes or gpt2"
-        )
-    lookup = {ch: i for i, ch in enumerate(chars)}
-
-    def encode_chars(raw: bytes, src: str) -> np.ndarray:
-        return np.fromiter((lookup[c] for c in _text(raw, src)), dtype=np.int64)
-
-    return Tokenizer("char", len(chars), encode_chars, {"chars": "".join(chars)})
 
 
 def collect_files(sources: Iterable[str], glob: str) -> list[tuple[Path, str]]:
@@ -210,6 +134,7 @@ def build_shards(
     skip_undecodable: bool = False,
     progress: Callable[[int, int], None] | None = None,
     jobs: int = 1,
+    bpe_ranks: Path | None = None,
 ) -> dict:
     """Build (or resume) the shards; returns the manifest. ``progress(done, total)`` is called
     with source bytes after each file. ``jobs`` files are tokenized at once; the shards are the
@@ -244,7 +169,7 @@ def build_shards(
         return manifest
     chars = manifest.get("vocabulary", {}).get("chars")
     tok = make_tokenizer(
-        tokenizer, files, list(chars) if chars is not None else None, skip_undecodable
+        tokenizer, files, list(chars) if chars is not None else None, skip_undecodable, bpe_ranks
     )
     manifest.update(
         format="llm.c .bin (magic 20240520, version 1, uint16 tokens)",

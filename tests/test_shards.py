@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bench_cli import shards
+from bench_cli import shards, tokenizers
 from bench_cli.cli import app
 from bench_cli.errors import DataError
 
@@ -144,26 +144,74 @@ def test_an_interrupted_build_resumes_to_the_same_shards(
     assert sorted(s["file"] for s in again["shards"]) == sorted(s["file"] for s in whole["shards"])
 
 
-def test_gpt2_tokens_are_gpt2s(tmp_path: Path) -> None:
-    tiktoken = pytest.importorskip("tiktoken")
-    try:
-        tiktoken.get_encoding(shards.GPT2_ENCODING)
-    except Exception:
-        pytest.skip("GPT-2's BPE ranks are not available offline here")
+#: GPT-2's pre-tokenizer, as its encoder.py publishes it
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@pytest.fixture
+def gpt2_ranks() -> Path:
+    """A local copy of GPT-2's BPE ranks, where ``BENCH_GPT2_RANKS`` names one (``.ci/run``
+    takes the copy in openai-whisper's source package, the same file by its sha256)."""
+    pytest.importorskip("tiktoken")
+    path = Path(os.environ.get("BENCH_GPT2_RANKS", "/nonexistent"))
+    if not path.is_file():
+        pytest.skip("no local copy of GPT-2's BPE ranks: set BENCH_GPT2_RANKS")
+    return path
+
+
+def test_gpt2_tokens_are_gpt2s(tmp_path: Path, gpt2_ranks: Path) -> None:
+    from tiktoken import Encoding
+    from tiktoken.load import load_tiktoken_bpe
+
     (tmp_path / "hello.txt").write_text("hello world")
     out = tmp_path / "out"
-    m = shards.build_shards([str(tmp_path / "hello.txt")], out, tokenizer="gpt2", val_fraction=0.0)
+    args = dict(tokenizer="gpt2", val_fraction=0.0, bpe_ranks=gpt2_ranks)
+    m = shards.build_shards([str(tmp_path / "hello.txt")], out, **args)
     # GPT-2: <|endoftext|> 50256, "hello" 31373, " world" 995
     assert split_tokens(out, m, "train").tolist() == [50256, 31373, 995]
     assert m["vocab_size"] == 50257
-    # the text of a special token is text: the same tokens as tiktoken's encode_ordinary
-    text = "a <|endoftext|> b\n" + "".join(chr(c) for c in range(32, 0x250))
+    # the text of a special token is text: the same tokens as tiktoken's own encoding's
+    # encode_ordinary (its ranks read by tiktoken's loader from the same file)
+    text = "a <|endoftext|> b\n" + "".join(chr(c) for c in range(32, 0x250)) + " don't 12345"
     (tmp_path / "special.txt").write_text(text)
-    m = shards.build_shards(
-        [str(tmp_path / "special.txt")], tmp_path / "o2", tokenizer="gpt2", val_fraction=0.0
+    m = shards.build_shards([str(tmp_path / "special.txt")], tmp_path / "o2", **args)
+    ranks = load_tiktoken_bpe(str(gpt2_ranks), tokenizers.GPT2_RANKS_SHA256)
+    reference = Encoding(
+        "reference",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 50256},
     )
-    ordinary = tiktoken.get_encoding(shards.GPT2_ENCODING).encode_ordinary(text)
+    ordinary = reference.encode_ordinary(text)
     assert split_tokens(tmp_path / "o2", m, "train").tolist() == [50256, *ordinary]
+
+
+def test_gpt2_tiny_shakespeare_has_nanogpts_token_count(
+    tmp_path: Path, gpt2_ranks: Path, shared_data: Path
+) -> None:
+    """nanoGPT's shakespeare preparation counts 301,966 + 36,059 GPT-2 tokens in its two
+    halves; one document of the whole file adds the leading <|endoftext|>."""
+    src = shared_data / "tinyshakespeare.txt"
+    m = shards.build_shards(
+        [str(src)], tmp_path / "o", tokenizer="gpt2", val_fraction=0.0, bpe_ranks=gpt2_ranks
+    )
+    assert m["train_tokens"] == 1 + 301_966 + 36_059
+
+
+def test_offline_without_ranks_names_the_file_and_the_option(tmp_path: Path, monkeypatch) -> None:
+    tiktoken = pytest.importorskip("tiktoken")
+
+    def offline(name: str):
+        raise ConnectionError("Failed to resolve 'openaipublic.blob.core.windows.net'")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    (tmp_path / "a.txt").write_text("hello")
+    res = invoke("data", "shards", str(tmp_path / "a.txt"), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 1, res.output
+    (line,) = res.output.splitlines()
+    assert "could not load GPT-2's BPE" in line and "Failed to resolve" in line
+    assert f"download {tokenizers.GPT2_RANKS_URL} elsewhere and pass --bpe-ranks FILE" in line
+    assert not (tmp_path / "o").exists()
 
 
 def invoke(*args: str):
@@ -300,11 +348,18 @@ def test_skip_undecodable_and_changed_settings(corpus: Path, tmp_path: Path) -> 
         (["a.txt", "--val-fraction", "0.99999"], ["validation", "lower --val-fraction"]),
         (["docs", "--glob", "/x"], ["--glob '/x'", "'*.txt'"]),
         (["docs", "--glob", "a**"], ["--glob 'a**'", "'*.txt'"]),
+        (["a.txt", "--tokenizer", "gpt2", "--val-fraction", "0", "--bpe-ranks", "f"],
+         ["--bpe-ranks 'f' is not GPT-2's BPE ranks", "r50k_base.tiktoken"]),
+        (["a.txt", "--tokenizer", "gpt2", "--val-fraction", "0", "--bpe-ranks", "nope"],
+         ["--bpe-ranks 'nope': cannot read it", "r50k_base.tiktoken"]),
+        (["a.txt", "--val-fraction", "0", "--bpe-ranks", "f"],
+         ["--bpe-ranks is GPT-2's BPE, for --tokenizer gpt2, not 'char'"]),
     ],
     ids=[
         "out-is-a-file", "out-under-a-file", "name-with-slash", "name-leaving-out", "empty-name",
         "name-holding-val", "name-holding-train",
         "empty-file", "empty-files-gpt2", "all-to-validation", "absolute-glob", "invalid-glob",
+        "ranks-not-gpt2s", "ranks-missing", "ranks-without-gpt2",
     ],
 )  # fmt: skip
 def test_bad_out_name_or_text_is_one_line_and_writes_nothing(
