@@ -33,7 +33,7 @@ import numpy as np
 
 from bench_cli.errors import DataError, clip, describe
 from bench_cli.results.store import check_parent_folder, name_problem
-from bench_cli.tokenizers import Tokenizer, make_tokenizer
+from bench_cli.tokenizers import Tokenizer, decode_text, make_tokenizer
 
 MANIFEST = "manifest.json"
 
@@ -65,7 +65,7 @@ def collect_files(sources: Iterable[str], glob: str) -> list[tuple[Path, str]]:
 
 
 def goes_to_val(key: str, fraction: float) -> bool:
-    digest = hashlib.sha256(key.encode()).digest()
+    digest = hashlib.sha256(os.fsencode(key)).digest()  # a name's bytes, UTF-8 or not
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
@@ -171,6 +171,9 @@ def build_shards(
     tok = make_tokenizer(
         tokenizer, files, list(chars) if chars is not None else None, skip_undecodable, bpe_ranks
     )
+    if tokenizer == "gpt2" and not skip_undecodable:  # as char's vocabulary pass does:
+        for f in files:  # a file that is not text stops the build before a shard is written
+            decode_text(f.read_bytes(), str(f))
     manifest.update(
         format="llm.c .bin (magic 20240520, version 1, uint16 tokens)",
         settings=settings,

@@ -31,7 +31,7 @@ class Tokenizer:
     info: dict = field(default_factory=dict)
 
 
-def _text(raw: bytes, source: str) -> str:
+def decode_text(raw: bytes, source: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -103,7 +103,7 @@ def make_tokenizer(
             # encode_ordinary's tokens (special tokens' text is plain text, as tiktoken 0.11 and
             # later treat it here), straight into an array: no Python int per token, so threads
             # scale (benchmarks/shards_jobs.py)
-            tokens = enc.encode_to_numpy(_text(raw, src), disallowed_special=())
+            tokens = enc.encode_to_numpy(decode_text(raw, src), disallowed_special=())
             return np.concatenate((np.array([eot], dtype=np.int64), tokens.astype(np.int64)))
 
         return Tokenizer("gpt2", enc.n_vocab, encode, {"eot": eot, "encoding": GPT2_ENCODING})
@@ -113,7 +113,7 @@ def make_tokenizer(
         seen: set[str] = set()
         for f in files:
             try:
-                seen.update(_text(f.read_bytes(), str(f)))
+                seen.update(decode_text(f.read_bytes(), str(f)))
             except DataError:
                 if not skip_undecodable:
                     raise
@@ -126,6 +126,6 @@ def make_tokenizer(
     lookup = {ch: i for i, ch in enumerate(chars)}
 
     def encode_chars(raw: bytes, src: str) -> np.ndarray:
-        return np.fromiter((lookup[c] for c in _text(raw, src)), dtype=np.int64)
+        return np.fromiter((lookup[c] for c in decode_text(raw, src)), dtype=np.int64)
 
     return Tokenizer("char", len(chars), encode_chars, {"chars": "".join(chars)})

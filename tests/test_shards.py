@@ -198,6 +198,41 @@ def test_gpt2_tiny_shakespeare_has_nanogpts_token_count(
     assert m["train_tokens"] == 1 + 301_966 + 36_059
 
 
+def test_a_file_name_that_is_not_utf8_splits_by_its_bytes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [b"caf\xe9.txt", b"na\xefve.txt", b"plain.txt"]
+    for i, name in enumerate(names):
+        (src / os.fsdecode(name)).write_text(f"text number {i}\n")
+    # a fraction between two names' sha256 fractions sends exactly the lower ones to validation
+    fractions = sorted(int(hashlib.sha256(n).hexdigest()[:16], 16) / 2**64 for n in names)
+    cut = (fractions[0] + fractions[1]) / 2
+    m = shards.build_shards([str(src)], tmp_path / "o", tokenizer="char", val_fraction=cut)
+    expected_val = [n for n in names if int(hashlib.sha256(n).hexdigest()[:16], 16) / 2**64 < cut]
+    assert len(expected_val) == 1
+    val_text = "".join(m["vocabulary"]["chars"][t] for t in split_tokens(tmp_path / "o", m, "val"))
+    assert val_text == f"text number {names.index(expected_val[0])}\n"
+    assert m["train_tokens"] + m["val_tokens"] == 3 * len("text number 0\n")
+
+
+def test_gpt2_refuses_a_file_that_is_not_text_before_writing(
+    tmp_path: Path, gpt2_ranks: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):  # text enough for several shards before the last file
+        (src / f"a{i}.txt").write_text("to be or not to be " * 50)
+    (src / "z.txt").write_bytes(b"caf\xe9\n")
+    res = invoke(
+        "data", "shards", str(src), "--out", str(tmp_path / "o"), "--shard-tokens", "100",
+        "--val-fraction", "0", "--bpe-ranks", str(gpt2_ranks),
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    (line,) = res.output.splitlines()
+    assert "z.txt is not UTF-8 text" in line and "--skip-undecodable" in line
+    assert not (tmp_path / "o").exists()
+
+
 def test_offline_without_ranks_names_the_file_and_the_option(tmp_path: Path, monkeypatch) -> None:
     tiktoken = pytest.importorskip("tiktoken")
 
