@@ -38,18 +38,26 @@ from bench_cli.tokenizers import Tokenizer, decode_text, make_tokenizer
 MANIFEST = "manifest.json"
 
 
-def collect_files(sources: Iterable[str], glob: str) -> list[tuple[Path, str]]:
+def collect_files(
+    sources: Iterable[str], glob: str, out: Path | None = None
+) -> list[tuple[Path, str]]:
     """(file, key) for files named and files under folders named that match ``glob``, sorted,
     each once. The key (a file's path under the folder named, or its name) decides its split,
-    so that the split does not depend on where the sources lie."""
+    so that the split does not depend on where the sources lie. Files under ``out`` (the shards'
+    folder, inside a source folder) are not sources: a rerun would read its own output."""
     found: dict[Path, str] = {}
+    outside = out.resolve() if out is not None else None
     for text in sources:
         path = Path(text).expanduser()
         if path.is_file():
             found.setdefault(path, path.name)
         elif path.is_dir():
             try:
-                files = sorted(p for p in path.rglob(glob) if p.is_file())
+                files = sorted(
+                    p
+                    for p in path.rglob(glob)
+                    if p.is_file() and (outside is None or outside not in p.resolve().parents)
+                )
             except (ValueError, NotImplementedError) as exc:  # "/x", "a**"
                 raise DataError(
                     f"--glob {glob!r} is not a pattern under a folder ({exc}); pass one like "
@@ -151,7 +159,7 @@ def build_shards(
     if problem:
         raise DataError(f"--name {clip(repr(name))} {problem}; choose another --name")
     check_parent_folder(out / MANIFEST)  # --out (or a folder above it) is a file
-    found = collect_files(sources, glob)
+    found = collect_files(sources, glob, out)
     files = [f for f, _ in found]
     settings = {
         "tokenizer": tokenizer,

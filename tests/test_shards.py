@@ -233,6 +233,18 @@ def test_gpt2_refuses_a_file_that_is_not_text_before_writing(
     assert not (tmp_path / "o").exists()
 
 
+def test_shards_inside_their_source_folder_are_not_read_back(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("hello world\n")
+    (src / "b.md").write_text("more\n")
+    args = dict(tokenizer="char", val_fraction=0.0, glob="*")
+    first = shards.build_shards([str(src)], src / "shards", **args)
+    again = shards.build_shards([str(src)], src / "shards", **args)  # the same build, resumed
+    assert [Path(f).name for f, _ in again["settings"]["files"]] == ["a.txt", "b.md"]
+    assert again == first and first["train_tokens"] == len("hello world\nmore\n")
+
+
 def test_offline_without_ranks_names_the_file_and_the_option(tmp_path: Path, monkeypatch) -> None:
     tiktoken = pytest.importorskip("tiktoken")
 
