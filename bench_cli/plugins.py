@@ -38,6 +38,10 @@ def suggestion(name: str, names: list[str]) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
+#: names registered so far, in every registry: a plug-in that adds none is a mistake
+_registrations = 0
+
+
 class _Broken:
     """Stands in for a plug-in that failed to load; raises only when selected."""
 
@@ -76,6 +80,8 @@ class Registry(Generic[T]):
             raise BenchError(
                 f"{self.kind} name {key!r} is registered twice; rename one of the plug-ins"
             )
+        global _registrations
+        _registrations += 1
         self._items[key] = obj
         if not isinstance(obj, _Broken):
             obj.registry_name = key  # type: ignore[attr-defined]
@@ -103,8 +109,7 @@ class Registry(Generic[T]):
         obj = self._items[key]
         if isinstance(obj, _Broken):
             raise BenchError(
-                f"{self.kind} {key!r} from {obj.source} failed to load: "
-                f"{describe(obj.error)}"
+                f"{self.kind} {key!r} from {obj.source} failed to load: {describe(obj.error)}"
             )
         return obj
 
@@ -125,7 +130,21 @@ class Registry(Generic[T]):
 
 
 def load_plugin(spec: str) -> None:
-    """Import user code that registers optimizers or tasks: a module path or a ``.py`` file."""
+    """Import user code that registers optimizers or tasks: a module path or a ``.py`` file. One
+    that registers nothing when first imported is refused: a wrong module or file was named."""
+    before = _registrations
+    name = _import(spec)
+    if name is None or _registrations > before:
+        return
+    sys.modules.pop(name, None)  # named again, it is refused again
+    raise BenchError(
+        f"plug-in {spec!r} registered no optimizer or task; name the module or file whose "
+        "classes carry @OPTIMIZERS.register(NAME) or @TASKS.register(NAME)"
+    )
+
+
+def _import(spec: str) -> str | None:
+    """Import the plug-in; its module's name, or None when it was imported before."""
     path = Path(spec)
     try:
         if spec.endswith(".py") or path.is_file():
@@ -133,7 +152,7 @@ def load_plugin(spec: str) -> None:
                 raise BenchError(f"plug-in file {spec!r} does not exist; check the path")
             mod_name = f"bench_plugin_{abs(hash(str(path.resolve())))}"
             if mod_name in sys.modules:
-                return
+                return None
             module_spec = importlib.util.spec_from_file_location(mod_name, path)
             assert module_spec is not None and module_spec.loader is not None
             module = importlib.util.module_from_spec(module_spec)
@@ -143,8 +162,12 @@ def load_plugin(spec: str) -> None:
             except BaseException:
                 del sys.modules[mod_name]
                 raise
+        elif spec in sys.modules:
+            return None
         else:
+            mod_name = spec
             importlib.import_module(spec)
+        return mod_name
     except BenchError:
         raise
     except ModuleNotFoundError as exc:

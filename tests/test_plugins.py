@@ -74,6 +74,30 @@ def test_plugin_module_path(tmp_path: Path, monkeypatch) -> None:
     assert "mod-sgd" in OPTIMIZERS
 
 
+@pytest.mark.parametrize("as_module", [False, True])
+def test_a_plugin_that_registers_nothing_is_one_clear_error(
+    tmp_path: Path, monkeypatch, as_module: bool
+) -> None:
+    """A wrong file or module named (a helper, a typo'd path) would otherwise pass unnoticed."""
+    (tmp_path / f"bench_test_empty_{as_module}.py").write_text("import torch\nVALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = (
+        f"bench_test_empty_{as_module}"
+        if as_module
+        else str(tmp_path / "bench_test_empty_False.py")
+    )
+    for _ in range(2):  # named again, refused again
+        res = CliRunner().invoke(
+            app, ["run", "--opt", "adamw", "--task", "noisy-quadratic", "--plugin", spec,
+                  "--out", str(tmp_path / "out")],
+        )  # fmt: skip
+        assert res.exit_code == 1, res.output
+        (line,) = res.output.splitlines()
+        assert f"plug-in {spec!r} registered no optimizer or task" in line
+        assert "@OPTIMIZERS.register(NAME)" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_duplicate_name_is_an_error() -> None:
     reg: Registry[object] = Registry("thing", "bench_cli.test_nothing")
     reg.add("a-b", type("A", (), {}))
