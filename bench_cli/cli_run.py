@@ -1,5 +1,6 @@
 """``bench run`` and ``bench plan``, and the executor options they share with ``bench suite run``."""
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -203,23 +204,25 @@ def register(app: typer.Typer) -> None:
             plugins=plugin or [],
             settings=settings,
         )
-        if dry_run:
-            _print_plan(api.request_suite(req), None, Path(out))
-            return
-        trackers = log_options(log, mlflow_uri)
-
-        def command():
-            with Progress(stderr, quiet=quiet) as progress:
-                return api.run_summary(req, Path(out), progress, ex, rerun, trackers)
-
-        if distributed.world_size() > 1:  # every rank trains each run; rank 0 reports
-            from bench_cli.plan import build_plan
-
-            summary = distributed.under_torchrun(build_plan(api.request_suite(req)), ex, command)
-            if summary is None:
+        with _from_the_command_line():
+            if dry_run:
+                _print_plan(api.request_suite(req), None, Path(out))
                 return
-        else:
-            summary = command()
+            trackers = log_options(log, mlflow_uri)
+
+            def command():
+                with Progress(stderr, quiet=quiet) as progress:
+                    return api.run_summary(req, Path(out), progress, ex, rerun, trackers)
+
+            if distributed.world_size() > 1:  # every rank trains each run; rank 0 reports
+                from bench_cli.plan import build_plan
+
+                plan = build_plan(api.request_suite(req))
+                summary = distributed.under_torchrun(plan, ex, command)
+                if summary is None:
+                    return
+            else:
+                summary = command()
         records = summary.scored
         df = api.summary(records)
         title = f"{records[0].task_id} (seed {seed})" if records else task
@@ -261,6 +264,20 @@ def register(app: typer.Typer) -> None:
         if history is not None:
             check_results_folder(history)  # a folder that is not there, or a file: one line
         _print_plan(load_suite(file), tier, history)
+
+
+@contextmanager
+def _from_the_command_line():
+    """``bench run`` plans a one-task suite built from its options: an error in it is said
+    without the suite key path (``tasks[0] (lm-small): ...``) that the user never wrote."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.unlocated is None:
+            raise
+        error = ConfigError(exc.unlocated)
+        error.details = exc.details
+        raise error from exc
 
 
 def _print_plan(suite, tier, history: Path | None) -> None:

@@ -15,6 +15,8 @@ class BenchError(Exception):
     """
 
     details: tuple[str, ...] = ()
+    #: the message without the suite key path that locates it (``bench_cli.plan.located``)
+    unlocated: str | None = None
 
 
 class Terminated(SystemExit):

@@ -167,7 +167,15 @@ def at_path(where: str, fn, *args):
     try:
         return fn(*args)
     except BenchError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        raise located(where, getattr(exc, "unlocated", None) or str(exc)) from exc
+
+
+def located(where: str, message: str, unlocated: str | None = None) -> ConfigError:
+    """An error at a suite key path; ``unlocated`` is the message without it (by default the
+    same), for ``bench run``, whose one-task suite the user never wrote."""
+    error = ConfigError(f"{where}: {message}")
+    error.unlocated = unlocated or message
+    return error
 
 
 def _unique(cells: list[Cell]) -> list[Cell]:
@@ -272,10 +280,14 @@ def build_plan(suite: SuiteFile, tier: str | None = None) -> Plan:
     tier, suite = apply_tier(suite, tier)
     at_path("plugins", api.load_plugins, suite.plugins)
     names = [
-        at_path(f"optimizers[{j}].name", lambda n: normalize(OPTIMIZERS.get(n).registry_name), o.name)
+        at_path(
+            f"optimizers[{j}].name", lambda n: normalize(OPTIMIZERS.get(n).registry_name), o.name
+        )
         for j, o in enumerate(suite.optimizers)
     ]
-    baseline = at_path("baseline", lambda n: normalize(OPTIMIZERS.get(n).registry_name), suite.baseline)
+    baseline = at_path(
+        "baseline", lambda n: normalize(OPTIMIZERS.get(n).registry_name), suite.baseline
+    )
     if any(t.target == "calibrate" for t in suite.tasks) and baseline not in names:
         raise ConfigError(f"baseline: {baseline!r} is not among the optimizers; calibrate needs it")
     if "baseline" in suite.model_fields_set and baseline not in names:  # the leaderboard's too
@@ -299,13 +311,14 @@ def build_plan(suite: SuiteFile, tier: str | None = None) -> Plan:
         for key in DATA_OPTIONS:
             problem = missing(t.options.get(key))
             if problem:
-                raise ConfigError(f"tasks[{i}].options.{key}: {problem}; fix the path")
+                where, fix = f"tasks[{i}].options.{key}", f"{problem}; fix the path"
+                raise located(where, fix, f"{key} {fix}")
         req = _task_request(suite, t)
         task, [spec] = at_path(
             f"tasks[{i}] ({t.name})", api.plan_runs, replace(req, optimizers=[names[0]])
         )
         if t.target is not None and task.default_target() is None:
-            raise ConfigError(f"tasks[{i}].target: task {t.name!r} states no target metric")
+            raise located(f"tasks[{i}].target", f"task {t.name!r} states no target metric")
         if spec.task_id in ids:
             raise ConfigError(
                 f"tasks[{i}] is the same task variant as tasks[{ids[spec.task_id]}] "

@@ -580,6 +580,25 @@ def test_a_bare_group_still_prints_its_help() -> None:
     assert "Usage: bench suite" in res.output and "error:" not in res.output
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "lr=-1"], "error: optimizer 'adamw': lr must be a finite number >= 0, got -1"),
+        (["--set", "n_layer=0"], "error: task 'lm-small' option n_layer: Input should be greater"),
+        (["--data", "DIR/none.txt"], "error: data 'DIR/none.txt' does not exist; fix the path"),
+        (["--set", "lr=-1", "--dry-run"], "error: optimizer 'adamw': lr must be a finite number"),
+    ],
+)
+def test_bench_run_errors_name_no_suite_key_path(tmp_path, monkeypatch, extra, message) -> None:
+    """bench run plans a one-task suite the user never wrote: no ``tasks[0] (lm-small):``."""
+    monkeypatch.chdir(tmp_path)
+    extra = [a.replace("DIR", str(tmp_path)) for a in extra]
+    res = bench("run", "--opt", "adamw", "--task", "lm-small", "--set", "preset=tiny", *extra)
+    line = one_line_error(res)
+    assert line.startswith(message.replace("DIR", str(tmp_path))), line
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- 7. bench report's --out, as bench export's -----------------------------------------------
 
 
