@@ -265,7 +265,9 @@ def reference_markdown(suite_files: list[Path] | None = None) -> str:
         "",
         "A suite is a YAML file run by `bench suite run FILE`. Unknown keys are errors. Examples "
         "are taken from the suites in `suites/`; `bench suite schema` prints the JSON Schema "
-        "(also in [suite.schema.json](suite.schema.json)) for editors.",
+        "(also in [suite.schema.json](suite.schema.json)) for editors. Values are read as "
+        "`--set` reads them: `1e-3` is a number, and only `true` and `false` are booleans "
+        "(`off`, `yes`, `no` stay text, so `autocast: off` is the choice `off`).",
         "",
     ]
     for path, name, model in _sections(schema):

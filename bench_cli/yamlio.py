@@ -1,6 +1,6 @@
 """Reading YAML safely: suite files and ``--set`` values, with one loader and clear errors.
 
-Safe YAML that reads ``1e-3`` as a number, refuses a key given twice or a key that is a list or
+Safe YAML that reads ``1e-3`` as a number and only ``true``/``false`` as booleans, refuses a key given twice or a key that is a list or
 mapping, and limits alias expansion (at most ``MAX_ALIASES`` aliases and ``MAX_NODES`` values), so
 that a small file cannot expand into a huge document. Errors name the line and column.
 """
@@ -98,6 +98,17 @@ def _count_nodes(root: yaml.Node) -> int:
     return size(root)
 
 
+# booleans as YAML 1.2 spells them: true and false. YAML 1.1 also reads yes, no, on and off,
+# so a task's ``autocast: off`` would arrive as False; they stay text, which a true/false field
+# still accepts
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),

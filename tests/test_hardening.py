@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from bench_cli.cli import app
 from bench_cli.config import parse_value, read_yaml
 from bench_cli.results import store
-from bench_cli.results.store import record_path, safe_filename
+from bench_cli.results.store import load_records, record_path, safe_filename
 from tests.results import make_record, suite, write_all
 
 runner = CliRunner()
@@ -481,6 +481,28 @@ def test_a_passing_check_says_what_it_compared(tmp_path: Path) -> None:
 def test_the_yaml_loader_is_the_suite_loader() -> None:
     # a guard for the parse tests above: PyYAML alone reads 1e-1 as text
     assert yaml.safe_load("v: 1e-1")["v"] == "1e-1" and read_yaml("v: 1e-1", "f")["v"] == 0.1
+
+
+def test_only_true_and_false_are_booleans_so_off_reaches_a_choice(tmp_path: Path) -> None:
+    """YAML 1.1 reads yes/no/on/off as booleans: ``autocast: off`` (a choice of auto, off and
+    bf16) arrived as False and was refused."""
+    assert [read_yaml(f"v: {t}", "f")["v"] for t in ("off", "on", "yes", "no")] == [
+        "off", "on", "yes", "no"
+    ]  # fmt: skip
+    assert [read_yaml(f"v: {t}", "f")["v"] for t in ("true", "False", "TRUE")] == [
+        True, False, True
+    ]  # fmt: skip
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: b\ntasks:\n  - name: lm-markov\n    options: {preset: tiny, autocast: off}\n"
+        "    budget: {steps: 2, eval_interval: 1}\n    settings: {compile: no}\n"
+        "optimizers:\n  - name: adamw\n"
+    )
+    res = bench("suite", "run", suite, "--out", tmp_path / "o", "--quiet")
+    assert res.exit_code == 0, res.output
+    (record,) = load_records(tmp_path / "o")
+    assert record.task_options["autocast"] == "off"
+    assert record.settings["compile"] is False  # a true/false field still takes "no"
 
 
 @pytest.mark.parametrize("closed", [">&-", "2>&-", ">&- 2>&-"])
