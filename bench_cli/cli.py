@@ -159,6 +159,7 @@ class _Command(TyperCommand):
 
 # click's exceptions, from whichever click this typer parses with (its own copy since 0.26)
 _clicks = sys.modules[typer.BadParameter.__module__]
+_BARE_GROUP = getattr(_clicks, "NoArgsIsHelpError", ())  # click 8.2 and later; before, an exit
 
 
 def _usage_line(exc: Exception) -> NoReturn:
@@ -180,7 +181,7 @@ class _Group(TyperGroup):
     def make_context(self, info_name, args, parent=None, **extra):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
-        except _clicks.NoArgsIsHelpError:
+        except _BARE_GROUP:
             raise  # a bare group prints its help
         except _clicks.ClickException as exc:
             _usage_line(exc)
@@ -188,7 +189,7 @@ class _Group(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except _clicks.NoArgsIsHelpError:
+        except _BARE_GROUP:
             raise
         except _clicks.ClickException as exc:
             _usage_line(exc)
