@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -1094,6 +1095,53 @@ def test_a_ray_address_where_nothing_answers_is_refused_at_once(
     assert f"--ray-address (or executor.ray_address in a suite file) {address}" in res.output
     assert why in res.output and "Traceback" not in res.output
     assert not out.exists()  # refused before anything is written
+
+
+@pytest.fixture
+def web_server():
+    """An HTTP/1 server on a free port: it accepts a connection, but speaks no gRPC."""
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_ray_address_where_a_web_server_answers_is_refused_in_seconds(
+    tmp_path, web_server
+) -> None:
+    """ray.init waited minutes there (then died of the SIGTERM that stopped it)."""
+    pytest.importorskip("ray")
+    path = write_suite(tmp_path / "x.yaml", "noisy-quadratic", "[0]")
+    address = f"127.0.0.1:{web_server}"
+    started = time.monotonic()
+    res = CliRunner().invoke(
+        app, ["suite", "run", str(path), "--out", str(tmp_path / "out"), "--executor", "ray",
+              "--ray-address", address],
+    )  # fmt: skip
+    assert res.exit_code == 1 and time.monotonic() - started < 30, res.output
+    assert f"{address}: 127.0.0.1:{web_server} answers, but not as a Ray cluster does" in (
+        " ".join(res.output.split())
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_ray_address_check_accepts_a_grpc_server(web_server) -> None:
+    grpc = pytest.importorskip("grpc")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench_cli.executors.ray import speaks_grpc
+
+    server = grpc.server(ThreadPoolExecutor(1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        assert speaks_grpc("127.0.0.1", port)
+    finally:
+        server.stop(None)
+    assert not speaks_grpc("127.0.0.1", web_server)
 
 
 def test_gpus_that_torch_does_not_see_are_refused_before_anything_is_written(tmp_path) -> None:

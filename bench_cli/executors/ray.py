@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from bench_cli.addresses import unanswered
+from bench_cli.addresses import TIMEOUT, unanswered
 from bench_cli.errors import BenchError, ConfigError
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
@@ -61,6 +61,27 @@ def check_address(address: str) -> None:
             f"{where} {address}: nothing answers at {host}:{port} ({why}); start the cluster's "
             "head there (ray start --head), or leave the address out for a local Ray"
         )
+    if not speaks_grpc(host, int(port)):  # a web server, say: ray.init would wait minutes
+        raise BenchError(
+            f"{where} {address}: {host}:{port} answers, but not as a Ray cluster does (no "
+            f"gRPC within {TIMEOUT:g} s); give the address that `ray start --head` printed, or "
+            "leave it out for a local Ray"
+        )
+
+
+def speaks_grpc(host: str, port: int) -> bool:
+    """Whether a gRPC server answers at ``host:port`` within ``TIMEOUT`` seconds: a Ray head's
+    GCS and its client server both are (grpcio comes with Ray)."""
+    import grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
 
 
 def _run_cell(cell: Cell, out: str, log: dict | None, threads: int, queue: Any) -> str:
