@@ -1128,6 +1128,24 @@ def test_a_ray_address_where_a_web_server_answers_is_refused_in_seconds(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_sigterm_while_ray_starts_stops_the_command_as_a_sigterm(tmp_path, monkeypatch) -> None:
+    """ray.init's own SIGTERM handler exits with the signal's number: that is the command
+    stopped (exit 143), not a task's sys.exit."""
+    ray = pytest.importorskip("ray")
+
+    def init_interrupted(*args, **kwargs):
+        raise SystemExit(signal.SIGTERM)  # what Ray's handler does
+
+    monkeypatch.setattr(ray, "init", init_interrupted)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    path = write_suite(tmp_path / "x.yaml", "noisy-quadratic", "[0]")
+    res = CliRunner().invoke(
+        app, ["suite", "run", str(path), "--out", str(tmp_path / "out"), "--executor", "ray"]
+    )
+    assert res.exit_code == 128 + signal.SIGTERM, res.output
+    assert "sys.exit" not in res.output
+
+
 def test_the_ray_address_check_accepts_a_grpc_server(web_server) -> None:
     grpc = pytest.importorskip("grpc")
     from concurrent.futures import ThreadPoolExecutor

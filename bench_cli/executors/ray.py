@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from bench_cli.addresses import TIMEOUT, unanswered
-from bench_cli.errors import BenchError, ConfigError
+from bench_cli.errors import BenchError, ConfigError, Terminated
 from bench_cli.folder import Folder
 from bench_cli.plan import Cell
 
@@ -144,13 +144,18 @@ class RayExecutor:
         ray = self.ray
         handler = signal.getsignal(signal.SIGTERM)
         if not ray.is_initialized():
-            if address := self.settings.ray_address:
-                try:
-                    ray.init(address=address, log_to_driver=False)
-                except ConnectionError as exc:  # "auto" with no cluster on this machine
-                    raise BenchError(f"--ray-address {address}: {exc}") from None
-            else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            try:
+                if address := self.settings.ray_address:
+                    try:
+                        ray.init(address=address, log_to_driver=False)
+                    except ConnectionError as exc:  # "auto" with no cluster on this machine
+                        raise BenchError(f"--ray-address {address}: {exc}") from None
+                else:
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            except SystemExit as exc:  # SIGTERM while ray.init runs: its handler exits
+                if exc.code != signal.SIGTERM:
+                    raise
+                raise Terminated(128 + signal.SIGTERM) from None
         with _sigterm_between_calls(handler) as sigterm:
             return self._run(cells, folder, progress, claim, sigterm)
 
