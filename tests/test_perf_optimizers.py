@@ -47,6 +47,31 @@ def test_cpu_table_rows_and_bytes_per_parameter() -> None:
     assert rows[(perf.TORCH_ADAMW, "foreach")]["x_torch_fused_adamw"] == 1.0
 
 
+def test_an_optimizer_named_twice_is_timed_once_and_the_cpu_yardstick_is_named() -> None:
+    res = CliRunner().invoke(
+        app, ["perf", "optimizers", "--device", "cpu", "--params", "8000", "--iters", "1",
+              "--opt", "lion,Lion,adamw,lion"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    table = [line.split("|")[1:3] for line in res.stdout.splitlines() if line.startswith("| ")]
+    header, _rule, *rows = [[c.strip() for c in cells] for cells in table]
+    assert rows == [
+        [perf.TORCH_ADAMW, "foreach"], ["lion", "foreach"], ["lion", "loop"],
+        ["adamw", "foreach"], ["adamw", "loop"],
+    ]  # fmt: skip
+    assert "x torch foreach AdamW" in res.stdout and "fused" not in res.stdout
+
+
+def test_a_slow_rate_keeps_its_digits() -> None:
+    row = perf.Row("lion", "loop", 1.0, 0.4321, 20.0, None, 1.0, 0.0)
+    header = {"device": "cpu", "torch": "x", "params": 8000, "tensors": 1}
+    line = perf.as_markdown({**header, "yardstick": "torch.optim.AdamW (foreach)"}, [row])
+    assert "| 0.43 |" in line.splitlines()[-1]
+    assert "| 1771 |" in perf.as_markdown(
+        header, [perf.Row("a", "b", 1.0, 1771.2, 28.0, None, 1.0, 0.0)]
+    )
+
+
 def test_bad_parameter_count_is_one_line() -> None:
     res = CliRunner().invoke(app, ["perf", "optimizers", "--device", "cpu", "--params", "ten"])
     assert res.exit_code != 0
