@@ -1,16 +1,10 @@
-"""The leaderboard's tables as CSV, Markdown, LaTeX (booktabs) or JSON text, and for the terminal.
+"""The leaderboard's tables as CSV, Markdown, LaTeX (booktabs; ``bench_cli.results.latex``) or
+JSON text, and for the terminal.
 
 CSV and JSON carry the numbers (full precision; ``inf`` is a censored bound, empty/null is
 undefined); Markdown, LaTeX and the terminal show text cells: ``median [lo, hi] level%`` with the
 interval's true coverage, ``>x`` / ``<x`` where censoring leaves only a bound, ``-`` where nothing
-is defined, and the speedup with its verdict. ``legend`` explains them under each table. LaTeX
-bolds a cell only when every row has an interval at a true coverage of at least ``1 - alpha``
-(95% at the leaderboard's 5%) and the winner's lies entirely on the better side of every other's.
-The coverage floor is the leaderboard's own: ``[min, max]`` of ``n`` seeds covers the median with
-probability ``1 - 2 * 2**-n``, which reaches ``1 - alpha`` exactly when ``n`` is at least
-``inference.min_pairs(alpha)``, the fewest seeds that can carry a verdict. So a row whose verdict
-says "too few seeds" never has a bold cell beside it (two seeds give a 50% interval: those of
-two identical optimizers are disjoint one time in three).
+is defined, and the speedup with its verdict. ``legend`` explains them under each table.
 """
 
 from __future__ import annotations
@@ -31,10 +25,6 @@ from bench_cli.results.store import atomic_write_text
 
 FORMATS = ("csv", "md", "latex", "json")
 TABLES = ("all", "tasks", "ranking")
-_LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}  # fmt: skip
 
 
 # ---- numbers as text ---------------------------------------------------------------------------
@@ -132,20 +122,6 @@ def speedup_cell(row: Mapping, style: Style = PLAIN) -> str:
         return value
     verdict = "" if row["verdict"] == "seed-independent" else " " + short_verdict(row["verdict"])
     return value + verdict
-
-
-def winner(value: Sequence[float], lo: Sequence[float], hi: Sequence[float], lower: bool) -> int:
-    """Index of the best row when its interval excludes every other row's interval, else -1."""
-    rows = [i for i, v in enumerate(value) if math.isfinite(v)]
-    if len(value) < 2 or not rows or any(math.isnan(x) for x in (*lo, *hi)):
-        return -1
-    best = (min if lower else max)(rows, key=lambda i: value[i])
-    for j in range(len(value)):
-        if j == best or math.isnan(lo[j]) or math.isnan(hi[j]):
-            continue
-        if (lower and not hi[best] < lo[j]) or (not lower and not lo[best] > hi[j]):
-            return -1
-    return best
 
 
 # ---- display tables (terminal, Markdown, LaTeX) ------------------------------------------------
@@ -291,58 +267,6 @@ def to_markdown(lb: Leaderboard, table: str = "all") -> str:
     return "\n".join(parts)
 
 
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
-
-
-def _tabular(header: list[str], rows: list[list[str]]) -> str:
-    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule"]
-    lines.append(" & ".join(header) + r" \\")
-    lines.append(r"\midrule")
-    lines += [" & ".join(row) + r" \\" for row in rows]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines)
-
-
-def _latex_task(lb: Leaderboard, name: str, task: pd.DataFrame) -> str:
-    cols = _columns(task, LATEX)
-    cells = {c: list(cells) for c, (_, cells) in cols.items()}
-    bold = {  # column id -> (values, lower is better): bold a winner whose interval excludes all
-        "tokens": ("tokens_to_target", True),
-        "seconds": ("seconds_to_target", True),
-        "best": ("best", task["direction"].iloc[0] != "max"),
-    }
-    floor = 1 - lb.alpha - 1e-12  # the coverage a bold cell needs (see the module docstring)
-    for col, (key, lower) in bold.items():
-        level = task[f"{key}_level"]
-        # no interval, or one too weak to decide with (fewer seeds than a verdict needs): no winner
-        none = level.isna() | (level < floor) | task["seed_independent"]
-        lo, hi = task[f"{key}_lo"].mask(none), task[f"{key}_hi"].mask(none)
-        i = winner(list(task[key]), list(lo), list(hi), lower)
-        if i >= 0:
-            cells[col][i] = r"\textbf{" + cells[col][i] + "}"
-    keep = ["optimizer", "reached", "tokens", "seconds", "speedup", "best", "trials"]
-    escaped = {"optimizer", "reached", "trials"}  # the others are LaTeX already
-    rows = [
-        [latex_escape(cells[c][i]) if c in escaped else cells[c][i] for c in keep]
-        for i in range(len(task))
-    ]
-    header = [latex_escape(cols[c][0][:1].upper() + cols[c][0][1:]) for c in keep]
-    comment = f"% {title(lb, name)}"
-    return comment.replace("\n", " ") + "\n" + _tabular(header, rows)
-
-
-def to_latex(lb: Leaderboard, table: str = "all") -> str:
-    parts = ["% requires \\usepackage{booktabs}; " + legend(lb, LATEX)]
-    if table in ("all", "tasks"):
-        parts += [_latex_task(lb, name, task) for name, task in tasks_of(lb)]
-    if table in ("all", "ranking"):
-        shown = display_ranking(lb.ranking, LATEX)
-        rows = [[latex_escape(x) for x in row] for row in shown.itertuples(index=False)]
-        parts.append("% overall ranking\n" + _tabular([c.capitalize() for c in shown], rows))
-    return "\n\n".join(parts) + "\n"
-
-
 def jsonable(x: object) -> object:
     """A cell as JSON: NaN and pandas' missing value become null, an infinity "inf"."""
     if x is None or x is pd.NA:
@@ -374,6 +298,12 @@ def to_json(lb: Leaderboard, table: str = "all") -> str:
 def to_csv(lb: Leaderboard, table: str = "all") -> str:
     """One table per CSV: the per-task rows (``all`` or ``tasks``) or the ranking."""
     return (lb.ranking if table == "ranking" else lb.tasks).to_csv(index=False)
+
+
+def to_latex(lb: Leaderboard, table: str = "all") -> str:
+    from bench_cli.results.latex import to_latex as render_latex  # it builds on this module
+
+    return render_latex(lb, table)
 
 
 RENDERERS = {"csv": to_csv, "md": to_markdown, "latex": to_latex, "json": to_json}

@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from bench_cli.cli_results import register
-from bench_cli.results import export, leaderboard
+from bench_cli.results import export, latex, leaderboard
 from tests.results import make_record, suite, write_all
 
 runner = CliRunner()
@@ -85,6 +85,26 @@ def test_latex_uses_booktabs_and_escapes(lb) -> None:
     assert r"4k [4k, $>$10k] 75\%" in export.render(leaderboard.build(partly, "a"), "latex")
 
 
+def test_latex_tables_are_captioned_labelled_floats(lb) -> None:
+    """Each table is a float to \\input: its caption says what the comment above it says, in
+    LaTeX (no bare < or _, which text fonts misprint), and its label names its task."""
+    text = export.render(lb, "latex")
+    floats = re.findall(r"% ([^\n]*)\n\\begin\{table\}\[t\]\n\\centering\n\\caption\{([^\n]*)\}\n"
+                        r"\\label\{([^\n]*)\}\n\\begin\{tabular\}.*?\\end\{tabular\}\n\\end\{table\}",
+                        text, flags=re.S)  # fmt: skip
+    assert len(floats) == 3 == text.count(r"\begin{table}") == text.count(r"\end{table}")
+    for comment, caption, _ in floats:
+        plain = caption.replace(r"$\le$", "<=").replace(r"$\ge$", ">=").replace(r"\_", "_")
+        assert plain == comment, (plain, comment)
+        assert "<" not in caption and ">" not in caption
+    labels = [label for _, _, label in floats]
+    tasks = [name for name, _ in export.tasks_of(lb)]
+    assert labels == [f"tab:bench-{t}" for t in tasks] + ["tab:bench-overall-ranking"]
+    assert latex._latex_text("a_b <= 1 < 2 >= 3 > 4 & c") == (
+        r"a\_b $\le$ 1 $<$ 2 $\ge$ 3 $>$ 4 \& c"
+    )
+
+
 def test_latex_bolds_a_winner_only_when_its_interval_excludes_the_others() -> None:
     six = leaderboard.build(suite(seeds=tuple(range(6))))  # 96% intervals, verdicts decided
     lm = re.search(r"% lm:.*?\\end\{tabular\}", export.render(six, "latex"), flags=re.S).group(0)
@@ -101,12 +121,12 @@ def test_latex_bolds_a_winner_only_when_its_interval_excludes_the_others() -> No
 
 
 def test_winner_rule() -> None:
-    assert export.winner([1.0, 3.0], [0.5, 2.5], [1.5, 3.5], lower=True) == 0
-    assert export.winner([1.0, 3.0], [0.5, 1.0], [2.0, 3.5], lower=True) == -1  # overlap
-    assert export.winner([1.0, 3.0], [0.5, 2.5], [1.5, 3.5], lower=False) == 1
-    assert export.winner([1.0, math.nan], [0.5, 1e4], [1.5, math.inf], lower=True) == 0
-    assert export.winner([1.0], [0.5], [1.5], lower=True) == -1  # alone: nothing to beat
-    assert export.winner([1.0, 3.0], [0.5, math.nan], [1.5, math.nan], lower=True) == -1
+    assert latex.winner([1.0, 3.0], [0.5, 2.5], [1.5, 3.5], lower=True) == 0
+    assert latex.winner([1.0, 3.0], [0.5, 1.0], [2.0, 3.5], lower=True) == -1  # overlap
+    assert latex.winner([1.0, 3.0], [0.5, 2.5], [1.5, 3.5], lower=False) == 1
+    assert latex.winner([1.0, math.nan], [0.5, 1e4], [1.5, math.inf], lower=True) == 0
+    assert latex.winner([1.0], [0.5], [1.5], lower=True) == -1  # alone: nothing to beat
+    assert latex.winner([1.0, 3.0], [0.5, math.nan], [1.5, math.nan], lower=True) == -1
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX engine")
@@ -147,7 +167,7 @@ def test_counts_read_well(x, text) -> None:
 
 
 def test_latex_escape() -> None:
-    assert export.latex_escape("a_b & 50% #1 {x}") == r"a\_b \& 50\% \#1 \{x\}"
+    assert latex.latex_escape("a_b & 50% #1 {x}") == r"a\_b \& 50\% \#1 \{x\}"
 
 
 def test_export_command_writes_a_file_atomically(app, tmp_path: Path) -> None:
