@@ -237,14 +237,21 @@ def check(
     against: Annotated[Path, typer.Option("--against", help="Baseline results directory.")],
     tolerance: Annotated[
         float,
-        typer.Option(help="Allowed slack beyond the baseline's interval, 0 to 1 (0.05 = 5%)."),
+        typer.Option(help="Allowed slowdown beyond the baseline's runs, 0 to 1 (0.05 = 5%)."),
     ] = defaults.DEFAULT_TOLERANCE,
+    alpha: Annotated[
+        float,
+        typer.Option(help="Level of the test that calls a pair slower (3+ seeds a side at 0.05)."),
+    ] = 0.05,
 ) -> None:
-    """Exit 1 when tokens-to-target regressed beyond its interval, a run newly failed, a task,
-    optimizer or seed of the baseline has no runs, or a record of either folder cannot be read."""
+    """Exit 1 when tokens-to-target got slower (a permutation test where the seeds allow one,
+    else the values), a run newly failed, a task, optimizer or seed of the baseline has no runs,
+    or a record of either folder cannot be read."""
     from bench_cli.results import check as checks
 
-    report = checks.check_dirs(directory, against, tolerance, warn=warn)
+    if not 0 < alpha < 1:
+        raise BenchError(f"--alpha must lie strictly between 0 and 1 (0.05 = 5%), got {alpha}")
+    report = checks.check_dirs(directory, against, tolerance, warn=warn, alpha=alpha)
     for problem in report.problems:
         stderr.print(f"[red]regression:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     if report.problems:

@@ -5,10 +5,15 @@ A problem is one of:
 - a task, or an optimizer on a task, that the baseline has and the new results lack;
 - a seed that the baseline scored a task-optimizer pair on and the new results did not (extra
   seeds are fine; a seed-independent task's seeds count as one run, as on the leaderboard);
-- tokens-to-target that got worse beyond the baseline's interval: the new median exceeds the upper
-  end of the baseline's interval for the median (order statistics, as the leaderboard's) by more
-  than ``tolerance`` (relative), or the new median
-  is censored (half or more of the seeds missed the target) where the baseline's was not;
+- tokens-to-target that got worse. Where both sides have seeds enough for a test at ``alpha``
+  (three a side at 5%), a one-sided permutation test of the new runs against the baseline runs
+  scaled by ``1 + tolerance`` (``inference.shift_p``; censored runs count as what they are known
+  to be at least): the pair is slower when p <= alpha, so a pair whose runs did not change is
+  called slower in at most alpha of checks (``tests/results/test_verdict_error_rates.py``).
+  With fewer seeds (one, as in a deterministic CI smoke suite) the values are compared as they
+  are: the new median exceeds the upper end of the baseline's interval (its own value, for one
+  seed) by more than ``tolerance``, or it is censored where the baseline's was not. Each pair is
+  judged on its own: under noise, P pairs give up to P x alpha false alarms between them;
 - a run that crashed (``error``) where the baseline's did not, or diverged where the baseline's
   finished. Runs are matched by task, optimizer, seed and configuration; when each side tried one
   configuration only (no sweep), by task, optimizer and seed, so a changed default is still caught.
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_cli.errors import BenchError, DamagedRecordsError
-from bench_cli.results import leaderboard, stats
+from bench_cli.results import inference, leaderboard, stats
 from bench_cli.results.defaults import DEFAULT_TOLERANCE
 from bench_cli.results.record import RunRecord
 from bench_cli.results.store import load_records
@@ -105,21 +110,74 @@ def _missing_seeds(base: Sequence[RunRecord], new: Sequence[RunRecord]) -> list[
     return problems
 
 
-def _regressions(base: leaderboard.Leaderboard, new: leaderboard.Leaderboard, tol: float):
+def _runs(records: Sequence[RunRecord], targets) -> dict[tuple[str, str], list[stats.Outcome]]:
+    """Per (task, optimizer), the runs its leaderboard row stands for, one per seed."""
+    choices, _ = stats.kept_choices(records, targets)
+    return {pair: stats.one_observation(c.runs) for pair, c in choices.items()}
+
+
+def _tested(where, n, b, new_runs, base_runs, tol: float, alpha: float) -> str | None:
+    """The problem when the permutation test finds the new runs slower than the baseline's
+    beyond the tolerance at level ``alpha``, else None."""
+    p = inference.shift_p(
+        [o.tokens_low for o in new_runs], [o.tokens_high for o in new_runs],
+        [o.tokens_low for o in base_runs], [o.tokens_high for o in base_runs],
+        factor=1 + tol,
+    )  # fmt: skip
+    if p > alpha:
+        return None
+    new = n.tokens_to_target if not math.isnan(n.tokens_to_target) else n.tokens_to_target_low
+    old = b.tokens_to_target if not math.isnan(b.tokens_to_target) else b.tokens_to_target_low
+    new_s, old_s, lo, hi = fmt_counts(
+        new, old, b.tokens_to_target_lo, b.tokens_to_target_hi, differ=((0, 1), (0, 3))
+    )
+    new_s = new_s if not math.isnan(n.tokens_to_target) else f">{new_s}"
+    old_s = old_s if not math.isnan(b.tokens_to_target) else f">{old_s}"
+    return (
+        f"{where}: slower than the baseline beyond the {fmt_tolerance(tol)} tolerance: median "
+        f"{n.unit}-to-target {new_s} against {old_s} [{lo}, {hi}], reached the target in "
+        f"{n.reached}/{n.runs} seeds (baseline {b.reached}/{b.runs}); one-sided permutation "
+        f"test of the {len(new_runs)} new against the {len(base_runs)} baseline runs, "
+        f"p = {p:.2g} <= {alpha:g}"
+    )
+
+
+def _regressions(
+    base: leaderboard.Leaderboard,
+    new: leaderboard.Leaderboard,
+    runs: dict[str, dict[tuple[str, str], list[stats.Outcome]]],
+    tol: float,
+    alpha: float,
+):
+    """Tokens-to-target that got worse: tested where both sides have seeds enough for the
+    permutation test to reach ``alpha``; else (one or two seeds, as in a deterministic CI
+    smoke suite) the medians compared as they are."""
     problems = []
     old_rows = {(r.task, r.optimizer): r for r in base.tasks.itertuples()}
     for n in new.tasks.itertuples():
         b = old_rows.get((n.task, n.optimizer))
-        if b is None or math.isnan(b.tokens_to_target):
+        if b is None:
             continue
         where = f"{n.task} / {n.optimizer}"
+        new_runs = runs["new"].get((n.task, n.optimizer), [])
+        base_runs = runs["base"].get((n.task, n.optimizer), [])
+        if new_runs and base_runs and inference.min_shift_p(len(new_runs), len(base_runs)) <= alpha:
+            if problem := _tested(where, n, b, new_runs, base_runs, tol, alpha):
+                problems.append(problem)
+            continue
+        if math.isnan(b.tokens_to_target):
+            continue
+        few = (
+            f" ({len(new_runs)} and {len(base_runs)} seeds are too few for a test at "
+            f"{alpha:g}: the values were compared as they are)"
+        )
         if math.isnan(n.tokens_to_target):
             problems.append(
                 f"{where}: reached the target in {n.reached}/{n.runs} seeds (baseline "
-                f"{b.reached}/{b.runs}); the median {n.unit}-to-target is now censored"
+                f"{b.reached}/{b.runs}); the median {n.unit}-to-target is now censored{few}"
             )
         elif n.tokens_to_target > (limit := b.tokens_to_target_hi * (1 + tol)):
-            new, lo, hi, lim = fmt_counts(
+            new_s, lo, hi, lim = fmt_counts(
                 n.tokens_to_target,
                 b.tokens_to_target_lo,
                 b.tokens_to_target_hi,
@@ -128,8 +186,8 @@ def _regressions(base: leaderboard.Leaderboard, new: leaderboard.Leaderboard, to
             )
             at_most = f"; at most {lim} passes" if tol else ""
             problems.append(
-                f"{where}: median {n.unit}-to-target {new} is above the baseline's interval "
-                f"[{lo}, {hi}] by more than the {fmt_tolerance(tol)} tolerance{at_most}"
+                f"{where}: median {n.unit}-to-target {new_s} is above the baseline's interval "
+                f"[{lo}, {hi}] by more than the {fmt_tolerance(tol)} tolerance{at_most}{few}"
             )
     return problems
 
@@ -186,11 +244,13 @@ def compare(
     base: Sequence[RunRecord],
     tolerance: float = DEFAULT_TOLERANCE,
     baseline: str = leaderboard.DEFAULT_BASELINE,
+    alpha: float = inference.ALPHA,
 ) -> list[str]:
     """Human-readable problems of ``new`` against ``base``; an empty list means it passes."""
     _check_tolerance(tolerance)
-    base_lb = leaderboard.build(base, baseline)
-    new_lb = leaderboard.build(new, baseline, targets=base_lb.targets)
+    base_lb = leaderboard.build(base, baseline, alpha=alpha)
+    new_lb = leaderboard.build(new, baseline, targets=base_lb.targets, alpha=alpha)
+    runs = {"base": _runs(base, base_lb.targets), "new": _runs(new, base_lb.targets)}
     keys = {
         side: set(zip(lb.tasks["task"], lb.tasks["optimizer"]))
         for side, lb in (("base", base_lb), ("new", new_lb))
@@ -198,7 +258,7 @@ def compare(
     return [
         *_missing(keys["base"], keys["new"]),
         *_missing_seeds(base, new),
-        *_regressions(base_lb, new_lb, tolerance),
+        *_regressions(base_lb, new_lb, runs, tolerance, alpha),
         *_new_failures(base, new),
     ]
 
@@ -231,12 +291,14 @@ def check_dirs(
     base_dir: Path,
     tolerance: float = DEFAULT_TOLERANCE,
     warn: Callable[[str], None] | None = None,
+    alpha: float = inference.ALPHA,
 ) -> Report:
     """``compare`` on the records stored in two directories; ``warn`` hears of each second copy
     of a record that was left out."""
     _check_tolerance(tolerance)  # before reading the folders
+    inference.min_pairs(alpha)  # refuses a level outside (0, 1)
     new, base = _load(new_dir, warn), _load(base_dir, warn)
-    problems = compare(new, base, tolerance)
+    problems = compare(new, base, tolerance, alpha=alpha)
     tasks = {r.task_key for r in base}
     pairs = {(r.task_key, r.optimizer) for r in base}
     optimizers = {o for _, o in pairs}
@@ -244,5 +306,6 @@ def check_dirs(
         f"compared {len(tasks)} task{'s' * (len(tasks) != 1)} and {len(optimizers)} "
         f"optimizer{'s' * (len(optimizers) != 1)} ({len(pairs)} task-optimizer pairs, "
         f"{len(new)} runs against {len(base)} baseline runs), tolerance {fmt_tolerance(tolerance)}"
+        f", pairs with seeds enough tested at {alpha:g}"
     )
     return Report(problems, compared)

@@ -32,6 +32,18 @@ whatever the distribution. We take the narrowest such pair whose coverage is at 
 where even ``[min, max]`` cannot reach it, ``[min, max]`` with the level it does give. With bounded
 values the interval is ``[k-th smallest low, (n+1-k)-th smallest high]``, which contains the
 interval of the true values, so its coverage is at least the stated one.
+
+**Two-sample shift test** (``bench check``: did a pair get slower than its baseline runs?). The
+baseline values are first scaled by ``1 + tolerance``; the statistic then counts, over every (new
+run, baseline run), +1 when the new value is surely above the scaled baseline value (its low above
+that high), -1 when surely below, 0 when the bounds leave it open. Under the null hypothesis (new
+runs drawn as the baseline's times ``1 + tolerance``, with the same budget, so the observed bounds
+are exchangeable) every split of the pooled runs into a "new" and a "baseline" group is equally
+likely, so the p-value is the fraction of splits whose statistic is at least the observed one:
+counted exactly up to ``EXACT_MAX_SPLITS`` splits, above that over ``RANDOM_SPLITS`` random splits
+(``(1 + hits) / (1 + draws)``). New runs slower by less than the tolerance (or not slower) give
+a p-value at least as large, so the test keeps its size. Its smallest p-value is
+``1 / C(n + m, n)``: three seeds a side reach 5%, two do not.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import product
+from itertools import combinations, product
 
 import numpy as np
 
@@ -49,6 +61,8 @@ LEVEL = 0.95
 EXACT_MAX_PAIRS = 16
 RANDOM_FLIPS = 20_000
 FLIP_SEED = 0
+EXACT_MAX_SPLITS = 50_000
+RANDOM_SPLITS = 20_000
 
 
 # ---- the paired sign-flip test -----------------------------------------------------------------
@@ -186,3 +200,54 @@ def summarize(
         median, m_low, float(lo_v[k - 1]), float(hi_v[n - k]), float(lo_v[n - k]), cover,
         reached, n,
     )  # fmt: skip
+
+
+# ---- the two-sample shift test -----------------------------------------------------------------
+
+
+def min_shift_p(n_new: int, n_base: int) -> float:
+    """The smallest p-value ``shift_p`` can give with these group sizes."""
+    return 1.0 / math.comb(n_new + n_base, n_new) if n_new and n_base else 1.0
+
+
+@lru_cache(maxsize=16)
+def _splits(n: int, k: int) -> tuple[np.ndarray, bool]:
+    """Rows of 0/1 marking which of ``n`` pooled runs form the "new" group of ``k``: every split
+    (True) or ``RANDOM_SPLITS`` random ones drawn with a fixed seed (False)."""
+    if math.comb(n, k) <= EXACT_MAX_SPLITS:
+        rows = np.zeros((math.comb(n, k), n))
+        for i, chosen in enumerate(combinations(range(n), k)):
+            rows[i, list(chosen)] = 1.0
+        return rows, True
+    rng = np.random.default_rng(FLIP_SEED)
+    order = np.argsort(rng.random((RANDOM_SPLITS, n)), axis=1)
+    rows = np.zeros((RANDOM_SPLITS, n))
+    np.put_along_axis(rows, order[:, :k], 1.0, axis=1)
+    return rows, False
+
+
+def shift_p(
+    new_lows: Sequence[float],
+    new_highs: Sequence[float],
+    base_lows: Sequence[float],
+    base_highs: Sequence[float],
+    factor: float = 1.0,
+) -> float:
+    """One-sided p-value that the new values lie above the baseline values times ``factor``,
+    each value known to lie in ``[low, high]`` (see the module)."""
+    k = len(new_lows)
+    # the baseline values scaled by the tolerance: the null is "new drawn as factor x baseline"
+    lows = np.asarray([*new_lows, *(factor * b for b in base_lows)], dtype=float)
+    highs = np.asarray([*new_highs, *(factor * b for b in base_highs)], dtype=float)
+    if k == 0 or k == lows.size:
+        return 1.0
+    # score[a, b]: run a taken as new against run b taken as baseline
+    score = (lows[:, None] > highs[None, :]).astype(float)
+    score -= (highs[:, None] < lows[None, :]).astype(float)
+    observed = score[:k, k:].sum()
+    rows, exact = _splits(lows.size, k)
+    stats = ((rows @ score) * (1.0 - rows)).sum(axis=1)
+    hits = int(np.sum(stats >= observed - 1e-9))
+    if exact:
+        return hits / rows.shape[0]
+    return (1 + hits) / (1 + rows.shape[0])

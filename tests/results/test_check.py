@@ -51,11 +51,50 @@ def test_new_divergence_and_new_error_fail() -> None:
     assert any("valley / slow seed 0: error: RuntimeError: boom (was done)" in p for p in problems)
 
 
-def test_a_median_that_becomes_censored_fails() -> None:
+def test_a_pair_that_stops_reaching_the_target_fails_the_test() -> None:
+    """Three seeds a side: every new run (censored at 10k) above every baseline run is the
+    permutation test's smallest p-value, 1 / C(6, 3) = 0.05."""
     new = [r for r in suite() if not (r.task == "lm" and r.optimizer == "slow")]
     new += [make_record("lm", "slow", s, None) for s in (0, 1, 2)]
     (problem,) = compare(new, suite())
-    assert "lm / slow: reached the target in 0/3 seeds (baseline 3/3)" in problem
+    assert problem.startswith("lm / slow: slower than the baseline beyond the 5% tolerance: ")
+    assert "median tokens-to-target >10k against 6.15k [6k, 6.3k]" in problem
+    assert "reached the target in 0/3 seeds (baseline 3/3)" in problem
+    assert problem.endswith(
+        "permutation test of the 3 new against the 3 baseline runs, p = 0.05 <= 0.05"
+    )
+    # at a level three seeds cannot reach, the values are compared as they are
+    (fallback,) = compare(new, suite(), alpha=0.04)
+    assert "now censored (3 and 3 seeds are too few for a test at 0.04" in fallback
+
+
+def test_a_median_that_becomes_censored_fails_with_one_seed() -> None:
+    """One seed a side (a deterministic CI smoke suite): no test, the values as they are."""
+    base = suite(seeds=(0,))
+    new = [r for r in base if not (r.task == "lm" and r.optimizer == "slow")]
+    new.append(make_record("lm", "slow", 0, None))
+    (problem,) = compare(new, base)
+    assert problem == (
+        "lm / slow: reached the target in 0/1 seeds (baseline 1/1); the median tokens-to-target "
+        "is now censored (1 and 1 seeds are too few for a test at 0.05: the values were compared "
+        "as they are)"
+    )
+
+
+def test_two_seeds_compare_values_three_test_them() -> None:
+    """One new run of three far slower (a 1-in-3 fluke) moves the median past the baseline's
+    interval: compared as values with two seeds a side it fails; tested with three, one slow
+    run is no evidence and it passes."""
+    base = suite(seeds=(0, 1))
+    new = [r for r in base if not (r.task == "lm" and r.optimizer == "fast")]
+    new += [make_record("lm", "fast", 0, 2000.0), make_record("lm", "fast", 1, 2600.0)]
+    (problem,) = compare(new, base)
+    assert "median tokens-to-target 2.3k is above the baseline's interval [2k, 2.05k]" in problem
+    assert "2 and 2 seeds are too few for a test at 0.05" in problem
+    base3 = suite()
+    new3 = [r for r in base3 if not (r.task == "lm" and r.optimizer == "fast")]
+    new3 += [make_record("lm", "fast", s, t) for s, t in ((0, 2000.0), (1, 2050.0), (2, 2600.0))]
+    assert compare(new3, base3) == []
 
 
 def test_missing_task_and_optimizer_fail() -> None:

@@ -8,6 +8,9 @@
 - Calibration: with the target calibrated on separate seeds, the baseline and an identical copy
   reach it equally often within binomial noise (and calibrating on the scored seeds, the old way,
   is caught by the same check).
+- The ``bench check`` gate: with new runs drawn as the baseline's, a pair is called slower in at
+  most about 5% of comparisons at 3, 5 and 8 seeds (censored or not, any tolerance); a pair 2x
+  slower is caught with 5 seeds in at least 80% of them.
 
 Every simulation uses a fixed numpy seed, so each run of the tests sees the same suites.
 """
@@ -200,3 +203,43 @@ def test_a_a_the_latex_export_bolds_a_winner_at_most_at_the_level(n: int) -> Non
 def test_a_b_the_latex_export_bolds_a_clearly_faster_optimizer() -> None:
     """Not vacuous: an optimizer needing half the baseline's tokens is bold in most suites."""
     assert _bold_rate(10, 60, seed=3, median_ratio=0.5, sigma=0.2, budget=(9000, 9500)) >= 0.8
+
+
+def _gate_rate(n: int, suites: int, seed: int, ratio: float = 1.0, tolerance: float = 0.0,
+               budget=(5000, 8000), pairs: int = 10) -> float:  # fmt: skip
+    """How often ``bench check`` (its ``compare``) calls a pair slower: each suite has ``pairs``
+    optimizers on one task, new runs drawn with median ``ratio`` times the baseline runs'."""
+    from bench_cli.results.check import compare
+
+    rng = np.random.default_rng(seed)
+
+    def side(r: float) -> list[RunRecord]:
+        runs = []
+        for i in range(pairs):
+            ttt = 4000.0 * r * np.exp(0.3 * rng.standard_normal(n))
+            trained = rng.uniform(*budget, n)
+            runs += [record(f"o{i}", s, t, c) for s, (t, c) in enumerate(zip(ttt, trained))]
+        return runs
+
+    called = 0
+    for _ in range(suites):
+        problems = compare(side(ratio), side(1.0), tolerance=tolerance, baseline="o0")
+        assert all("slower than the baseline" in p for p in problems), problems
+        called += len(problems)
+    return called / (suites * pairs)
+
+
+@pytest.mark.parametrize(
+    ("n", "suites", "tolerance", "budget"),
+    [(3, 150, 0.0, (5000, 8000)), (5, 100, 0.0, (3000, 6000)), (8, 50, 0.05, (5000, 8000))],
+)
+def test_the_gate_calls_a_pair_slower_at_most_at_the_level(n, suites, tolerance, budget) -> None:
+    """New runs drawn as the baseline's (some censored; at (3000, 6000) about half): a false
+    alarm in at most about alpha of the pairs."""
+    rate = _gate_rate(n, suites, seed=n, tolerance=tolerance, budget=budget)
+    assert rate <= ALPHA + binomial_slack(ALPHA, suites * 10)
+
+
+def test_the_gate_catches_a_pair_twice_as_slow_with_5_seeds() -> None:
+    """Not vacuous: new runs needing twice the tokens are called slower in most comparisons."""
+    assert _gate_rate(5, 30, seed=7, ratio=2.0, tolerance=0.05, budget=(10000, 16000)) >= 0.8
