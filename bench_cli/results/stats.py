@@ -312,7 +312,8 @@ def paired_speedup(
         return Speedup(math.nan, math.nan, math.nan, 0, "n/a")
     lows = [lo for lo, _ in bounds]
     highs = [hi for _, hi in bounds]
-    lo, hi = math.exp(float(np.mean(lows))), math.exp(float(np.mean(highs)))
+    with np.errstate(invalid="ignore"):  # inf and -inf among the pairs: the mean is undefined
+        lo, hi = math.exp(float(np.mean(lows))), math.exp(float(np.mean(highs)))
     value = lo if lo == hi else math.nan
     if independent:
         return Speedup(value, lo, hi, len(bounds), "seed-independent")
