@@ -235,6 +235,13 @@ def legend(lb: Leaderboard, style: Style = PLAIN) -> str:
         f"log speedups, two-sided at {alpha:g}, censored pairs taken at their worst case for the "
         f"claim; too few seeds: fewer than {inference.min_pairs(alpha)} pairs, the least that "
         f"level can decide with."
+        + (
+            " A configuration picked among k on the scored seeds themselves (no tuning seeds) is "
+            "tested at the level over k (Bonferroni, times the baseline's k; more seeds needed) "
+            "and its intervals state the coverage left after the pick."
+            if "alpha" in lb.tasks and (lb.tasks["alpha"] < alpha).any()
+            else ""
+        )
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,16 @@ def _summary(prefix: str, s: inference.MedianSummary) -> dict:
     return {f"{prefix}{suffix}": v for suffix, v in zip(_SUMMARY, values)}
 
 
+def _selected(lows, highs, configs: int) -> inference.MedianSummary:
+    """The median interval of a configuration picked among ``configs`` on these very seeds: each
+    configuration's interval at coverage ``1 - (1 - LEVEL) / configs``, so that the picked one's
+    covers its median with probability at least ``1 - configs x (1 - that)``, the level stated."""
+    if configs <= 1:
+        return inference.summarize(lows, highs)
+    s = inference.summarize(lows, highs, level=1 - (1 - inference.LEVEL) / configs)
+    return replace(s, level=max(0.0, 1 - configs * (1 - s.level)))
+
+
 def _swept(config: dict) -> str:
     return ", ".join(
         f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sorted(config.items())
@@ -84,7 +94,7 @@ def _row(
     runs = stats.one_observation(choice.runs)
     records = [o.record for o in runs]
     sign = -1.0 if target is not None and target.direction == "max" else 1.0
-    best = inference.summarize([sign * o.best for o in runs])
+    best = _selected([sign * o.best for o in runs], None, choice.configs)
     best_lo, best_hi = sorted((sign * best.lo, sign * best.hi))
     if tuned is not None:  # the tune/score protocol: tuning cost from the tuning runs
         trials, tokens, grads = tuned.trials, tuned.tokens, tuned.grad_evals
@@ -106,10 +116,10 @@ def _row(
         "reached": sum(o.tokens is not None for o in runs),
         "diverged": sum(r.status == "diverged" for r in records),
         "errors": errors,
-        **_summary("tokens_to_target", inference.summarize(
-            [o.tokens_low for o in runs], [o.tokens_high for o in runs])),
-        **_summary("seconds_to_target", inference.summarize(
-            [o.seconds_low for o in runs], [o.seconds_high for o in runs])),
+        **_summary("tokens_to_target", _selected(
+            [o.tokens_low for o in runs], [o.tokens_high for o in runs], choice.configs)),
+        **_summary("seconds_to_target", _selected(
+            [o.seconds_low for o in runs], [o.seconds_high for o in runs], choice.configs)),
         "speedup": speedup.value,
         "speedup_lo": speedup.lo,
         "speedup_hi": speedup.hi,
@@ -150,7 +160,10 @@ def _task_frame(
     rows = []
     for (task, opt), choice in choices.items():
         base = choices.get((task, baseline))
-        speedup = stats.paired_speedup(base.runs if base else [], choice.runs, alpha)
+        # a configuration picked among k on the very seeds it is judged on (no tuning seeds):
+        # the test at alpha / k for each side picked so (Bonferroni), which keeps its level
+        level = alpha / (choice.configs * (base.configs if base and opt != baseline else 1))
+        speedup = stats.paired_speedup(base.runs if base else [], choice.runs, level)
         if opt == baseline:
             speedup = stats.Speedup(
                 speedup.value, speedup.lo, speedup.hi, speedup.pairs, "baseline"
@@ -161,7 +174,7 @@ def _task_frame(
             tuned.get((task, opt)), per_task.get(opt, choice.configs),
         )  # fmt: skip
         row["unequal"] = selection.unequal(per_task)
-        row["alpha"] = alpha
+        row["alpha"] = level
         rows.append(row)
     df = pd.DataFrame(rows, columns=TASK_COLUMNS)
     order = df["tokens_to_target"].fillna(math.inf)

@@ -8,6 +8,10 @@
 - Calibration: with the target calibrated on separate seeds, the baseline and an identical copy
   reach it equally often within binomial noise (and calibrating on the scored seeds, the old way,
   is caught by the same check).
+- Selection on the scored seeds (an older folder, or ``bench run`` calls with other values into
+  one folder): an optimizer whose best of 8 identical configurations is picked on the seeds it is
+  judged on is called "better" in at most about 2.5% of suites, and the picked configuration's
+  interval covers its median at least as often as it says.
 - The ``bench check`` gate: with new runs drawn as the baseline's, a pair is called slower in at
   most about 5% of comparisons at 3, 5 and 8 seeds (censored or not, any tolerance); a pair 2x
   slower is caught with 5 seeds in at least 80% of them.
@@ -243,3 +247,35 @@ def test_the_gate_calls_a_pair_slower_at_most_at_the_level(n, suites, tolerance,
 def test_the_gate_catches_a_pair_twice_as_slow_with_5_seeds() -> None:
     """Not vacuous: new runs needing twice the tokens are called slower in most comparisons."""
     assert _gate_rate(5, 30, seed=7, ratio=2.0, tolerance=0.05, budget=(10000, 16000)) >= 0.8
+
+
+def _picked_suite(rng, n: int, configs: int) -> list[RunRecord]:
+    """The baseline with one configuration and "x" with ``configs`` identical ones, all scored
+    on the same ``n`` seeds; a configuration's best value follows its tokens-to-target, so the
+    leaderboard picks the luckiest (the worst case for selection bias)."""
+    runs = []
+    for opt, k in (("adamw", 1), ("x", configs)):
+        for c in range(k):
+            ttt = 4000.0 * np.exp(0.3 * rng.standard_normal(n))
+            trained = rng.uniform(5000, 8000, n)
+            for seed, (t, budget) in enumerate(zip(ttt, trained)):
+                r = record(opt, seed, t, budget)
+                best = {"val_loss": t / 1e4}
+                runs.append(r.model_copy(update={"hparams": {"lr": c}, "run_id": f"{opt}{seed}c{c}",
+                                                 "best_metrics": best}))  # fmt: skip
+    return runs
+
+
+def test_a_configuration_picked_on_the_scored_seeds_keeps_the_level() -> None:
+    rng = np.random.default_rng(11)
+    suites, better, covered, stated = 600, 0, 0, []
+    for _ in range(suites):
+        lb = leaderboard.build(_picked_suite(rng, 10, 8), alpha=ALPHA)
+        row = lb.tasks[lb.tasks["optimizer"] == "x"].iloc[0]
+        assert row["configs"] == 8 and row["alpha"] == ALPHA / 8
+        better += row["verdict"] == "better"
+        covered += row["tokens_to_target_lo"] <= 4000.0 <= row["tokens_to_target_hi"]
+        stated.append(row["tokens_to_target_level"])
+    assert better / suites <= ALPHA / 2 + binomial_slack(ALPHA / 2, suites)
+    level = float(np.mean(stated))
+    assert covered / suites >= level - binomial_slack(1 - level, suites)
