@@ -228,7 +228,8 @@ def legend(lb: Leaderboard, style: Style = PLAIN) -> str:
     alpha = lb.alpha
     return (
         f"Medians over scoring seeds; [lo, hi] N%: order-statistic interval for the median, N% "
-        f"its true coverage (none for one seed). {style.na}: not defined. >x: at least x (a run "
+        f"its true coverage, at least that where runs are censored (none for one seed). "
+        f"{style.na}: not defined. >x: at least x (a run "
         f"that stopped short of the target counts as at least what it trained). <x: at most x. "
         f"Speedup: {lb.baseline} over optimizer tokens-to-target (in the task's unit), geometric "
         f"mean over paired seeds. Verdict: exact paired sign-flip permutation test on per-seed "
