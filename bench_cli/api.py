@@ -351,7 +351,7 @@ def run_summary(req, out_dir, progress=None, executor=None, rerun=False, log=Non
     suite = request_suite(req)
     settings = executor_settings(suite.executor, dict(executor or {}))
     plan = build_plan(suite)
-    first = plan.score_cells({}, {})[0].spec
+    first = (plan.calibrate_cells({}) or plan.score_cells({}, {}))[0].spec  # its first phase
     prepared = _prepared(first)  # a missing data file fails here, before anything is written
     if isinstance(prepared, BenchError):
         raise prepared

@@ -621,6 +621,21 @@ def test_bench_run_errors_name_no_suite_key_path(tmp_path, monkeypatch, extra, m
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bench_run_calibrates_a_target_as_a_suite_does(tmp_path) -> None:
+    """target=calibrate: the baseline's calibration runs first, then every optimizer is scored
+    against its relaxed best (the command failed with an IndexError)."""
+    out = tmp_path / "o"
+    res = bench("run", "--opt", "adamw,lion", "--task", "noisy-quadratic", "--set", "preset=tiny",
+                "--set", "target=calibrate", "--out", out, "--quiet")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (calibration,) = json.loads((out / "calibration.json").read_text()).values()
+    (baseline_best,) = calibration["baseline_values"]
+    assert calibration["value"] == pytest.approx(baseline_best * 1.01)  # the default margin
+    scored = [r for r in load_records(out) if r.role == "score"]
+    assert sorted(r.optimizer for r in scored) == ["adamw", "lion"]
+    assert all(r.target.value == calibration["value"] for r in scored)
+
+
 # -- 7. bench report's --out, as bench export's -----------------------------------------------
 
 
