@@ -1162,6 +1162,27 @@ def test_the_ray_address_check_accepts_a_grpc_server(web_server) -> None:
     assert not speaks_grpc("127.0.0.1", web_server)
 
 
+def test_gpus_for_runs_on_the_cpu_are_refused_before_anything_is_written(tmp_path) -> None:
+    """--gpus with --device cpu went on to ask NVML for their memory: a traceback, after the
+    suite's files were written."""
+    out = tmp_path / "out"
+    run = CliRunner().invoke(
+        app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--device", "cpu", "--gpus", "0",
+              "--out", str(out)],
+    )  # fmt: skip
+    path = write_suite(tmp_path / "x.yaml", "noisy-quadratic", "[0]")
+    path.write_text(path.read_text() + "executor: {gpus: [0]}\n")  # its device: cpu
+    suite = CliRunner().invoke(app, ["suite", "run", str(path), "--out", str(out)])
+    for res in (run, suite):
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert res.stderr.strip().splitlines() == [
+            "error: --gpus (or executor.gpus in a suite file): the runs are on the CPU (--device "
+            "cpu, or device: cpu in a suite file), where it does nothing; leave it out (--jobs N "
+            "runs N at once on the CPU), or run on cuda"
+        ]
+    assert not out.exists()
+
+
 def test_gpus_that_torch_does_not_see_are_refused_before_anything_is_written(tmp_path) -> None:
     import torch
 

@@ -57,6 +57,12 @@ def check_settings(
         from bench_cli.trackers import check_trackers
 
         check_trackers(list(trackers), mlflow_uri)
+    if settings.kind == "local" and settings.gpus and device == "cpu":
+        raise ConfigError(
+            "--gpus (or executor.gpus in a suite file): the runs are on the CPU (--device cpu, "
+            "or device: cpu in a suite file), where it does nothing; leave it out (--jobs N "
+            "runs N at once on the CPU), or run on cuda"
+        )
     if settings.kind == "local" and not settings.gpus and (settings.runs_per_gpu or settings.mps):
         import torch
 
@@ -69,7 +75,7 @@ def check_settings(
                 f"where it does nothing; leave it out (--jobs N runs N at once on the CPU), or "
                 "run on cuda"
             )
-    if settings.kind == "local" and settings.gpus and device != "cpu":
+    if settings.kind == "local" and settings.gpus:
         import torch
 
         n = torch.cuda.device_count()  # from NVML where it can: no CUDA set-up here
