@@ -263,7 +263,7 @@ def executor_settings(base: ExecutorSettings, overrides: dict[str, Any]) -> Exec
 
 
 class SuiteFile(_Strict):
-    name: str | None = None
+    name: SafeName | None = None
     description: str = ""
     tasks: list[TaskEntry] = Field(min_length=1)
     optimizers: list[OptimizerEntry] = Field(min_length=1)

@@ -636,6 +636,18 @@ def test_bench_run_calibrates_a_target_as_a_suite_does(tmp_path) -> None:
     assert all(r.target.value == calibration["value"] for r in scored)
 
 
+@pytest.mark.parametrize("name", ["../../escape", "ABS/abs", "a b"])
+def test_a_suite_name_that_is_no_file_name_is_refused(tmp_path, name) -> None:
+    """The suite's name names its tracker runs' folders: '../../x' wrote outside --out."""
+    name = name.replace("ABS", str(tmp_path))
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE.format(task_id="r", extra="").replace("name: hard", f"name: '{name}'"))
+    res = bench("suite", "run", path, "--out", tmp_path / "o", "--log", "tensorboard")
+    one_line_error(res, "name: may hold only letters, digits", repr(name)[:12])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+    assert not (tmp_path.parent / "escape").exists()
+
+
 # -- 7. bench report's --out, as bench export's -----------------------------------------------
 
 
