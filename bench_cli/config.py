@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench_cli.errors import ConfigError, clip
+from bench_cli.numbers import numbers_not_booleans
 from bench_cli.yamlio import (  # noqa: F401
     key_path,
     problem_text,
@@ -60,6 +61,11 @@ class RunSettings(BaseModel):
         ge=0.0,
         description="minutes between checkpoints (default: 10 on GPU, off on CPU; 0: off)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        return numbers_not_booleans(cls, data)
 
 
 #: run settings that never change what a run computes: they leave its run id as it is, and a

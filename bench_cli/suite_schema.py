@@ -54,10 +54,12 @@ from pydantic import (
     StrictInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from bench_cli.config import DEFAULT_MARGIN, RunSettings, validation_message
 from bench_cli.errors import ConfigError
+from bench_cli.numbers import numbers_not_booleans
 from bench_cli.results.store import MAX_NAME, NAME_PATTERN, name_problem
 from bench_cli.yamlio import read_text_file, read_yaml, schema_message
 
@@ -98,6 +100,11 @@ class Budget(_Strict):
     steps: int | None = Field(None, ge=1)
     max_seconds: float | None = Field(None, gt=0.0)
     eval_interval: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        return numbers_not_booleans(cls, data)
 
     def over(self, other: Budget | None) -> Budget:
         """This budget with the fields that ``other`` sets on top."""

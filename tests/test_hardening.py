@@ -648,6 +648,28 @@ def test_a_suite_name_that_is_no_file_name_is_refused(tmp_path, name) -> None:
     assert not (tmp_path.parent / "escape").exists()
 
 
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        (["--set", "steps=true"], "run setting: steps is a number, not true/false (got True)"),
+        (["--set", "grad_clip=true"], "run setting: grad_clip is a number, not true/false"),
+        (["--set", "x0=false"], "task 'rosenbrock' option: x0 is a number, not true/false"),
+        (["SUITE"], "tasks[0].budget: steps is a number, not true/false (got True)"),
+    ],
+)
+def test_true_and_false_are_not_numbers(tmp_path, where, says) -> None:
+    """pydantic reads True as 1: --set steps=true trained one step."""
+    out = tmp_path / "o"
+    if where == ["SUITE"]:
+        path = tmp_path / "s.yaml"
+        path.write_text(SUITE.format(task_id="r", extra="").replace("steps: 4", "steps: true"))
+        res = bench("suite", "run", path, "--out", out)
+    else:
+        res = bench("run", "--opt", "adamw", "--task", "rosenbrock", *where, "--out", out)
+    one_line_error(res, says)
+    assert not out.exists()
+
+
 # -- 7. bench report's --out, as bench export's -----------------------------------------------
 
 

@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
+from bench_cli.numbers import numbers_not_booleans
 from bench_cli.results.record import Direction, Target
 
 
@@ -34,6 +35,11 @@ class TaskOptions(BaseModel):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
 
     preset: str = "default"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        return numbers_not_booleans(cls, data)
 
     @model_validator(mode="before")
     @classmethod
