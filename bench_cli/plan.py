@@ -129,6 +129,8 @@ class Plan:
 
     def calibrate_cells(self, chosen: dict[str, dict]) -> list[Cell]:
         """The baseline's chosen configuration (``chosen[task_id]``) on the calibration seeds."""
+        if not any(tp.calibrate for tp in self.tasks):
+            return []  # and the baseline need not be among the optimizers
         j = self.names.index(self.baseline)
         return [
             self.cell(tp, j, chosen.get(tp.task_id, self.grid(j)[0]), seed, "calibrate", None)

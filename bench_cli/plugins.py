@@ -40,6 +40,7 @@ def suggestion(name: str, names: list[str]) -> str:
 
 #: names registered so far, in every registry: a plug-in that adds none is a mistake
 _registrations = 0
+_modules: set[str] = set()  # and the modules they came from
 
 
 class _Broken:
@@ -82,6 +83,7 @@ class Registry(Generic[T]):
             )
         global _registrations
         _registrations += 1
+        _modules.add(getattr(obj, "__module__", None) or "")
         self._items[key] = obj
         if not isinstance(obj, _Broken):
             obj.registry_name = key  # type: ignore[attr-defined]
@@ -134,13 +136,22 @@ def load_plugin(spec: str) -> None:
     that registers nothing when first imported is refused: a wrong module or file was named."""
     before = _registrations
     name = _import(spec)
-    if name is None or _registrations > before:
+    if name is None:  # imported before: a file by us (and kept, so it registered), or a module
+        if spec.endswith(".py") or Path(spec).is_file() or _registers(spec):
+            return
+    elif _registrations > before:
         return
-    sys.modules.pop(name, None)  # named again, it is refused again
+    else:
+        sys.modules.pop(name, None)  # named again, it is refused again
     raise BenchError(
         f"plug-in {spec!r} registered no optimizer or task; name the module or file whose "
         "classes carry @OPTIMIZERS.register(NAME) or @TASKS.register(NAME)"
     )
+
+
+def _registers(module: str) -> bool:
+    """Whether something registered so far comes from ``module`` or a module inside it."""
+    return any(m == module or m.startswith(module + ".") for m in _modules)
 
 
 def _import(spec: str) -> str | None:

@@ -98,6 +98,19 @@ def test_a_plugin_that_registers_nothing_is_one_clear_error(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("spec", "refused"), [("os", True), ("json", True),
+                                             ("bench_cli.registry.adamw", False), ("bench_cli", False)])  # fmt: skip
+def test_a_module_imported_before_is_judged_by_what_came_from_it(spec, refused) -> None:
+    """``os`` was imported long before: nothing it holds is registered, so it is refused; a
+    module (or package) whose classes are registered is accepted."""
+    assert spec in sys.modules
+    res = CliRunner().invoke(app, ["list", "--plugin", spec])
+    assert (res.exit_code == 1) is refused, res.output
+    if refused:
+        assert f"plug-in {spec!r} registered no optimizer or task" in res.output
+    assert spec in sys.modules  # never taken out
+
+
 def test_duplicate_name_is_an_error() -> None:
     reg: Registry[object] = Registry("thing", "bench_cli.test_nothing")
     reg.add("a-b", type("A", (), {}))
