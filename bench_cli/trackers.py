@@ -118,10 +118,7 @@ class MLflowTracker(RunCallback):
     def __init__(self, group: str, out_dir: Path, uri: str | None):
         from mlflow.tracking import MlflowClient
 
-        if uri is None:
-            # a folder per run: safe for parallel workers, readable without a server; MLflow 3
-            # keeps this store in maintenance and asks for this opt-in to use it
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        allow_folder(uri)
         self.uri = uri or (Path(out_dir) / "mlruns").resolve().as_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
         self.group = group
@@ -257,6 +254,16 @@ def check_trackers(kinds: list[str], mlflow_uri: str | None = None) -> None:
         _check_mlflow_uri(mlflow_uri)
 
 
+def allow_folder(uri: str | None) -> None:
+    """A folder store (the default under --out, a path or a file:// address): a folder per run,
+    safe for parallel workers and readable without a server. MLflow 3 keeps that store in
+    maintenance and asks for this opt-in to use it."""
+    from urllib.parse import urlsplit
+
+    if uri is None or urlsplit(uri).scheme in ("", "file"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
 def _check_mlflow_uri(uri: str) -> None:
     """An address MLflow can use and, for a server, one where something answers: MLflow's client
     would retry a silent server for minutes before the first run could log."""
@@ -264,6 +271,7 @@ def _check_mlflow_uri(uri: str) -> None:
 
     from mlflow.tracking import MlflowClient
 
+    allow_folder(uri)
     try:
         MlflowClient(tracking_uri=uri)
         parts = urlsplit(uri)

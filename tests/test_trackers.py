@@ -90,6 +90,27 @@ def test_mlflow_file_store_holds_one_run_per_cell(logged) -> None:
         assert run.data.metrics["summary/steps_done"] == rec.steps_done
 
 
+@pytest.mark.parametrize("form", ["file-uri", "path"])
+def test_mlflow_logs_to_a_folder_given_by_uri_or_path(tmp_path, monkeypatch, form) -> None:
+    """--mlflow-uri file:///PATH (the form the error suggests) or a plain path: a folder store,
+    as the default under --out is (MLflow 3 refused it without its opt-in)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = tmp_path / "store"
+    uri = store.as_uri() if form == "file-uri" else str(store)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(
+        app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--set", "preset=tiny",
+              "--out", "out", "--log", "mlflow", "--mlflow-uri", uri, "--quiet"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri=store.as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("run-rosenbrock").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["optimizer"] == "adamw"
+    assert not (tmp_path / "out" / "mlruns").exists()
+
+
 def wandb_records(path: str) -> list:
     """The records of an offline W&B run file: a LevelDB-style log of protobuf ``Record``s
     (a 7-byte file header, 32 KiB blocks, 7-byte chunk headers: crc, length, type)."""
