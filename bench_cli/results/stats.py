@@ -178,6 +178,17 @@ def swept_values(configs: Sequence[str], chosen: str) -> str:
     return ", ".join(f"{k}={text.get(k, 'null')}" for k in keys)
 
 
+def _differences(a: RunRecord, b: RunRecord) -> str:
+    """What two runs of one seed and configuration differ in: task options, run settings."""
+    out = []
+    for what, x, y in (("task option", a.task_options, b.task_options),
+                       ("setting", a.settings, b.settings)):  # fmt: skip
+        for key in sorted(set(x) | set(y)):
+            if x.get(key) != y.get(key):
+                out.append(f"{what} {key} ({x.get(key)!r} and {y.get(key)!r})")
+    return ", ".join(out) if out else "what their run ids hash (their task, say)"
+
+
 def _one_per_seed(runs: Iterable[Outcome]) -> list[Outcome]:
     """The runs of one configuration, one per seed. Two different runs of one seed differ in what
     the task label does not show (data files of one name, say): taking either would be a guess."""
@@ -188,8 +199,9 @@ def _one_per_seed(runs: Iterable[Outcome]) -> list[Outcome]:
             r = o.record
             raise BenchError(
                 f"{r.task_key} {r.optimizer} seed {r.seed}: runs {first.record.run_id} and "
-                f"{r.run_id} have one configuration but differ in their task options "
-                "(data, say); keep them in separate folders, or give each task its own id"
+                f"{r.run_id} have one configuration but differ in "
+                f"{_differences(first.record, r)}; keep them in separate folders, or give each "
+                "task its own id"
             )
     return list(by_seed.values())
 

@@ -410,6 +410,14 @@ def test_two_runs_of_one_seed_that_differ_in_data_are_refused_not_one_dropped() 
     with pytest.raises(BenchError, match="lm__other") as err:
         leaderboard.build([one, other])
     assert "separate folders" in str(err.value)
+    assert f"task option data ({one.task_options.get('data')!r} and '/elsewhere/train.bin')" in (
+        str(err.value)
+    )
+    # the same run on another device: the setting is named, not the data
+    moved = one.model_copy(update={"run_id": "lm__auto", "settings": {**one.settings,
+                                                                     "device": "auto"}})  # fmt: skip
+    with pytest.raises(BenchError, match=r"differ in setting device \('cpu' and 'auto'\);"):
+        leaderboard.build([one, moved])
 
 
 def test_random_flips_above_16_pairs_give_a_valid_p_value() -> None:
