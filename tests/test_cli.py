@@ -153,7 +153,7 @@ def _nothing_written(path: Path) -> bool:
         ),
         (
             ["--opt", "adamw", "--task", "rosenbrock", "--set", "lr=-1"],
-            "optimizers[0] (adamw) on tasks[0]",
+            "error: optimizer 'adamw': lr must be a finite number >= 0, got -1",
         ),
         (
             ["--opt", "adamw", "--task", "rosenbrock", "--set", "eval_interval=100000"],
