@@ -239,11 +239,19 @@ def _sort_request(req: RunRequest) -> _Sorted:
             )
         if given is not None:
             settings[key] = given
+    if settings.get("compile") and over.settings.get("compile", True) is not True:
+        raise ConfigError(
+            f"--compile and --set compile={over.settings['compile']} disagree; give one of them"
+        )
     settings.update(over.settings)
     options = {**req.task_options, **over.task}
     if req.data is not None:
         if "data" not in task_cls.Options.model_fields:
             raise ConfigError(f"task {task_cls.registry_name!r} reads no data file; drop --data")
+        if "data" in over.task and over.task["data"] != req.data:
+            raise ConfigError(
+                f"--data {req.data} and --set data={over.task['data']} disagree; give one of them"
+            )
         options["data"] = req.data
     hparams = {n: {**req.hparams, **over.hparams[n]} for n in names}
     return _Sorted(task_cls, names, hparams, options, settings)

@@ -152,6 +152,14 @@ def _nothing_written(path: Path) -> bool:
             "option noise: Input should be a finite number (got 'inf')",
         ),
         (
+            ["--opt", "adamw", "--task", "rosenbrock", "--compile", "--set", "compile=false"],
+            "error: --compile and --set compile=False disagree; give one of them",
+        ),
+        (
+            ["--opt", "adamw", "--task", "lm-small", "--data", "a.txt", "--set", "data=b.txt"],
+            "error: --data a.txt and --set data=b.txt disagree; give one of them",
+        ),
+        (
             ["--opt", "adamw", "--task", "rosenbrock", "--set", "lr=-1"],
             "error: optimizer 'adamw': lr must be a finite number >= 0, got -1",
         ),
