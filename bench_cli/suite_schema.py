@@ -123,8 +123,9 @@ class TaskEntry(_Strict):
     margin: float = Field(
         DEFAULT_MARGIN,
         ge=0.0,
+        le=100.0,  # a target 100 times the baseline's value is no target; 1e308 overflowed
         description="calibrate only: the target is the baseline's median best value, relaxed by "
-        "this fraction of its size",
+        "this fraction of its size (0 to 100)",
     )
 
     @field_validator("target")

@@ -670,6 +670,15 @@ def test_true_and_false_are_not_numbers(tmp_path, where, says) -> None:
     assert not out.exists()
 
 
+def test_a_margin_that_would_overflow_the_target_is_refused_before_calibrating(tmp_path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE.format(task_id="r", extra="").replace(
+        "    budget:", "    target: calibrate\n    margin: 1e308\n    budget:"))  # fmt: skip
+    res = bench("suite", "run", path, "--out", tmp_path / "o")
+    one_line_error(res, "tasks[0].margin: Input should be less than or equal to 100")
+    assert not (tmp_path / "o").exists()
+
+
 # -- 7. bench report's --out, as bench export's -----------------------------------------------
 
 
