@@ -169,7 +169,7 @@ def startup(task: str, device: str, data: str | None, sets: list[str]) -> dict[s
         [path] = list(Path(out).glob("*.json"))
         record = json.loads(path.read_text())
     if record["status"] != "done":
-        raise BenchError(f"the start-up run ended {record['status']}: {record.get('error')}")
+        raise BenchError(f"the start-up run {_ended(record['status'], record.get('error'))}")
     return {
         "wall_seconds": wall,
         "setup_seconds": record["setup_seconds"],
@@ -210,7 +210,7 @@ def perf_loop(
     def run_bench() -> None:
         record = runner.run(spec, task_obj, dev)
         if record.status != "done":
-            raise BenchError(f"the run loop ended {record.status}: {record.error}")
+            raise BenchError(f"the run loop {_ended(record.status, record.error)}")
         bench_rounds.append(
             {
                 "train_seconds": record.train_seconds,
@@ -314,3 +314,10 @@ def as_markdown(r: dict[str, Any]) -> str:
             f"(wall {st['wall_seconds']:.2f}, of which set-up {st['setup_seconds']:.2f}) |"
         )
     return "\n".join(lines)
+
+
+def _ended(status: str, error: str | None) -> str:
+    """How a timed run ended that should have finished: its error, or that it diverged."""
+    if status == "diverged":
+        return "diverged (its loss became NaN or inf): a timing needs a run that trains; lower lr"
+    return f"ended {status}: {(error or 'no error recorded').splitlines()[0]}"

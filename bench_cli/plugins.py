@@ -161,6 +161,10 @@ def _import(spec: str) -> str | None:
         if spec.endswith(".py") or path.is_file():
             if not path.is_file():
                 raise BenchError(f"plug-in file {spec!r} does not exist; check the path")
+            if path.suffix != ".py":
+                raise BenchError(
+                    f"plug-in file {spec!r} is not a .py file; pass a Python file or a module path"
+                )
             mod_name = f"bench_plugin_{abs(hash(str(path.resolve())))}"
             if mod_name in sys.modules:
                 return None

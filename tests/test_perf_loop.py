@@ -109,6 +109,23 @@ def test_perf_loop_table(shared_data):
         (["--task", "lm-small", "--steps", "1"], "greater than or equal to 2"),
         (["--task", "lm-small", "--set", "probe_batch_step=1"], "probe_batch_step"),
         (["--task", "lm-small", "--set", "max_seconds=0.2"], "drop --set max_seconds"),
+        (
+            [
+                "--task",
+                "lm-small",
+                "--set",
+                "preset=tiny",
+                "--steps",
+                "5",
+                "--rounds",
+                "1",
+                "--no-startup",
+                "--set",
+                "opt.lr=1e10",
+            ],
+            "error: the run loop diverged (its loss became NaN or inf): a timing needs a run that "
+            "trains; lower lr",
+        ),
     ],
 )
 def test_perf_loop_refuses(args, message, shared_data):

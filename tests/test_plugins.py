@@ -111,6 +111,16 @@ def test_a_module_imported_before_is_judged_by_what_came_from_it(spec, refused) 
     assert spec in sys.modules  # never taken out
 
 
+def test_a_plugin_file_that_is_not_python_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "plug.txt").write_text("x = 1\n")
+    res = CliRunner().invoke(app, ["list", "--plugin", str(tmp_path / "plug.txt")])
+    assert res.exit_code == 1
+    assert res.output.strip() == (
+        f"error: plug-in file {str(tmp_path / 'plug.txt')!r} is not a .py file; pass a Python "
+        "file or a module path"
+    )
+
+
 def test_duplicate_name_is_an_error() -> None:
     reg: Registry[object] = Registry("thing", "bench_cli.test_nothing")
     reg.add("a-b", type("A", (), {}))
