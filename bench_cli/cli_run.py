@@ -225,7 +225,8 @@ def register(app: typer.Typer) -> None:
                 summary = command()
         records = summary.scored
         df = api.summary(records)
-        title = f"{records[0].task_id} (seed {seed})" if records else task
+        shown = ",".join(map(str, seeds))
+        title = f"{records[0].task_id} (seed{'s' * (len(seeds) > 1)} {shown})" if records else task
         stdout.print(frame_table(df.drop(columns=["task", "seed"]), title=title, transpose=True))
         if summary.ran < len(summary.records):
             reused = len(summary.records) - summary.ran
