@@ -227,7 +227,11 @@ class ExecutorSettings(_Strict):
         "they run at once rather than time-sliced (default: on when runs share a GPU and "
         "nvidia-cuda-mps-control is installed)",
     )
-    ray_address: str | None = Field(None, description="an existing Ray cluster (default: local)")
+    ray_address: str | None = Field(
+        None,
+        min_length=1,  # "$RAY_HEAD" unset: not a silent local Ray
+        description="an existing Ray cluster (default: local)",
+    )
     slurm: SlurmSettings = SlurmSettings()
 
 

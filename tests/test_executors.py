@@ -1146,6 +1146,19 @@ def test_a_sigterm_while_ray_starts_stops_the_command_as_a_sigterm(tmp_path, mon
     assert "sys.exit" not in res.output
 
 
+def test_an_empty_ray_address_is_refused_not_a_local_ray(tmp_path) -> None:
+    """``--ray-address "$RAY_HEAD"`` with the variable unset: the cluster was meant."""
+    res = CliRunner().invoke(
+        app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--executor", "ray",
+              "--ray-address", "", "--out", str(tmp_path / "o")],
+    )  # fmt: skip
+    assert res.exit_code == 1
+    assert res.stderr.strip() == (
+        "error: executor setting ray_address: String should have at least 1 character (got '')"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_ray_address_check_accepts_a_grpc_server(web_server) -> None:
     grpc = pytest.importorskip("grpc")
     from concurrent.futures import ThreadPoolExecutor
