@@ -80,7 +80,7 @@ def show(
     results: Annotated[
         Path | None,
         typer.Option(
-            help="Records to set beside a published result [default: ./results when it exists]."
+            help="Records to set beside a published result (default: ./results when it exists)."
         ),
     ] = None,
     plugin: PluginOpt = None,

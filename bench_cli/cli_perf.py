@@ -19,7 +19,7 @@ class Format(str, Enum):
 @perf_app.command("optimizers")
 @friendly
 def optimizers(
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
     params: Annotated[
         str, typer.Option(help="gpt2-small (124.5M in 150 tensors) or a number of parameters")
     ] = "gpt2-small",
@@ -46,7 +46,7 @@ def optimizers(
 def loop(
     task: Annotated[str, typer.Option("--task", help="a text LM task: lm-small or lm-medium")],
     steps: Annotated[int, typer.Option(min=2, help="steps of each run (the first is untimed)")] = 500,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
     data: Annotated[str | None, typer.Option(help="a UTF-8 text file (default: the task's)")] = None,
     sets: Annotated[
         list[str] | None, typer.Option("--set", help="KEY=VALUE as for bench run (repeatable)")
