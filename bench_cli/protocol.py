@@ -202,6 +202,12 @@ def _run_phases(
         nonlocal ran
         progress.phase(name, len(todo))
         got, n = execute(todo, folder, executors, progress, rerun)
+        # a record reused from a run with another target (which is not part of a run's id: it
+        # only decides where the curve is read) is read against this one
+        got = [
+            _rescore(r, c.spec.target, folder) if c.spec.target is not None else r
+            for c, r in zip(todo, got)
+        ]
         ran += n
         cells.extend(todo)
         records.extend(got)

@@ -679,6 +679,23 @@ def test_a_margin_that_would_overflow_the_target_is_refused_before_calibrating(t
     assert not (tmp_path / "o").exists()
 
 
+def test_a_reused_record_is_read_against_the_target_asked_for(tmp_path) -> None:
+    """The target is not part of a run's id (it only decides where the curve is read): a second
+    bench run with another target reuses the run and reads it against the new target."""
+    out = tmp_path / "o"
+    args = ["run", "--opt", "adamw", "--task", "noisy-quadratic", "--set", "preset=tiny",
+            "--out", out, "--quiet"]  # fmt: skip
+    assert bench(*args, "--set", "target=5").exit_code == 0
+    (first,) = load_records(out)
+    assert first.steps_to_target == 0  # the starting gap is below 5
+    res = bench(*args, "--set", "target=0.0001")
+    assert res.exit_code == 0 and "reused 1 records" in res.stderr
+    (again,) = load_records(out)
+    assert again.run_id == first.run_id and again.target.value == 0.0001
+    assert min(p.metrics["gap"] for p in again.curve) > 0.0001 and again.steps_to_target is None
+    assert "gap <= 0.0001" in res.stdout
+
+
 # -- 7. bench report's --out, as bench export's -----------------------------------------------
 
 
