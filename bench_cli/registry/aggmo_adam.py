@@ -31,7 +31,7 @@ def _check_beta_list(betas: Any) -> None:
 
 
 def _check_weights(weights: Any, count: int) -> None:
-    """``weights`` is None or one finite number per beta."""
+    """``weights`` is None or one finite number per beta, not all 0."""
     if weights is None:
         return
     check(
@@ -43,6 +43,11 @@ def _check_weights(weights: Any, count: int) -> None:
             isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w),
             f"weights[{i}] must be a finite number, got {w!r}",
         )
+    check(
+        any(w != 0 for w in weights),
+        f"weights must not all be 0 (the update would be 0 and nothing would train), got "
+        f"{weights!r}",
+    )
 
 
 def _check_flags(bias_correct: Any, count: int) -> None:

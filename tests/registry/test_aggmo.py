@@ -217,6 +217,7 @@ def test_registry_names_and_defaults() -> None:
         (AggMoAdam, {"weight_decay": -0.1}, "weight_decay"),
         (AggMoAdam, {"weights": (0.5, 0.5)}, "weights"),
         (AggMoAdam, {"weights": (1.0, float("nan"), 1.0)}, "weights[1]"),
+        (AggMoAdam, {"weights": (0, 0.0, 0)}, "weights"),  # nothing would move
         (AggMoAdam, {"bias_correct": (True, False)}, "bias_correct"),
         (AggMoAdam, {"bias_correct": (True, 1, True)}, "bias_correct[1]"),
         (AggMo, {"lr": 0.1, "betas": (0.0, -0.9)}, "betas[1]"),
