@@ -169,7 +169,7 @@ def at_path(where: str, fn, *args):
     try:
         return fn(*args)
     except BenchError as exc:
-        raise located(where, getattr(exc, "unlocated", None) or str(exc)) from exc
+        raise located(where, str(exc), getattr(exc, "unlocated", None) or str(exc)) from exc
 
 
 def located(where: str, message: str, unlocated: str | None = None) -> ConfigError:

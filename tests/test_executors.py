@@ -254,10 +254,13 @@ def test_runs_per_gpu_come_from_nvml_without_a_cuda_context(monkeypatch) -> None
 def test_a_phase_that_needs_less_memory_keeps_the_pool(tmp_path, monkeypatch) -> None:
     """Calibration runs only the calibrated (small) task; tuning and scoring run the big one
     too. The pool chose its runs per GPU from the larger need and serves every phase."""
+    import torch
+
     from bench_cli.executors import local
 
     needs = []
     monkeypatch.setattr(local, "default_runs_per_gpu", lambda gpus, need: needs.append(need) or 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # as on a machine with one GPU
     path = tmp_path / "need.yaml"
     path.write_text(
         f"""
@@ -1175,9 +1178,13 @@ def test_the_ray_address_check_accepts_a_grpc_server(web_server) -> None:
     assert not speaks_grpc("127.0.0.1", web_server)
 
 
-def test_gpus_for_runs_on_the_cpu_are_refused_before_anything_is_written(tmp_path) -> None:
-    """--gpus with --device cpu went on to ask NVML for their memory: a traceback, after the
-    suite's files were written."""
+def test_gpus_without_runs_per_gpu_where_torch_sees_none_are_refused_up_front(tmp_path) -> None:
+    """--gpus with --device cpu went on to ask for the GPUs' free memory to choose how many runs
+    share one: a traceback, after the suite's files were written."""
+    import torch
+
+    if torch.cuda.device_count():
+        pytest.skip("a machine with a CUDA GPU can choose")
     out = tmp_path / "out"
     run = CliRunner().invoke(
         app, ["run", "--opt", "adamw", "--task", "rosenbrock", "--device", "cpu", "--gpus", "0",
@@ -1189,9 +1196,9 @@ def test_gpus_for_runs_on_the_cpu_are_refused_before_anything_is_written(tmp_pat
     for res in (run, suite):
         assert res.exit_code == 1 and "Traceback" not in res.output, res.output
         assert res.stderr.strip().splitlines() == [
-            "error: --gpus (or executor.gpus in a suite file): the runs are on the CPU (--device "
-            "cpu, or device: cpu in a suite file), where it does nothing; leave it out (--jobs N "
-            "runs N at once on the CPU), or run on cuda"
+            "error: --gpus (or executor.gpus in a suite file) without --runs-per-gpu: how many "
+            "runs share a GPU is chosen from its free memory, and torch sees no CUDA GPU here; "
+            "leave --gpus out (--jobs N runs N at once on the CPU), or give --runs-per-gpu"
         ]
     assert not out.exists()
 

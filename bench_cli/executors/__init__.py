@@ -57,12 +57,6 @@ def check_settings(
         from bench_cli.trackers import check_trackers
 
         check_trackers(list(trackers), mlflow_uri)
-    if settings.kind == "local" and settings.gpus and device == "cpu":
-        raise ConfigError(
-            "--gpus (or executor.gpus in a suite file): the runs are on the CPU (--device cpu, "
-            "or device: cpu in a suite file), where it does nothing; leave it out (--jobs N "
-            "runs N at once on the CPU), or run on cuda"
-        )
     if settings.kind == "local" and not settings.gpus and (settings.runs_per_gpu or settings.mps):
         import torch
 
@@ -75,7 +69,7 @@ def check_settings(
                 f"where it does nothing; leave it out (--jobs N runs N at once on the CPU), or "
                 "run on cuda"
             )
-    if settings.kind == "local" and settings.gpus:
+    if settings.kind == "local" and settings.gpus and device != "cpu":
         import torch
 
         n = torch.cuda.device_count()  # from NVML where it can: no CUDA set-up here
@@ -84,6 +78,15 @@ def check_settings(
             raise ConfigError(
                 f"GPU {', '.join(map(str, missing))} (--gpus, or executor.gpus in a suite "
                 f"file) is not there: {sees}; name visible GPUs, or leave the option out"
+            )
+    if settings.kind == "local" and settings.gpus and not settings.runs_per_gpu:
+        import torch
+
+        if torch.cuda.device_count() == 0:  # runs on the CPU (--device cpu) in GPU slots
+            raise ConfigError(
+                "--gpus (or executor.gpus in a suite file) without --runs-per-gpu: how many runs "
+                "share a GPU is chosen from its free memory, and torch sees no CUDA GPU here; "
+                "leave --gpus out (--jobs N runs N at once on the CPU), or give --runs-per-gpu"
             )
 
 
