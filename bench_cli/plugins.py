@@ -135,13 +135,13 @@ def load_plugin(spec: str) -> None:
     """Import user code that registers optimizers or tasks: a module path or a ``.py`` file. One
     that registers nothing when first imported is refused: a wrong module or file was named."""
     before = _registrations
-    name = _import(spec)
-    if name is None:  # imported before: a file by us (and kept, so it registered), or a module
-        if spec.endswith(".py") or Path(spec).is_file() or _registers(spec):
-            return
-    elif _registrations > before:
+    name, fresh = _import(spec)
+    # imported now: it must have registered something (from wherever its classes come); a file
+    # imported before (by us, under a name of ours) was kept only when it did; a module imported
+    # before (os, say): something registered must come from it
+    if _registrations > before if fresh else (name != spec or _registers(name)):
         return
-    else:
+    if fresh:
         sys.modules.pop(name, None)  # named again, it is refused again
     raise BenchError(
         f"plug-in {spec!r} registered no optimizer or task; name the module or file whose "
@@ -154,8 +154,8 @@ def _registers(module: str) -> bool:
     return any(m == module or m.startswith(module + ".") for m in _modules)
 
 
-def _import(spec: str) -> str | None:
-    """Import the plug-in; its module's name, or None when it was imported before."""
+def _import(spec: str) -> tuple[str, bool]:
+    """Import the plug-in: its module's name, and whether it was imported now."""
     path = Path(spec)
     try:
         if spec.endswith(".py") or path.is_file():
@@ -167,7 +167,7 @@ def _import(spec: str) -> str | None:
                 )
             mod_name = f"bench_plugin_{abs(hash(str(path.resolve())))}"
             if mod_name in sys.modules:
-                return None
+                return mod_name, False
             module_spec = importlib.util.spec_from_file_location(mod_name, path)
             assert module_spec is not None and module_spec.loader is not None
             module = importlib.util.module_from_spec(module_spec)
@@ -178,11 +178,11 @@ def _import(spec: str) -> str | None:
                 del sys.modules[mod_name]
                 raise
         elif spec in sys.modules:
-            return None
+            return spec, False
         else:
             mod_name = spec
             importlib.import_module(spec)
-        return mod_name
+        return mod_name, True
     except BenchError:
         raise
     except ModuleNotFoundError as exc:

@@ -127,7 +127,7 @@ def speedup_cell(row: Mapping, style: Style = PLAIN) -> str:
 # ---- display tables (terminal, Markdown, LaTeX) ------------------------------------------------
 
 
-def _columns(task: pd.DataFrame, style: Style) -> dict[str, tuple[str, list[str]]]:
+def cell_columns(task: pd.DataFrame, style: Style) -> dict[str, tuple[str, list[str]]]:
     """Column id -> (header, cells) for every display column of one task."""
     unit, metric = task["unit"].iloc[0], task["metric"].iloc[0] or "metric"
     rows = task.to_dict("records")
@@ -177,7 +177,7 @@ def display_task(
 ) -> pd.DataFrame:
     """One task's rows as text cells, the given column ids in order; in the wide view the
     diverged, errors, config and flags columns only when they say something."""
-    cells = _columns(task, style)
+    cells = cell_columns(task, style)
     quiet = {"diverged": task["diverged"], "errors": task["errors"], "config": task["swept"]}
     quiet["flags"] = task["flags"]
     keep = [c for c in columns if c not in quiet or columns != WIDE or quiet[c].astype(bool).any()]

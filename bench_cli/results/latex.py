@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from bench_cli.results.export import LATEX, _columns, display_ranking, legend, tasks_of, title
+from bench_cli.results.export import LATEX, cell_columns, display_ranking, legend, tasks_of, title
 from bench_cli.results.leaderboard import Leaderboard
 
 _LATEX_SPECIALS = {
@@ -54,7 +54,7 @@ def _tabular(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _latex_task(lb: Leaderboard, name: str, task: pd.DataFrame) -> str:
-    cols = _columns(task, LATEX)
+    cols = cell_columns(task, LATEX)
     cells = {c: list(cells) for c, (_, cells) in cols.items()}
     bold = {  # column id -> (values, lower is better): bold a winner whose interval excludes all
         "tokens": ("tokens_to_target", True),
